@@ -1,0 +1,26 @@
+# The README's commands. `make demo` sets up and opens the dashboard; `make test` sets up and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup setup-dev test test-all demo bench bench-quick results-table
+
+setup:
+	bash scripts/setup.sh
+
+setup-dev:
+	bash scripts/setup.sh --dev
+
+test: setup-dev
+	$(PY) -m pytest -q
+
+test-all: setup-dev
+	$(PY) -m pytest -q --run-slow
+
+demo: setup
+	$(PY) -m streamlit run dashboard/Home.py
+
+bench: setup-dev
+	$(PY) -m bench
+
+bench-quick: setup-dev
+	$(PY) -m bench --quick

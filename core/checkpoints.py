@@ -1,0 +1,67 @@
+"""Checkpoints hold tensors and plain values only, so loading never unpickles arbitrary objects.
+
+* ``best.safetensors``: the best epoch's state dict (optionally float16, for a compact committed run).
+* ``last.pt`` and ``epoch_NNN.pt``: resume state (model, optimizer, scheduler, epoch, RNG), loaded with
+  ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from core.artifacts import ArtifactError, atomic_write_bytes
+
+
+def save_best(model: torch.nn.Module, path: str | Path, *, half: bool = False) -> None:
+    """Write the model's state dict as safetensors (atomically); ``half`` stores floats as float16."""
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        if half and v.is_floating_point():
+            v = v.half()
+        state[k] = v
+    atomic_write_bytes(path, save(state))
+
+
+def load_best(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a safetensors state dict into ``model``, converting dtypes to the model's own."""
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: checkpoint missing") from None
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise ArtifactError(f"{path}: unreadable checkpoint ({e})") from None
+    own = model.state_dict()
+    try:
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: does not match the model's architecture ({str(e)[:300]})") from None
+    return model
+
+
+def save_resume(path: str | Path, state: dict) -> None:
+    """Atomically write a resume checkpoint (tensors, numbers, strings, lists and dicts only)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_resume(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: resume checkpoint missing") from None
+    except Exception as e:
+        raise ArtifactError(f"{path}: unreadable resume checkpoint ({e})") from None
+
+
+def prune_epochs(checkpoint_dir: str | Path, keep_last: int) -> None:
+    """Keep only the newest ``keep_last`` ``epoch_NNN.pt`` files."""
+    files = sorted(Path(checkpoint_dir).glob("epoch_*.pt"))
+    for old in files[: max(0, len(files) - keep_last)]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,94 @@
+"""Batch tensor operations between the uint8 cache and a model.
+
+Augmentation runs on whole batches of tensors (one ``affine_grid``/``grid_sample`` call per batch), not per
+image in Python, so it costs little next to the model's own step. Images stay one-channel until the last step.
+Horizontal flips are off by default: a chest film has a side (the heart is on the left).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) or (B, 1, S, S) uint8 → (B, 1, S, S) float in [0, 1]."""
+    if batch_u8.dim() == 3:
+        batch_u8 = batch_u8.unsqueeze(1)
+    return batch_u8.float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, 1, S, S) in [0, 1] → (B, 3, S, S) normalised with the model's ImageNet-style mean/std."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def to_model_input(batch_u8, mean, std, size: int | None = None) -> torch.Tensor:
+    """The one path from cached or uploaded pixels to a model's input tensor."""
+    x = to_float(torch.as_tensor(batch_u8))
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return normalize(x, mean, std)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random geometry and intensity changes, each drawn per image."""
+
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.06  # fraction of the image side
+    brightness: float = 0.15  # additive, in [0, 1] pixel units
+    contrast: float = 0.2  # multiplicative around the image mean
+    gamma: float = 0.25  # log-uniform in [1/(1+g), 1+g]: mimics films exposed or processed differently
+    blur_prob: float = 0.0  # probability of a light Gaussian blur (sharpness differs between scanners)
+    hflip: bool = False
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random affine + intensity augmentation of a (B, 1, S, S) float batch in [0, 1]."""
+    b = x.shape[0]
+
+    def uniform(lo, hi):
+        return torch.rand(b, generator=generator) * (hi - lo) + lo
+
+    angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180
+    scale = uniform(*cfg.scale)
+    tx, ty = uniform(-cfg.translate, cfg.translate) * 2, uniform(-cfg.translate, cfg.translate) * 2
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(b)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    if cfg.blur_prob > 0:
+        blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        pick = (torch.rand(b, generator=generator) < cfg.blur_prob).view(b, 1, 1, 1).to(x.device)
+        x = torch.where(pick, blurred, x)
+    g = torch.exp(uniform(-math.log1p(cfg.gamma), math.log1p(cfg.gamma))).view(b, 1, 1, 1).to(x)
+    x = x.clamp(0, 1).pow(g)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    c = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(b, 1, 1, 1).to(x)
+    br = uniform(-cfg.brightness, cfg.brightness).view(b, 1, 1, 1).to(x)
+    return ((x - mean) * c + mean + br).clamp_(0, 1)
+
+
+TTA_VIEWS = ((1.0, 0.0, 0.0), (1.06, 0.0, 0.0), (0.94, 0.0, 0.0), (1.0, 0.03, 0.03), (1.0, -0.03, -0.03))
+
+
+def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``n`` deterministic views (identity first) of a (B, 1, S, S) batch for test-time augmentation."""
+    views = []
+    for scale, tx, ty in TTA_VIEWS[: max(1, n)]:
+        if (scale, tx, ty) == (1.0, 0.0, 0.0):
+            views.append(x)
+            continue
+        theta = torch.tensor([[1 / scale, 0, tx * 2], [0, 1 / scale, ty * 2]], dtype=x.dtype).expand(x.shape[0], 2, 3)
+        grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+        views.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False))
+    return views

@@ -1,0 +1,52 @@
+"""Shared fixtures. Real data comes from ../shared/data; tests that need it skip, saying why, without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
+KERMANY224 = SHARED_DATA / "kermany224"
+FULLRES = SHARED_DATA / "kermany_fullres"
+
+torch.set_num_threads(2)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (full training)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def need(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set CXR_SHARED_DATA or put ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kermany224() -> Path:
+    return need(KERMANY224)
+
+
+@pytest.fixture(scope="session")
+def fullres() -> Path:
+    return need(FULLRES)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory, monkeypatch):
+    """No test touches the user's caches or the network; one image cache per test session keeps tests fast."""
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "image-cache"))
+    monkeypatch.setenv("CXR_OFFLINE", "1")

@@ -1,0 +1,109 @@
+"""Atomic writes and the artifact reader on real files."""
+
+import doctest
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import core.metrics
+from core import artifacts
+from core.artifacts import ArtifactError, ModelWriter, Run, list_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_metrics_docstring_examples_run():
+    assert doctest.testmod(core.metrics).failed == 0
+
+
+def test_killed_writer_leaves_the_old_file(tmp_path):
+    target = tmp_path / "metrics_val.json"
+    artifacts.write_json(target, {"auc": 0.5})
+    code = ("import sys; sys.path.insert(0, %r); from core.artifacts import atomic_write_bytes;"
+            "atomic_write_bytes(%r, b'x' * 1_500_000_000)") % (str(REPO), str(target))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".metrics_val.json.*.tmp")) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
+    assert json.loads(target.read_text()) == {"auc": 0.5}
+
+
+def test_failed_write_removes_temp_and_keeps_old(tmp_path):
+    target = tmp_path / "a.json"
+    artifacts.write_json(target, {"v": 1})
+    with pytest.raises(TypeError):
+        artifacts.atomic_write_bytes(target, "text, not bytes")  # fails inside the write
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_nan_is_written_as_null(tmp_path):
+    artifacts.write_json(tmp_path / "m.json", {"auc": float("nan"), "ci": [float("inf"), 0.5]})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"auc": None, "ci": [None, 0.5]}
+
+
+def _tiny_run(root: Path) -> Path:
+    run = root / "r1"
+    artifacts.write_json(run / "run.json", {"schema_version": 1, "models": ["b", "a"]})
+    for name in ("a", "b"):
+        w = ModelWriter(run, name)
+        w.config({"arch": "small_cnn", "input_size": 64})
+        w.status("finished", epoch=1)
+        w.history([{"epoch": 1, "train_loss": 0.5, "train_acc": 0.7, "val_loss": 0.4, "val_acc": 0.8,
+                    "val_auc": 0.9, "lr": 1e-4, "seconds": 3.0}])
+        w.predictions("val", ["x.png", "y.png"], [0, 1], [0.2, 0.7])
+    return run
+
+
+def test_reader_lists_runs_and_models_in_run_order(tmp_path):
+    run = _tiny_run(tmp_path)
+    runs = list_runs(tmp_path)
+    assert [r.id for r in runs] == ["r1"]
+    assert [m.name for m in runs[0].models] == ["b", "a"]
+    m = Run(run).model("a")
+    assert m.history()["val_auc"].tolist() == [0.9]
+    assert m.predictions("val")["probability"].tolist() == [0.2, 0.7]
+    assert m.splits() == ["val"]
+
+
+@pytest.mark.parametrize("content", ["{\"auc\": 0.9", "", "[1, 2]", "\x00\x01garbage"])
+def test_half_written_json_is_a_clear_artifact_error(tmp_path, content):
+    run = _tiny_run(tmp_path)
+    (run / "a" / "config.json").write_text(content)
+    with pytest.raises(ArtifactError, match="config.json"):
+        Run(run).model("a").config
+    assert Run(run).model("b").config["arch"] == "small_cnn"  # the other model still reads
+
+
+def test_bad_predictions_are_rejected(tmp_path):
+    run = _tiny_run(tmp_path)
+    (run / "a" / "predictions_val.csv").write_text("path,label,probability\nx.png,0,1.7\n")
+    with pytest.raises(ArtifactError, match="probabilities"):
+        Run(run).model("a").predictions("val")
+    (run / "a" / "predictions_val.csv").write_text("path,prob\nx.png,0.3\n")
+    with pytest.raises(ArtifactError, match="missing columns"):
+        Run(run).model("a").predictions("val")
+
+
+def test_stale_running_status(tmp_path):
+    run = _tiny_run(tmp_path)
+    artifacts.write_json(run / "a" / "status.json", {"state": "running", "heartbeat": "2020-01-01T00:00:00+00:00"})
+    assert Run(run).model("a").status()["stale"] is True
+    ModelWriter(run, "a").status("running")
+    assert Run(run).model("a").status()["stale"] is False
+
+
+def test_missing_checkpoint_message(tmp_path):
+    run = _tiny_run(tmp_path)
+    with pytest.raises(ArtifactError, match="best checkpoint"):
+        Run(run).model("a").best_checkpoint()

@@ -1,0 +1,1 @@
+"""Command-line trainer: ``python -m trainer {models,train,evaluate}`` (see docs/trainer.md)."""

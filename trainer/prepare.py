@@ -1,0 +1,97 @@
+"""From a data folder to split, checked, cached images: everything that must hold before training starts."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from core import data
+from core.cache import ImageCache, load_or_build
+from core.data import DataError, Sample
+from core.labels import CLASSES
+
+
+@dataclass
+class Prepared:
+    """The run's samples with splits assigned, and the files that could not be used."""
+
+    root: str
+    layout: str
+    samples: list[Sample]
+    skipped: list[tuple[str, str]]
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.array([i for i, s in enumerate(self.samples) if s.split == split], dtype=int)
+
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=int)
+
+
+def subsample(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
+    """Keep whole patients, chosen at random, until each class has about ``per_class`` images per split."""
+    by_key: dict[tuple, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_key[(s.split, s.label, s.patient_id)].append(s)
+    rng = random.Random(seed)
+    keep: list[Sample] = []
+    for split in sorted({s.split or "" for s in samples}):
+        for label in range(len(CLASSES)):
+            groups = [g for (sp, lb, _), g in sorted(by_key.items()) if (sp or "") == split and lb == label]
+            rng.shuffle(groups)
+            n = 0
+            for g in groups:
+                if n >= per_class:
+                    break
+                keep.extend(g)
+                n += len(g)
+    return sorted(keep, key=lambda s: s.path)
+
+
+def prepare(root: str, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
+            subset: int | None = None, assign: bool = True) -> Prepared:
+    """Scan ``root``, carve patient-grouped splits, and check them. Raises DataError before any training."""
+    scan = data.scan(root)
+    samples = scan.samples
+    if assign:
+        samples = data.assign_splits(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if subset:
+        samples = subsample(samples, subset, seed)
+    if assign:
+        data.check_no_patient_overlap(samples)
+    return Prepared(root=str(Path(root).resolve()), layout=scan.layout, samples=samples, skipped=list(scan.skipped))
+
+
+def build_cache(prepared: Prepared, size: int, *, cache_dir=None, workers=None, quiet=False) -> ImageCache:
+    """Decode once at ``size``; files that fail to decode are dropped from the samples and listed as skipped."""
+    def progress(done, total):
+        if not quiet and (done == total or done % 200 == 0):
+            print(f"\r  caching {size}px images: {done}/{total}", end="\n" if done == total else "",
+                  file=sys.stderr, flush=True)
+
+    cache = load_or_build(prepared.samples, size, root=cache_dir, workers=workers, progress=progress)
+    if cache.failures:
+        bad = {p for p, _ in cache.failures}
+        prepared.skipped.extend(f for f in cache.failures if f not in prepared.skipped)
+        prepared.samples = [s for s in prepared.samples if s.path not in bad]
+    return cache
+
+
+def rows_for(prepared: Prepared, cache: ImageCache) -> np.ndarray:
+    """Row of each (usable) sample in the cache."""
+    where = cache.index_of()
+    return np.array([where[s.path] for s in prepared.samples], dtype=int)
+
+
+def with_split(samples: list[Sample], split: str) -> list[Sample]:
+    return [replace(s, split=split) for s in samples]
+
+
+def check_usable(prepared: Prepared, required=("train", "val", "test")) -> None:
+    if not prepared.samples:
+        raise DataError(f"{prepared.root}: no usable images ({len(prepared.skipped)} skipped)")
+    data.check_splits_usable(prepared.samples, required=required)
