@@ -14,6 +14,7 @@ KERMANY224 = SHARED_DATA / "kermany224"
 FULLRES = SHARED_DATA / "kermany_fullres"
 
 torch.set_num_threads(2)
+os.environ["CXR_OFFLINE"] = "1"  # the internet is the one thing tests never reach
 
 
 def pytest_addoption(parser):
@@ -50,3 +51,24 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     """No test touches the user's caches or the network; one image cache per test session keeps tests fast."""
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "image-cache"))
     monkeypatch.setenv("CXR_OFFLINE", "1")
+
+
+TINY_MODELS = ("small_cnn", "mobilenet_v2")
+
+
+def train_tiny(artifacts: Path, cache: Path, *extra: str, run: str = "tiny") -> Path:
+    """Run the real trainer on a small real subset (about 30 images per class and split, 96 px, 2 epochs)."""
+    from trainer.cli import main
+
+    code = main(["train", "--data", str(need(KERMANY224)), "--models", ",".join(TINY_MODELS), "--subset", "30",
+                 "--epochs", "2", "--input-size", "96", "--run", run, "--artifacts", str(artifacts),
+                 "--cache-dir", str(cache), "--seed", "0", *extra])
+    assert code == 0, f"trainer exited with {code}"
+    return artifacts
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """An artifacts root holding run 'tiny' (small_cnn + mobilenet_v2) written by the real trainer."""
+    base = tmp_path_factory.mktemp("tiny-run")
+    return train_tiny(base / "artifacts", tmp_path_factory.getbasetemp() / "image-cache")

@@ -95,8 +95,8 @@ def cmd_train(args) -> int:
         "data_layout": prepared.layout, "data_fingerprint": data.fingerprint(prepared.samples),
         "command": "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv),
         "config": cfgmod.as_dict(cfg), "versions": _versions(), "split_counts": counts,
-        "split_rule": "official val merged into train; val/test carved from train by patient, stratified by label"
-                      " (an existing test/ folder is kept as test)",
+        "split_rule": "val/test carved from train by patient, stratified by label (an existing test/ folder is "
+                      "kept as test); the official 16-image val is kept aside as 'official_val', scored only",
         "models": [r.name for r in recipes], "n_skipped": len(prepared.skipped)})
 
     device = pick_device(cfg.device)
@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
         cache = caches[recipe.input_size or get_spec(recipe.arch).input_size]
         cache_rows = rows_for(prepared, cache)
         rows, labels, paths = {}, {}, {}
-        for split in ("train", "val", "test"):
+        for split in prepared.splits():
             idx = prepared.indices(split)
             rows[split], labels[split], paths[split] = cache_rows[idx], labels_all[idx], [paths_all[i] for i in idx]
         print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs)")

@@ -25,6 +25,12 @@ class Prepared:
     samples: list[Sample]
     skipped: list[tuple[str, str]]
 
+    def splits(self) -> list[str]:
+        """Split names in use (not ``excluded``), train/val/test first."""
+        order = {"train": 0, "val": 1, "test": 2}
+        names = {s.split for s in self.samples if s.split and s.split != data.EXCLUDED}
+        return sorted(names, key=lambda n: (order.get(n, 3), n))
+
     def indices(self, split: str) -> np.ndarray:
         return np.array([i for i, s in enumerate(self.samples) if s.split == split], dtype=int)
 
@@ -52,12 +58,22 @@ def subsample(samples: list[Sample], per_class: int, seed: int) -> list[Sample]:
     return sorted(keep, key=lambda s: s.path)
 
 
+OFFICIAL_VAL = "official_val"
+
+
 def prepare(root: str, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15,
             subset: int | None = None, assign: bool = True) -> Prepared:
-    """Scan ``root``, carve patient-grouped splits, and check them. Raises DataError before any training."""
+    """Scan ``root``, carve patient-grouped splits, and check them. Raises DataError before any training.
+
+    A Kermany tree's own ``val/`` (16 images) is too small to choose anything on, so it is set aside as the
+    split ``official_val``: scored after training like test, never used for a decision. It comes from the
+    official test's hospital batch, so it is a small early look at the shift that the held-out test shows.
+    """
     scan = data.scan(root)
     samples = scan.samples
     if assign:
+        # a fixed split: assign_splits keeps it and excludes pool images of its patients (no leakage)
+        samples = [replace(s, split=OFFICIAL_VAL) if s.split == "val" else s for s in samples]
         samples = data.assign_splits(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     if subset:
         samples = subsample(samples, subset, seed)
@@ -85,10 +101,6 @@ def rows_for(prepared: Prepared, cache: ImageCache) -> np.ndarray:
     """Row of each (usable) sample in the cache."""
     where = cache.index_of()
     return np.array([where[s.path] for s in prepared.samples], dtype=int)
-
-
-def with_split(samples: list[Sample], split: str) -> list[Sample]:
-    return [replace(s, split=split) for s in samples]
 
 
 def check_usable(prepared: Prepared, required=("train", "val", "test")) -> None:

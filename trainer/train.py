@@ -158,7 +158,7 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
             scaler.step(opt)
             scaler.update()
             sched.step()
-            tot_loss += float(loss) * len(y)
+            tot_loss += float(loss.detach()) * len(y)
             tot_correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             rate = seen / (time.perf_counter() - t0)
@@ -222,7 +222,7 @@ def finish_entry(model, recipe, cache, rows, labels, paths, writer, device, hist
     spec = get_spec(recipe.arch)
     probs = {split: predict_probabilities(model, cache.images, spec.mean, spec.std, device=device,
                                           indices=rows[split], tta=recipe.tta)
-             for split in ("val", "test") if len(rows.get(split, [])) > 0}
+             for split in rows if split != "train" and len(rows[split]) > 0}
     thresholds = metrics.choose_thresholds(labels["val"], probs["val"], target_sensitivity=recipe.target_sensitivity)
     for split, p in probs.items():
         writer.predictions(split, paths[split], labels[split], p)

@@ -1,0 +1,313 @@
+"""Data layouts, patient ids and patient-grouped, label-stratified splits (docs/design.md, "Splits").
+
+Patients, not images, are the unit of splitting: two films of one child in train and test would let a model
+score well by recognising the child. Every carved split is therefore grouped by ``patient_id``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.images import SUPPORTED_EXTENSIONS
+from core.labels import CLASSES
+
+SPLIT_FOLDERS = ("train", "val", "test")
+EXCLUDED = "excluded"  # pool images of a patient who is already in a fixed split (e.g. the given test/)
+LAYOUTS_HELP = (
+    "accepted layouts: ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/* (Kermany; any of the split folders), "
+    "ROOT/{NORMAL,PNEUMONIA}/* (flat), or a CSV manifest with columns path,label[,patient_id][,split]"
+)
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as given; the message says what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # absolute path
+    label: int  # index into core.labels.CLASSES
+    patient_id: str
+    split: str | None  # "train" | "val" | "test" | None (not assigned yet) | a manifest's own name
+
+
+@dataclass
+class Scan:
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    layout: str = ""  # "kermany" | "flat" | "manifest"
+    root: str = ""
+
+
+# Kermany names: person1234_bacteria_567.jpeg, person447_virus_921_1.jpeg, IM-0115-0001.jpeg,
+# IM-0429-0001-0002.jpeg, NORMAL2-IM-0372-0001.jpeg. The NORMAL2- prefix is dropped (DESIGN.md: patient IM-0372),
+# so IM-0372 and NORMAL2-IM-0372 count as one patient: if they were two, merging them only makes a group
+# bigger, which can never leak a patient across splits.
+_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
+_IM = re.compile(r"^(?:NORMAL\d*-)?IM-(\d+)-", re.IGNORECASE)
+
+
+def patient_id(filename: str) -> str:
+    """Patient of a Kermany file name; any other name is its own patient (its stem), the only safe guess."""
+    base = os.path.basename(str(filename))
+    m = _PERSON.match(base)
+    if m:
+        return m.group(1).lower()
+    m = _IM.match(base)
+    if m:
+        return f"IM-{m.group(1)}"
+    return Path(base).stem
+
+
+# --------------------------------------------------------------------------------------------------- scanning
+
+
+def scan(root) -> Scan:
+    """Find the images and labels under ``root`` (a folder in the Kermany or flat layout, or a .csv manifest)."""
+    root_path = Path(root).expanduser().absolute()
+    if not root_path.exists():
+        raise DataError(f"data root {root_path} does not exist; {LAYOUTS_HELP}")
+    if root_path.is_file():
+        if root_path.suffix.lower() != ".csv":
+            raise DataError(f"data root {root_path} is a file but not a .csv manifest; {LAYOUTS_HELP}")
+        return _scan_manifest(root_path)
+
+    split_dirs = [d for d in _subdirs(root_path) if d.name.lower() in SPLIT_FOLDERS]
+    class_dirs = _class_dirs(root_path)
+    if split_dirs:
+        layout, samples, skipped = "kermany", [], []
+        for d in split_dirs:
+            inner = _class_dirs(d)
+            if not inner:
+                raise DataError(f"split folder {d} has no NORMAL or PNEUMONIA folder; {LAYOUTS_HELP}")
+            for cdir, label in inner:
+                _scan_class_dir(cdir, label, d.name.lower(), samples, skipped)
+    elif class_dirs:
+        layout, samples, skipped = "flat", [], []
+        for cdir, label in class_dirs:
+            _scan_class_dir(cdir, label, None, samples, skipped)
+    else:
+        raise DataError(f"no train/val/test or NORMAL/PNEUMONIA folders in {root_path}; {LAYOUTS_HELP}")
+
+    if not samples:
+        raise DataError(f"no supported images ({', '.join(SUPPORTED_EXTENSIONS)}) under {root_path} "
+                        f"({len(skipped)} files skipped)")
+    return Scan(sorted(samples, key=lambda s: s.path), sorted(skipped), layout, str(root_path))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_dirs(folder: Path) -> list[tuple[Path, int]]:
+    """Class folders matched case-insensitively ("normal", "Pneumonia")."""
+    upper = [c.upper() for c in CLASSES]
+    return [(d, upper.index(d.name.upper())) for d in _subdirs(folder) if d.name.upper() in upper]
+
+
+def _skip_reason(path: Path) -> str | None:
+    """Why a file is not an image candidate, or None; pixels are not read here (core.images does that later)."""
+    if path.name.startswith("."):
+        return "hidden file"
+    if path.is_dir():
+        return "folder inside a class folder (not scanned)"
+    if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        return f"unsupported extension '{path.suffix}' (accepted: {', '.join(SUPPORTED_EXTENSIONS)})"
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+    return None
+
+
+def _scan_class_dir(cdir: Path, label: int, split, samples: list, skipped: list) -> None:
+    for path in sorted(cdir.iterdir()):
+        reason = _skip_reason(path)
+        if reason:
+            skipped.append((str(path), reason))
+        else:
+            samples.append(Sample(str(path), label, patient_id(path.name), split))
+
+
+def _parse_label(value: str) -> int | None:
+    v = (value or "").strip().upper()
+    if v in ("0", "1"):
+        return int(v)
+    upper = [c.upper() for c in CLASSES]
+    return upper.index(v) if v in upper else None
+
+
+def _scan_manifest(csv_path: Path) -> Scan:
+    """Manifest rows: path (relative to the CSV's folder, or absolute), label, optional patient_id and split."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read manifest {csv_path}: {e}") from e
+    if not rows:
+        raise DataError(f"manifest {csv_path} is empty; it needs a header path,label[,patient_id][,split]")
+    header = [h.strip().lower() for h in rows[0]]
+    if "path" not in header or "label" not in header:
+        raise DataError(f"manifest {csv_path} needs columns path and label (found: {', '.join(header)}); "
+                        f"{LAYOUTS_HELP}")
+    col = {name: header.index(name) for name in ("path", "label", "patient_id", "split") if name in header}
+
+    samples, skipped, seen = [], [], {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+
+        def cell(name, row=row):
+            return row[col[name]].strip() if name in col and col[name] < len(row) else ""
+
+        raw_path, raw_label = cell("path"), cell("label")
+        if not raw_path:
+            raise DataError(f"{csv_path}, line {line_no}: empty path")
+        label = _parse_label(raw_label)
+        if label is None:
+            raise DataError(f"{csv_path}, line {line_no}: unknown label {raw_label!r} "
+                            f"(use {' or '.join(CLASSES)}, or 0/1)")
+        path = Path(raw_path).expanduser()
+        path = (path if path.is_absolute() else csv_path.parent / path).absolute()
+        if str(path) in seen:
+            raise DataError(f"{csv_path}, line {line_no}: {path} is listed twice (first on line {seen[str(path)]})")
+        seen[str(path)] = line_no
+        if not path.exists():
+            skipped.append((str(path), f"listed in manifest (line {line_no}) but not found"))
+            continue
+        reason = _skip_reason(path)
+        if reason:
+            skipped.append((str(path), reason))
+            continue
+        split = cell("split").lower() or None
+        samples.append(Sample(str(path), label, cell("patient_id") or patient_id(path.name), split))
+
+    if not samples:
+        raise DataError(f"manifest {csv_path} lists no usable images ({len(skipped)} skipped)")
+    return Scan(sorted(samples, key=lambda s: s.path), sorted(skipped), "manifest", str(csv_path))
+
+
+# ----------------------------------------------------------------------------------------------------- splits
+
+
+def assign_splits(samples, *, val_fraction=0.15, test_fraction=0.15, seed=0) -> list[Sample]:
+    """Carve validation (and test, if none is given) out of the pool, by patient, stratified by label.
+
+    The pool is every sample with split None, "train" or "val" (the official 16-image val is too small to be a
+    validation set, so it is merged). Samples with any other split ("test", or a manifest's own name) keep it;
+    if some have "test", only validation is carved. Pool images of a patient who also appears in such a fixed
+    split get split ``EXCLUDED`` (they can go nowhere without leaking that patient; the Kermany test folder shares
+    patients with train). Fractions are of the pool's images, per class. Same seed -> same split.
+    """
+    samples = list(samples)
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= frac < 1:
+            raise DataError(f"{name} must be in [0, 1), got {frac}")
+    fixed = [s for s in samples if s.split not in (None, "train", "val")]
+    has_test = any(s.split == "test" for s in fixed)
+    if not has_test and val_fraction + test_fraction >= 1:
+        raise DataError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    fixed_patients = {s.patient_id for s in fixed}
+    pool = [s for s in samples if s.split in (None, "train", "val") and s.patient_id not in fixed_patients]
+    if not pool:
+        raise DataError("no training images: every image is in a fixed split (test or a manifest split)")
+
+    fractions = {"val": val_fraction} if has_test else {"test": test_fraction, "val": val_fraction}
+    patient_split = _carve(pool, fractions, seed)
+
+    out = []
+    for s in samples:
+        if s.split in (None, "train", "val"):
+            split = EXCLUDED if s.patient_id in fixed_patients else patient_split[s.patient_id]
+            s = dataclasses.replace(s, split=split)
+        out.append(s)
+    return out
+
+
+def _carve(pool: list[Sample], fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """patient -> split. Per class (a patient's majority label, ties to PNEUMONIA), walk the patients in a seeded
+    random order and fill each carved split in turn up to its share of that class's images; the rest is train."""
+    images = defaultdict(list)
+    for s in pool:
+        images[s.patient_id].append(s.label)
+    by_label = defaultdict(list)
+    for pid in sorted(images):
+        counts = Counter(images[pid])
+        by_label[max(counts, key=lambda lab: (counts[lab], lab))].append(pid)
+
+    rng = np.random.default_rng(seed)
+    result = {}
+    for label in sorted(by_label):
+        pids = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        total = sum(len(images[p]) for p in pids)
+        bounds, acc = [], 0.0
+        for split, frac in fractions.items():
+            acc += frac * total
+            bounds.append((acc, split))
+        done = 0
+        for pid in pids:
+            result[pid] = next((split for bound, split in bounds if done < bound), "train")
+            done += len(images[pid])
+    return result
+
+
+def check_no_patient_overlap(samples) -> None:
+    """Raise DataError naming every patient found in two splits (unassigned and excluded samples are ignored)."""
+    splits = defaultdict(set)
+    for s in samples:
+        if s.split not in (None, EXCLUDED):
+            splits[s.patient_id].add(s.split)
+    shared = {pid: sorted(sp) for pid, sp in splits.items() if len(sp) > 1}
+    if shared:
+        listed = "; ".join(f"{pid} in {', '.join(sp)}" for pid, sp in sorted(shared.items())[:20])
+        more = f" and {len(shared) - 20} more" if len(shared) > 20 else ""
+        raise DataError(f"{len(shared)} patients are in more than one split: {listed}{more}")
+
+
+def split_counts(samples) -> dict[str, dict[str, int]]:
+    """{split: {class name: n}}; train, val, test first; unassigned samples are counted under "unassigned"."""
+    counts: dict[str, dict[str, int]] = {}
+    for s in samples:
+        key = s.split if s.split is not None else "unassigned"
+        counts.setdefault(key, {c: 0 for c in CLASSES})[CLASSES[s.label]] += 1
+    order = [k for k in SPLIT_FOLDERS if k in counts] + sorted(k for k in counts if k not in SPLIT_FOLDERS)
+    return {k: counts[k] for k in order}
+
+
+def check_splits_usable(samples, required=("train", "val", "test")) -> None:
+    """Raise DataError if a required split is missing or lacks a class (AUC and thresholds need both)."""
+    counts = split_counts(samples)
+    problems = []
+    for split in required:
+        if split not in counts:
+            problems.append(f"split '{split}' has no images")
+            continue
+        problems += [f"split '{split}' has no {c} images" for c, n in counts[split].items() if n == 0]
+    if problems:
+        table = "; ".join(f"{k}: " + ", ".join(f"{c} {n}" for c, n in v.items()) for k, v in counts.items())
+        raise DataError(f"{'; '.join(problems)} (counts: {table or 'no images'})")
+
+
+def fingerprint(samples) -> str:
+    """sha256 over sorted (path, size, mtime_ns): changes when a file is added, removed, replaced or touched."""
+    entries = set()
+    for s in samples:
+        try:
+            st = os.stat(s.path)
+        except OSError as e:
+            raise DataError(f"cannot fingerprint {s.path}: {e.strerror or e}") from e
+        entries.add((s.path, st.st_size, st.st_mtime_ns))
+    h = hashlib.sha256()
+    for path, size, mtime in sorted(entries):
+        h.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()

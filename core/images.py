@@ -1,0 +1,261 @@
+"""The one image loader: any supported file, path, bytes or upload -> 8-bit grayscale array (H, W).
+
+Training, evaluation, benchmarks and the dashboard all call this module, so that an uploaded film is seen exactly
+as the trainer saw its images (docs/design.md, "Image representation").
+
+Choices, and why:
+
+* Formats: JPEG and PNG (through Pillow, chosen by content, not by extension) and DICOM (through pydicom).
+  Anything else is refused with ``UnsupportedImageError`` rather than guessed at.
+* Colour -> gray with Pillow's ITU-R 601 luma (``convert("L")``). Alpha is dropped, not composited: chest films
+  have no meaningful transparency and the pixel values under it are the film.
+* More than 8 bits (PNG ``I;16``, ``I``, ``F``; DICOM without a window) -> the image's actual min..max range is
+  stretched to 0..255. Dividing by 257 would turn a 12-bit film stored in 16 bits into an almost black image.
+  A constant image becomes all zeros (no division by zero). 8-bit images are never stretched.
+* EXIF orientation is applied, so a phone photo of a film comes out upright.
+* Size guard: width*height from the header is checked against ``max_pixels`` before any pixel is decoded;
+  Pillow's own ``DecompressionBombError`` (over about 179 Mpx) is reported as ``ImageTooLargeError`` too.
+* Nothing partially decoded is returned: Pillow errors during ``load()`` become ``CorruptImageError``
+  (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
+MAX_PIXELS: int = 150_000_000
+SUPPORTED_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+
+_PIL_FORMATS = ("JPEG", "PNG")  # JPEG includes MPO (multi-picture JPEGs from phones and cameras)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class ImageError(ValueError):
+    """Base class; the message names the file and what is wrong with it."""
+
+
+class UnsupportedImageError(ImageError):
+    """Not an image, or a format this project does not read (text file named .png, PDF, TIFF...)."""
+
+
+class CorruptImageError(ImageError):
+    """A supported format that cannot be decoded completely: truncated, damaged or empty."""
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels than allowed: guards against decompression bombs."""
+
+
+def load_xray(source, *, name=None, max_pixels=None, draft_size=None) -> np.ndarray:
+    """Decode ``source`` (str, Path, bytes or file-like) to a uint8 grayscale array of shape (H, W).
+
+    ``name`` is used in error messages (uploads have no path). ``draft_size`` lets the JPEG decoder downsample
+    by a power of two while decoding (the result stays >= draft_size on each side): a big speed-up on full-size
+    films that are going to be resized anyway.
+    """
+    data, name = _read_source(source, name)
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if not data:
+        raise CorruptImageError(f"{name}: empty file")
+    if data[:8] != _PNG_MAGIC and data[:3] != _JPEG_MAGIC and _looks_like_dicom(data, name):
+        return _load_dicom(data, name, limit)
+    return _load_pil(data, name, limit, draft_size)
+
+
+def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize to (size, size) uint8, aspect ratio not kept (as in the Kermany 224 px copy).
+
+    Pillow's BILINEAR resize is area-aware (its kernel widens when shrinking), so downscaling is antialiased;
+    ``reducing_gap`` first box-reduces by an integer factor, which is faster and visually the same.
+    """
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"resize_square expects a 2-D uint8 array, got {gray.dtype} {gray.shape}")
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if gray.shape == (size, size):
+        return gray.copy()
+    img = Image.fromarray(gray, mode="L")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+
+
+def load_for_model(source, size, *, name=None, max_pixels=None) -> np.ndarray:
+    """Load and resize to the model's square input: the path every caller (trainer, cache, dashboard) uses."""
+    return resize_square(load_xray(source, name=name, max_pixels=max_pixels, draft_size=size), size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_source(source, name):
+    """Return (bytes, display name). Reading everything up front keeps one code path for paths and uploads."""
+    if isinstance(source, (str, os.PathLike)):
+        name = name or str(source)
+        try:
+            return Path(source).read_bytes(), name
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from e
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), name or "<bytes>"
+    if hasattr(source, "read"):
+        name = name or str(getattr(source, "name", "") or "<upload>")
+        if hasattr(source, "seek"):
+            try:
+                source.seek(0)
+            except (OSError, ValueError):
+                pass
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"{name}: file-like source must be opened in binary mode")
+        return bytes(data), name
+    raise TypeError(f"unsupported image source type: {type(source).__name__}")
+
+
+def _looks_like_dicom(data: bytes, name: str) -> bool:
+    return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
+
+
+def _check_size(width: int, height: int, limit: int, name: str) -> None:
+    if width * height > limit:
+        raise ImageTooLargeError(
+            f"{name}: image is {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,}"
+        )
+
+
+def _load_pil(data: bytes, name: str, limit: int, draft_size) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            # Our own limit (checked below, from the header) replaces Pillow's warning band.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"{name}: {e}") from e
+    except UnidentifiedImageError as e:
+        if data[:8] == _PNG_MAGIC or data[:3] == _JPEG_MAGIC:
+            kind = "PNG" if data[:8] == _PNG_MAGIC else "JPEG"
+            raise CorruptImageError(f"{name}: damaged {kind} header") from e
+        raise UnsupportedImageError(f"{name}: not a JPEG, PNG or DICOM image") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise CorruptImageError(f"{name}: cannot read image header ({e})") from e
+
+    with img:
+        _check_size(img.width, img.height, limit, name)
+        if draft_size and isinstance(img, JpegImagePlugin.JpegImageFile) and img.mode in ("L", "RGB"):
+            img.draft("L", (int(draft_size), int(draft_size)))
+        try:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except Image.DecompressionBombError as e:
+            raise ImageTooLargeError(f"{name}: {e}") from e
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
+            raise CorruptImageError(f"{name}: cannot decode {img.format or 'image'} ({e})") from e
+        return _to_gray8(img)
+
+
+def _to_gray8(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 (H, W); see the module docstring for the rules."""
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode in _HIGH_BIT_MODES:
+        return _stretch(np.asarray(img, dtype=np.float64))
+    if mode in ("LA", "La"):
+        return np.asarray(img.getchannel(0), dtype=np.uint8).copy()
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")  # resolves the palette (and palette transparency) before dropping alpha
+    elif mode not in ("RGB", "RGBA", "1"):
+        img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBa...
+    return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+
+
+def _stretch(arr: np.ndarray) -> np.ndarray:
+    """Map the array's actual min..max onto 0..255; a constant array (or one with no finite value) -> zeros."""
+    arr = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return np.zeros(arr.shape, dtype=np.uint8)
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    out = (np.where(finite, arr, lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _window(arr: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear DICOM window (PS3.3 C.11.2.1.2, simplified to center +- width/2) onto 0..255."""
+    lo = center - width / 2.0
+    out = (arr - lo) * (255.0 / width)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _first(value):
+    """WindowCenter/WindowWidth may hold several windows; the first is the default one. None when absent."""
+    if value is not None and not isinstance(value, (str, bytes, int, float)):
+        value = value[0] if len(value) else None  # pydicom MultiValue
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _load_dicom(data: bytes, name: str, limit: int) -> np.ndarray:
+    """DICOM -> uint8: first frame, modality rescale, window (else min-max), MONOCHROME1 inverted, RGB -> luma."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as e:  # pydicom raises many types on garbage input
+        if data[128:132] != b"DICM":
+            raise UnsupportedImageError(f"{name}: not a JPEG, PNG or DICOM image") from e
+        raise CorruptImageError(f"{name}: cannot parse DICOM ({e})") from e
+    if "PixelData" not in ds:
+        if data[128:132] != b"DICM" and len(ds) == 0:
+            raise UnsupportedImageError(f"{name}: not a JPEG, PNG or DICOM image")
+        raise UnsupportedImageError(f"{name}: DICOM file has no pixel data (not an image)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CorruptImageError(f"{name}: DICOM header lacks a usable image size ({e})") from e
+    _check_size(cols, rows, limit, name)
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if frames > 1:
+            ds.pixel_array_options(index=0)
+        arr = ds.pixel_array
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            arr = apply_color_lut(arr, ds)
+    except Exception as e:  # pydicom raises many types; any failure here means no trustworthy pixels
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            raise UnsupportedImageError(
+                f"{name}: cannot decode DICOM transfer syntax {getattr(syntax, 'name', syntax)} ({e})"
+            ) from e
+        raise CorruptImageError(f"{name}: cannot decode DICOM pixel data ({e})") from e
+
+    arr = np.asarray(arr)
+    if photometric.startswith("MONOCHROME"):
+        if arr.ndim == 3:  # defensive: a multi-frame array despite index=0
+            arr = arr[0]
+        arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+        out = _window(arr, center, width) if center is not None and width and width > 0 else _stretch(arr)
+        return (255 - out) if photometric == "MONOCHROME1" else out
+    if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (pydicom converts YBR to RGB) or palette colour
+        if arr.dtype == np.uint8:
+            return np.asarray(Image.fromarray(arr, mode="RGB").convert("L"), dtype=np.uint8)
+        return _stretch(arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    raise UnsupportedImageError(f"{name}: unsupported DICOM photometric interpretation {photometric}")
