@@ -40,7 +40,7 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
         raise ArtifactError(f"{artifacts.dir / 'config.json'}: cannot tell the architecture ({e})") from None
     model, _ = create_model(arch, pretrained=False, input_size=size)
     load_best(model, artifacts.best_checkpoint())
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     return LoadedModel(name=artifacts.name, spec=spec, model=model, input_size=size,
                        mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
                        tta=int(cfg.get("tta", 1) or 1))

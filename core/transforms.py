@@ -25,7 +25,8 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(B, 1, S, S) in [0, 1] → (B, 3, S, S) normalised with the model's ImageNet-style mean/std."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x.expand(-1, 3, -1, -1) - mean) / std
+    # channels-last: CPU convolutions and batch norm in this torch build run several times faster in it
+    return ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def to_model_input(batch_u8, mean, std, size: int | None = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ import platform
 import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def cmd_train(args) -> int:
     print(f"device: {device}; artifacts: {run_dir}")
     labels_all = prepared.labels()
     paths_all = [s.path for s in prepared.samples]
+    failed: list[str] = []
     for recipe in recipes:
         writer = ModelWriter(run_dir, recipe.name)
         if args.resume and _finished(writer):
@@ -123,14 +125,20 @@ def cmd_train(args) -> int:
             print(f"\nstopped. Continue with: python -m trainer train --resume --run {run_id} ... (same flags)",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
-        except Exception as e:
+        except Exception as e:  # one broken entry must not cost the rest of the lineup
             writer.status("failed", message=f"{type(e).__name__}: {e}")
-            raise
+            traceback.print_exc()
+            print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(recipe.name)
+            continue
         m = Run(run_dir).model(recipe.name).metrics("test")
         at = m["at"]["youden"]
         print(f"   test AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  sens {at['sensitivity']:.3f}"
               f"  spec {at['specificity']:.3f}  at val-chosen threshold {at['threshold']:.3f}"
               f"  ({st['train_seconds']:.0f}s)")
+    if failed:
+        print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
+        return 1
     print(f"done: {run_dir}")
     return 0
 

@@ -90,7 +90,7 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
                                 weights_dir=weights_dir, input_size=size)
     if winfo.warning:
         log(f"  WARNING [{recipe.name}]: {winfo.warning}")
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # matches core.transforms.normalize's output
     mean, std = spec.mean, spec.std
     config = {**asdict(recipe), "input_size": size, "mean": list(mean), "std": list(std),
               "pretrained": winfo.pretrained, "pretrained_requested": recipe.pretrained,
@@ -218,7 +218,6 @@ def finish_entry(model, recipe, cache, rows, labels, paths, writer, device, hist
                  early) -> dict:
     """Reload the best epoch, choose thresholds on validation, score validation and test once."""
     load_best(model, writer.dir / "checkpoints" / "best.safetensors")
-    model.to(device)
     spec = get_spec(recipe.arch)
     probs = {split: predict_probabilities(model, cache.images, spec.mean, spec.std, device=device,
                                           indices=rows[split], tta=recipe.tta)
