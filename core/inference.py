@@ -33,6 +33,9 @@ class LoadedModel:
 def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     """Build the architecture named in the model's config.json and load its best checkpoint."""
     cfg = artifacts.config
+    if cfg.get("members"):
+        raise ArtifactError(f"{artifacts.name} is an ensemble (mean of {', '.join(cfg['members'])}); it has no "
+                            "network of its own: explain its members instead")
     try:
         arch, size = cfg["arch"], int(cfg["input_size"])
         spec = get_spec(arch)

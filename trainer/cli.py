@@ -18,6 +18,7 @@ from core.artifacts import ArtifactError, ModelWriter, Run, default_root, now_is
 from core.data import DataError
 from core.labels import CLASSES
 from trainer import config as cfgmod
+from trainer import ensemble
 from trainer.prepare import build_cache, check_usable, prepare, rows_for
 
 EXIT_DATA, EXIT_CONFIG, EXIT_INTERRUPTED = 2, 3, 130
@@ -136,6 +137,13 @@ def cmd_train(args) -> int:
         print(f"   test AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  sens {at['sensitivity']:.3f}"
               f"  spec {at['specificity']:.3f}  at val-chosen threshold {at['threshold']:.3f}"
               f"  ({st['train_seconds']:.0f}s)")
+    for ens in cfg.ensembles:
+        try:
+            m = ensemble.build(Run(run_dir), ens["name"], list(ens["members"]))
+            print(f"== ensemble {ens['name']} = mean of {', '.join(ens['members'])}: val AUC {m['auc']:.4f}")
+        except (ArtifactError, KeyError, TypeError) as e:
+            print(f"   ensemble {ens!r} not built: {e}", file=sys.stderr)
+            failed.append(str(ens.get("name", ens)) if isinstance(ens, dict) else str(ens))
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -165,6 +173,13 @@ def _print_counts(counts: dict, skipped: list) -> None:
         print(f"{split:<10}" + "".join(f"{c.get(k, 0):>11}" for k in CLASSES) + f"{sum(c.values()):>8}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable files (listed in skipped.csv), e.g. {skipped[0][0]}: {skipped[0][1]}")
+
+
+def cmd_ensemble(args) -> int:
+    members = [m.strip() for m in args.members.split(",") if m.strip()]
+    m = ensemble.build(Run(Path(args.run)), args.name, members)
+    print(f"ensemble {args.name} = mean of {', '.join(members)}: val AUC {m['auc']:.4f}")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -210,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
     t.set_defaults(func=cmd_train)
+
+    n = sub.add_parser("ensemble", help="add an ensemble (mean probability) of finished models to a run")
+    n.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    n.add_argument("--members", required=True, help="comma-separated model names of the run")
+    n.add_argument("--name", default="ensemble")
+    n.set_defaults(func=cmd_ensemble)
 
     e = sub.add_parser("evaluate", help="score every model of a run on another data set")
     e.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")

@@ -67,6 +67,7 @@ class RunConfig:
     workers: int | None = None
     device: str = "auto"
     threads: int | None = None
+    ensembles: tuple = ()  # ({name: ..., members: [...]}, ...): built after training (trainer/ensemble.py)
     recipe: Recipe = field(default_factory=Recipe)
 
 

@@ -17,6 +17,7 @@ from core import data, metrics
 from core.artifacts import ArtifactError, ModelWriter, Run, now_iso, write_json
 from core.data import DataError
 from core.inference import load_trained, predict_loaded
+from trainer import ensemble
 from trainer.prepare import build_cache, prepare, rows_for
 
 RESERVED = {"train", "val"}
@@ -42,7 +43,10 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
               file=sys.stderr)
 
     scored = 0
+    ensembles = [a for a in run.models if _is_ensemble(a)]
     for art in run.models:
+        if art in ensembles:
+            continue
         try:
             loaded = load_trained(art)
             thresholds = art.metrics("val")["thresholds"]
@@ -59,10 +63,16 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
         writer.predictions(split_name, [s.path for s in prepared.samples], labels, probs)
         m = metrics.evaluate_split(labels, probs, thresholds, split=split_name)
         writer.metrics(split_name, m)
-        at = m["at"]["youden"]
-        print(f"{art.name:<24} n={m['n']:<5} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}] "
-              f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f} "
-              f"(threshold {at['threshold']:.3f} from val)")
+        _report(art.name, m)
+        scored += 1
+    for art in ensembles:
+        try:
+            thresholds = art.metrics("val")["thresholds"]
+            m = ensemble.score_split(run, art.name, list(art.config["members"]), split_name, thresholds)
+        except (ArtifactError, KeyError) as e:
+            print(f"skip {art.name}: {e}", file=sys.stderr)
+            continue
+        _report(art.name, m)
         scored += 1
     if not scored:
         raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
@@ -72,6 +82,20 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
         "counts": data.split_counts(prepared.samples), "skipped": prepared.skipped, "created": now_iso(),
         "command": "python -m trainer " + " ".join(shlex.quote(a) for a in (command or []))})
     return 0
+
+
+def _is_ensemble(art) -> bool:
+    try:
+        return ensemble.is_ensemble(art.config)
+    except ArtifactError:
+        return False  # reported when the model itself is loaded
+
+
+def _report(name: str, m: dict) -> None:
+    at = m["at"]["youden"]
+    print(f"{name:<24} n={m['n']:<5} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}] "
+          f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f} "
+          f"(threshold {at['threshold']:.3f} from val)")
 
 
 def _overlap_with_run(run: Run, samples) -> list[str]:
