@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-dev test test-all demo bench bench-quick results-table
+.PHONY: setup setup-dev test test-all demo train bench bench-quick results-table
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,12 @@ test-all: setup-dev
 
 demo: setup
 	$(PY) -m streamlit run dashboard/Home.py
+
+train: setup
+	$(PY) -m trainer train --config configs/lineup.yaml --resume
+
+results-table:
+	$(PY) -m trainer report --run artifacts/kermany-lineup --update README.md
 
 bench: setup-dev
 	$(PY) -m bench

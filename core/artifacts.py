@@ -112,7 +112,9 @@ class ModelWriter:
         write_csv(self.dir / "history.csv", rows, HISTORY_COLUMNS)
 
     def predictions(self, split: str, paths, labels, probabilities) -> None:
-        rows = [{"path": a, "label": int(b), "probability": f"{float(c):.6f}"}
+        # repr() round-trips a float exactly, so counts recomputed from this file at a threshold (itself one
+        # of these probabilities) equal the ones in metrics_<split>.json
+        rows = [{"path": a, "label": int(b), "probability": repr(float(c))}
                 for a, b, c in zip(paths, labels, probabilities)]
         write_csv(self.dir / f"predictions_{split}.csv", rows, PREDICTION_COLUMNS)
 
@@ -177,7 +179,11 @@ class ModelArtifacts:
         return st
 
     def history(self) -> pd.DataFrame:
-        return read_csv(self.dir / "history.csv", HISTORY_COLUMNS)
+        path = self.dir / "history.csv"
+        df = read_csv(path, HISTORY_COLUMNS)
+        if df[["epoch", "train_loss", "seconds"]].isna().any().any():
+            raise ArtifactError(f"{path}: a row is incomplete (half-written or edited by hand)")
+        return df
 
     def splits(self) -> list[str]:
         """Splits that have predictions, val and test first."""
@@ -213,7 +219,7 @@ class ModelArtifacts:
 
 @dataclass
 class Run:
-    """A run folder; ``models`` lists model folders that have a config.json (readable or not)."""
+    """A run folder; ``models`` lists model folders that have a config.json or status.json (readable or not)."""
 
     dir: Path
 
@@ -234,7 +240,8 @@ class Run:
 
     @cached_property
     def models(self) -> list[ModelArtifacts]:
-        names = sorted(p.parent.name for p in self.dir.glob("*/config.json"))
+        # a model that failed before writing its config still has a status.json worth showing
+        names = sorted({p.parent.name for pat in ("*/config.json", "*/status.json") for p in self.dir.glob(pat)})
         order = self.info.get("models", []) if (self.dir / "run.json").exists() and self._info_ok() else []
         names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
         return [ModelArtifacts(self.dir, n) for n in names]

@@ -51,9 +51,10 @@ def select_run() -> Run | None:
     root = artifacts_root()
     runs = list_runs(root)
     if not runs:
+        where = "" if root.resolve() == (REPO / "artifacts").resolve() else f" --artifacts {root}"
         st.info(f"No training runs found in `{root}`. Train one, for example:\n\n"
                 "```\npython -m trainer train --data ../shared/data/kermany224 "
-                "--models small_cnn,mobilenet_v2 --epochs 10 --run first\n```")
+                f"--models small_cnn,mobilenet_v2 --epochs 10 --run first{where}\n```")
         return None
     ids = [r.id for r in runs]
     current = st.session_state.get(RUN_KEY)

@@ -92,8 +92,10 @@ def cmd_train(args) -> int:
     write_csv(run_dir / "split.csv", [{"path": s.path, "label": s.label, "patient_id": s.patient_id,
                                        "split": s.split} for s in prepared.samples], ["path", "label", "patient_id", "split"])
     write_csv(run_dir / "skipped.csv", [{"path": p, "reason": r} for p, r in prepared.skipped], ["path", "reason"])
+    created = Run(run_dir).info.get("created") if (run_dir / "run.json").exists() else None
     write_json(run_dir / "run.json", {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "created": now_iso(), "data_root": prepared.root,
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "created": created or now_iso(),
+        "updated": now_iso(), "data_root": prepared.root,
         "data_layout": prepared.layout, "data_fingerprint": data.fingerprint(prepared.samples),
         "command": "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv),
         "config": cfgmod.as_dict(cfg), "versions": _versions(), "split_counts": counts,
@@ -182,6 +184,18 @@ def cmd_ensemble(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from trainer import report
+    run = Run(Path(args.run))
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if args.update:
+        changed = report.update(args.update, run, splits)
+        print(f"{args.update}: {'updated' if changed else 'already up to date'}")
+    else:
+        print(report.block(run, splits))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from trainer.evaluate import evaluate_run
     return evaluate_run(args.run, args.data, split_name=args.split_name, only_split=args.split,
@@ -231,6 +245,12 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--members", required=True, help="comma-separated model names of the run")
     n.add_argument("--name", default="ensemble")
     n.set_defaults(func=cmd_ensemble)
+
+    r = sub.add_parser("report", help="print the results table of a run (or rewrite it in the README)")
+    r.add_argument("--run", required=True)
+    r.add_argument("--splits", default="test,official_val", help="comma-separated splits, one table each")
+    r.add_argument("--update", metavar="README", help="rewrite the table between the results markers of this file")
+    r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("evaluate", help="score every model of a run on another data set")
     e.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")

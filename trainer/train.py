@@ -181,7 +181,6 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
         else:
             bad_epochs += 1
         done_early = bad_epochs >= recipe.patience
-        writer.history(history)
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best_auc": best_auc,
                  "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
@@ -189,6 +188,7 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
             save_resume(ckpt_dir / f"epoch_{epoch:03d}.pt", state)
             prune_epochs(ckpt_dir, recipe.keep_last)
         save_resume(ckpt_dir / "last.pt", state)
+        writer.history(history)  # after the checkpoints: a row in history means its epoch can be resumed from
         remaining = 0 if done_early else recipe.epochs - epoch
         writer.status("running", epoch=epoch, epochs=recipe.epochs, eta_seconds=remaining * np.mean(epoch_seconds),
                       best_epoch=best_epoch, best_val_auc=best_auc, message="")

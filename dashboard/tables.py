@@ -1,0 +1,396 @@
+"""Data wrangling for the dashboard: plain functions of dicts and DataFrames, no Streamlit, no file access.
+
+Pages read artifacts (through ``core.artifacts``) and hand what they read to these functions; tests call them
+directly. Metric arithmetic comes from ``core.metrics``; nothing here re-derives an AUC, a confusion count or a
+calibration bin.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from core import metrics as cm
+from core.artifacts import HISTORY_COLUMNS, ArtifactError
+from core.labels import CLASSES
+
+HEADLINE = "youden"  # the operating point chosen on validation (docs/artifacts.md)
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+RATE_NAMES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
+# Kermany et al., Cell 2018, pneumonia vs normal on their 624-image test set (for reference on the ROC only).
+KERMANY_2018 = {"sensitivity": 0.932, "specificity": 0.901, "fpr": 1 - 0.901,
+                "label": "Kermany et al. 2018 (sens 93.2%, spec 90.1%)"}
+
+
+def _num(x) -> float:
+    """A JSON number, or NaN for null / missing / junk."""
+    try:
+        return float(x) if x is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def wilson_interval(k: float, n: float, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n; (NaN, NaN) when n is 0.
+
+    >>> lo, hi = wilson_interval(8, 10); round(lo, 3), round(hi, 3)
+    (0.49, 0.943)
+    """
+    if not n:
+        return (math.nan, math.nan)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def format_ci(lo: float, hi: float, digits: int = 3) -> str:
+    if not (math.isfinite(_num(lo)) and math.isfinite(_num(hi))):
+        return "–"
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def format_seconds(s: float) -> str:
+    s = _num(s)
+    if not math.isfinite(s):
+        return "–"
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def sort_splits(splits) -> list[str]:
+    return sorted(set(splits), key=lambda s: (SPLIT_ORDER.get(s, 3), s))
+
+
+def default_split(splits: list[str]) -> str | None:
+    """``test`` when it has predictions, else the first split there is."""
+    return "test" if "test" in splits else (splits[0] if splits else None)
+
+
+# --- runs and the leaderboard ----------------------------------------------------------------------------
+
+def runs_table(runs: list[tuple[str, dict | None]]) -> pd.DataFrame:
+    """One row per run from its run.json (``None`` for an unreadable one): data, layout, split sizes per class."""
+    rows = []
+    for run_id, info in runs:
+        row = {"run": run_id}
+        if info is None:
+            row["created"] = "run.json unreadable"
+            rows.append(row)
+            continue
+        row["created"] = str(info.get("created", ""))[:19].replace("T", " ")
+        row["data root"] = info.get("data_root", "")
+        row["layout"] = info.get("data_layout", "")
+        counts = info.get("split_counts") or {}
+        for split in sort_splits(counts):
+            c = counts.get(split) or {}
+            row[f"{split} ({' / '.join(CLASSES)})"] = " / ".join(str(c.get(k, 0)) for k in CLASSES)
+        row["skipped files"] = info.get("n_skipped", 0)
+        row["models"] = ", ".join(info.get("models", []))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pretrained_label(config: dict | None) -> str:
+    if not config:
+        return "–"
+    if config.get("pretrained"):
+        return "ImageNet"
+    return "from scratch"
+
+
+def status_label(status: dict | None) -> str:
+    if not status:
+        return "unknown"
+    state = str(status.get("state", "unknown"))
+    if state == "running" and status.get("stale"):
+        return "stale"
+    return state
+
+
+def train_seconds(status: dict | None, history: pd.DataFrame | None) -> float:
+    """``train_seconds`` from status.json when the trainer recorded it, else the sum of per-epoch seconds."""
+    if status and status.get("train_seconds") is not None:
+        return _num(status["train_seconds"])
+    if history is not None and "seconds" in history and len(history):
+        return float(pd.to_numeric(history["seconds"], errors="coerce").sum())
+    return math.nan
+
+
+def operating_point(metrics: dict | None, rule: str = HEADLINE) -> dict:
+    """The confusion metrics a metrics_<split>.json holds at one named threshold (empty when absent)."""
+    if not metrics:
+        return {}
+    return dict((metrics.get("at") or {}).get(rule) or {})
+
+
+LEADERBOARD_COLUMNS = ["model", "status", "pretrained", "test AUC", "AUC 95% CI", "accuracy", "sensitivity",
+                       "specificity", "F1", "threshold", "params", "train time (s)", "epochs", "weights"]
+
+
+def leaderboard(entries: list[dict]) -> pd.DataFrame:
+    """One row per model; entries hold ``model`` and any of ``config``, ``status``, ``history``, ``metrics``
+    (the test split), each ``None`` when unreadable. Sorted by test AUC, best first, unknown last."""
+    rows = []
+    for e in entries:
+        cfg, status, hist, met = e.get("config"), e.get("status"), e.get("history"), e.get("metrics")
+        at = operating_point(met)
+        ci = (met or {}).get("auc_ci") or [None, None]
+        epochs = ""
+        if status and status.get("epoch") is not None:
+            epochs = f"{status.get('epoch')}/{status.get('epochs', '?')}"
+        elif hist is not None:
+            epochs = str(len(hist))
+        rows.append({
+            "model": e["model"], "status": status_label(status),
+            "test AUC": _num((met or {}).get("auc")), "AUC 95% CI": format_ci(_num(ci[0]), _num(ci[1])),
+            "accuracy": _num(at.get("accuracy")), "sensitivity": _num(at.get("sensitivity")),
+            "specificity": _num(at.get("specificity")), "F1": _num(at.get("f1")),
+            "threshold": _num(at.get("threshold")),
+            "pretrained": pretrained_label(cfg), "params": _num((cfg or {}).get("params")),
+            "train time (s)": train_seconds(status, hist), "epochs": epochs,
+            "weights": str((cfg or {}).get("weights_source") or ""),
+        })
+    df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    return df.sort_values("test AUC", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+# --- training curves -------------------------------------------------------------------------------------
+
+def checked_history(history: pd.DataFrame, where: str = "history.csv") -> pd.DataFrame:
+    """The history with numeric columns, or an ``ArtifactError`` naming the first incomplete or non-numeric row
+    (a torn or hand-edited file: the CSV parser alone accepts a half row and fills it with NaN)."""
+    h = history.copy()
+    for col in HISTORY_COLUMNS:
+        h[col] = pd.to_numeric(h[col], errors="coerce")
+    bad = h[HISTORY_COLUMNS].isna().any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ArtifactError(f"{where}: row {row + 1} is incomplete or not numeric "
+                            f"({', '.join(c for c in HISTORY_COLUMNS if pd.isna(h[c].iloc[row]))}); "
+                            "the file may be half-written or corrupt")
+    return h
+
+
+def ema(values, smoothing: float) -> np.ndarray:
+    """Exponential moving average as TensorBoard draws it: weight ``smoothing`` on the past, bias-corrected."""
+    s = pd.Series(np.asarray(values, dtype=float))
+    if smoothing <= 0 or s.empty:
+        return s.to_numpy()
+    return s.ewm(alpha=1 - min(smoothing, 0.999), adjust=True, ignore_na=True).mean().to_numpy()
+
+
+def best_epoch(history: pd.DataFrame) -> int | None:
+    """The epoch with the highest validation AUC (what the trainer keeps as best), ``None`` without one."""
+    auc = pd.to_numeric(history.get("val_auc"), errors="coerce") if len(history) else None
+    if auc is None or auc.isna().all():
+        return None
+    return int(history["epoch"].iloc[int(np.nanargmax(auc.to_numpy()))])
+
+
+def generalisation_gap(history: pd.DataFrame) -> pd.Series:
+    """val_loss - train_loss per epoch: growing means over-fitting."""
+    return pd.to_numeric(history["val_loss"], errors="coerce") - pd.to_numeric(history["train_loss"], errors="coerce")
+
+
+def progress_line(name: str, status: dict) -> str:
+    """One line for a model still training: epoch, ETA, heartbeat."""
+    state = status_label(status)
+    epoch, epochs = status.get("epoch"), status.get("epochs")
+    parts = [f"**{name}** is {state}"]
+    if epoch is not None:
+        parts.append(f"epoch {epoch}/{epochs if epochs is not None else '?'}")
+    if state == "running" and status.get("eta_seconds") is not None:
+        parts.append(f"ETA {format_seconds(status['eta_seconds'])}")
+    if status.get("best_val_auc") is not None:
+        parts.append(f"best val AUC {_num(status['best_val_auc']):.4f} (epoch {status.get('best_epoch', '?')})")
+    if status.get("heartbeat"):
+        parts.append(f"last heartbeat {status['heartbeat']}")
+    if status.get("message"):
+        parts.append(str(status["message"]))
+    return " · ".join(parts)
+
+
+# --- ROC / PR / confusion --------------------------------------------------------------------------------
+
+def threshold_presets(val_metrics: dict | None) -> dict[str, float]:
+    """Named thresholds from metrics_val.json (chosen on validation), plus the fixed 0.5."""
+    presets = {}
+    for name, t in ((val_metrics or {}).get("thresholds") or {}).items():
+        v = _num((t or {}).get("value"))
+        if math.isfinite(v):
+            presets[name] = v
+    presets.setdefault("default", 0.5)
+    return presets
+
+
+def live_point(y, p, threshold: float, prevalence: float | None = None) -> dict:
+    """Everything the ROC page shows at one threshold: ``core.metrics.confusion_at`` plus the ROC point and
+    PPV/NPV re-weighted to another prevalence (``core.metrics.predictive_values``)."""
+    c = cm.confusion_at(y, p, threshold)
+    c["fpr"] = 1 - c["specificity"] if math.isfinite(c["specificity"]) else math.nan
+    if prevalence is not None:
+        c["ppv_at_prevalence"], c["npv_at_prevalence"] = cm.predictive_values(c["sensitivity"], c["specificity"],
+                                                                              prevalence)
+        c["prevalence"] = float(prevalence)
+    return c
+
+
+def rates_table(point: dict) -> pd.DataFrame:
+    """Rows of the live rates at a threshold, for a small table under the confusion matrix."""
+    rows = [("sensitivity", point["sensitivity"]), ("specificity", point["specificity"]),
+            ("PPV", point["ppv"]), ("NPV", point["npv"]), ("F1", point["f1"]), ("accuracy", point["accuracy"])]
+    if "prevalence" in point:
+        pct = f"{point['prevalence']:.1%}"
+        rows += [(f"PPV @ prev. {pct}", point["ppv_at_prevalence"]),
+                 (f"NPV @ prev. {pct}", point["npv_at_prevalence"])]
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def legend_label(name: str, metrics: dict | None, y=None, p=None) -> str:
+    """``name AUC 0.912 [0.88, 0.94]``: AUC and interval from the metrics file, else computed from predictions."""
+    if metrics and metrics.get("auc") is not None:
+        a, ci = _num(metrics["auc"]), metrics.get("auc_ci") or [None, None]
+    elif y is not None:
+        a, ci = cm.auc(y, p), cm.bootstrap_auc_ci(y, p, n_boot=500)
+    else:
+        return name
+    return f"{name} · AUC {a:.3f} {format_ci(_num(ci[0]), _num(ci[1]))}"
+
+
+# --- model comparison ------------------------------------------------------------------------------------
+
+def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE) -> list[dict]:
+    """AUC with its bootstrap interval (from the file) and accuracy, sensitivity, specificity with Wilson
+    intervals from the confusion counts at the validation-chosen threshold. F1 is not a proportion of a fixed
+    number of images, so it gets no Wilson interval (lo/hi NaN)."""
+    ci = metrics.get("auc_ci") or [None, None]
+    rows = [{"model": name, "metric": "AUC", "value": _num(metrics.get("auc")), "lo": _num(ci[0]),
+             "hi": _num(ci[1]), "k": math.nan, "n": _num(metrics.get("n")), "interval": "bootstrap"}]
+    at = operating_point(metrics, rule)
+    if not at:
+        return rows
+    tp, fp, tn, fn = (int(at.get(k) or 0) for k in ("tp", "fp", "tn", "fn"))
+    for key, k, n in (("accuracy", tp + tn, tp + fp + tn + fn), ("sensitivity", tp, tp + fn),
+                      ("specificity", tn, tn + fp)):
+        lo, hi = wilson_interval(k, n)
+        rows.append({"model": name, "metric": key, "value": _num(at.get(key)), "lo": lo, "hi": hi, "k": k, "n": n,
+                     "interval": "Wilson"})
+    rows.append({"model": name, "metric": "F1", "value": _num(at.get("f1")), "lo": math.nan, "hi": math.nan,
+                 "k": math.nan, "n": tp + fp + tn + fn, "interval": "none"})
+    return rows
+
+
+def comparison_long(metrics_by_model: dict[str, dict], rule: str = HEADLINE) -> pd.DataFrame:
+    rows = [r for name, m in metrics_by_model.items() for r in metric_intervals(name, m, rule)]
+    return pd.DataFrame(rows, columns=["model", "metric", "value", "lo", "hi", "k", "n", "interval"])
+
+
+def paired(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
+    """The images both prediction files scored, matched by path, with labels that agree."""
+    m = pred_a[["path", "label", "probability"]].merge(pred_b[["path", "label", "probability"]], on="path",
+                                                       suffixes=("_a", "_b"))
+    return m[m["label_a"] == m["label_b"]]
+
+
+def best_model(aucs: dict[str, float]) -> str | None:
+    finite = {k: v for k, v in aucs.items() if math.isfinite(_num(v))}
+    return max(finite, key=lambda k: finite[k]) if finite else None
+
+
+def delong_vs_best(preds: dict[str, pd.DataFrame], aucs: dict[str, float]) -> pd.DataFrame:
+    """DeLong's paired test of each model's AUC against the best model's, on the images both scored.
+
+    ``ΔAUC`` is model minus best (so zero or negative); ``p < 0.05`` flags a difference unlikely to be chance.
+    """
+    alpha = 0.05
+    cols = ["model", "vs", "n paired", "AUC", "AUC best", "ΔAUC", "z", "p-value", "p < 0.05"]
+    best = best_model({k: v for k, v in aucs.items() if k in preds})
+    if best is None:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for name, df in preds.items():
+        if name == best:
+            continue
+        pair = paired(preds[best], df)
+        r = cm.delong_test(pair["label_a"], pair["probability_a"], pair["probability_b"]) if len(pair) else \
+            {"auc_a": math.nan, "auc_b": math.nan, "diff": math.nan, "z": math.nan, "p_value": math.nan}
+        rows.append({"model": name, "vs": best, "n paired": len(pair), "AUC": r["auc_b"], "AUC best": r["auc_a"],
+                     "ΔAUC": r["auc_b"] - r["auc_a"], "z": r["z"], "p-value": r["p_value"],
+                     "p < 0.05": bool(math.isfinite(r["p_value"]) and r["p_value"] < alpha)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def delong_all_pairs(preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """A symmetric matrix of DeLong p-values for every pair of models (NaN on the diagonal)."""
+    names = list(preds)
+    mat = pd.DataFrame(np.nan, index=names, columns=names)
+    for a, b in combinations(names, 2):
+        pair = paired(preds[a], preds[b])
+        if len(pair):
+            p = cm.delong_test(pair["label_a"], pair["probability_a"], pair["probability_b"])["p_value"]
+            mat.loc[a, b] = mat.loc[b, a] = p
+    return mat
+
+
+def comparison_table(long: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
+    """One sortable row per model: point estimates as numbers, intervals as text, DeLong p against the best."""
+    rows = []
+    for name, g in long.groupby("model", sort=False):
+        row = {"model": name}
+        for _, r in g.iterrows():
+            label = r["metric"]
+            row[label] = r["value"]
+            if r["interval"] != "none":
+                row[f"{label} 95% CI"] = format_ci(r["lo"], r["hi"])
+        d = delong[delong["model"] == name] if len(delong) else delong
+        if len(d):
+            row["ΔAUC vs best"] = d["ΔAUC"].iloc[0]
+            row["DeLong p"] = d["p-value"].iloc[0]
+            row["differs (p < 0.05)"] = "yes" if d["p < 0.05"].iloc[0] else "no"
+        elif len(delong):
+            row["ΔAUC vs best"], row["DeLong p"], row["differs (p < 0.05)"] = 0.0, math.nan, "best"
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    first = [c for c in ("model", "AUC", "AUC 95% CI", "ΔAUC vs best", "DeLong p", "differs (p < 0.05)") if c in df]
+    df = df[first + [c for c in df.columns if c not in first]]
+    return df.sort_values("AUC", ascending=False, kind="stable").reset_index(drop=True) if "AUC" in df else df
+
+
+# --- calibration -----------------------------------------------------------------------------------------
+
+def calibration_from(metrics: dict | None, pred: pd.DataFrame | None, n_bins: int = 10) -> tuple[dict, str]:
+    """Reliability bins from the metrics file, or recomputed from predictions (``core.metrics``)."""
+    cal = (metrics or {}).get("calibration")
+    if cal and cal.get("mean_pred") is not None and cal.get("frac_pos") is not None:
+        return cal, "metrics file"
+    if pred is not None:
+        return cm.calibration_bins(pred["label"], pred["probability"], n_bins), "recomputed from predictions"
+    raise ValueError("neither a metrics file with calibration bins nor predictions")
+
+
+def calibration_row(name: str, metrics: dict | None, pred: pd.DataFrame | None) -> dict:
+    """ECE and Brier score: from the metrics file when it has them, else recomputed from predictions."""
+    m = metrics or {}
+    row = {"model": name, "ECE": _num(m.get("ece")), "Brier": _num(m.get("brier")), "n": _num(m.get("n")),
+           "bins": m.get("ece_bins", 10), "source": "metrics file"}
+    if pred is not None and not (math.isfinite(row["ECE"]) and math.isfinite(row["Brier"])):
+        y, p = pred["label"], pred["probability"]
+        row.update({"ECE": cm.ece(y, p, int(row["bins"] or 10)), "Brier": cm.brier(y, p), "n": len(pred),
+                    "source": "recomputed from predictions"})
+    return row
+
+
+def calibration_table(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["model", "ECE", "Brier", "n", "bins", "source"])
+    return df.sort_values("ECE", kind="stable", na_position="last").reset_index(drop=True)

@@ -1,0 +1,266 @@
+"""Fast tests of the dashboard's data wrangling (dashboard/tables.py) and figures (dashboard/figures.py).
+
+No browser and no Streamlit: these are plain functions. Most inputs are the artifacts the real trainer wrote for
+the ``tiny_run`` fixture; a few edge cases use small hand-made values where a real run cannot produce them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import metrics as cm
+from core.artifacts import list_runs
+from dashboard import figures, tables
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    (r,) = [r for r in list_runs(tiny_run) if r.id == "tiny"]
+    return r
+
+
+@pytest.fixture(scope="module")
+def test_metrics(run) -> dict:
+    return {m.name: m.metrics("test") for m in run.models}
+
+
+@pytest.fixture(scope="module")
+def test_preds(run) -> dict:
+    return {m.name: m.predictions("test") for m in run.models}
+
+
+# --- small pure functions ----------------------------------------------------------------------------------
+
+def test_wilson_interval_textbook_values():
+    lo, hi = tables.wilson_interval(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)  # Wilson 1927 / Newcombe 1998, 95%
+    lo, hi = tables.wilson_interval(0, 20)
+    assert lo == 0.0 and 0.15 < hi < 0.17  # never below 0, unlike the Wald interval
+    lo, hi = tables.wilson_interval(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.85
+    assert all(math.isnan(v) for v in tables.wilson_interval(0, 0))
+
+
+def test_ema_smooths_and_keeps_raw_at_zero():
+    x = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(tables.ema(x, 0.0), x)
+    smooth = tables.ema(x, 0.8)
+    assert smooth.std() < x.std()
+    np.testing.assert_allclose(tables.ema(np.full(5, 0.3), 0.9), 0.3)  # bias-corrected: no pull towards 0
+
+
+def test_format_helpers():
+    assert tables.format_ci(0.81234, 0.9) == "[0.812, 0.900]"
+    assert tables.format_ci(float("nan"), 0.9) == "–"
+    assert tables.format_seconds(42) == "42 s"
+    assert tables.format_seconds(125) == "2 min 05 s"
+    assert tables.format_seconds(3 * 3600 + 60) == "3 h 01 min"
+    assert tables.sort_splits(["external", "test", "val"]) == ["val", "test", "external"]
+    assert tables.default_split(["val", "external"]) == "val"
+
+
+def test_status_and_pretrained_labels():
+    assert tables.status_label({"state": "running", "stale": True}) == "stale"
+    assert tables.status_label({"state": "running", "stale": False}) == "running"
+    assert tables.status_label(None) == "unknown"
+    assert tables.pretrained_label({"pretrained": False}) == "from scratch"
+    assert tables.pretrained_label({"pretrained": True, "weights_source": "package:x"}) == "ImageNet"
+
+
+# --- the leaderboard and runs table from the real run ------------------------------------------------------
+
+def test_runs_table_reads_split_counts(run):
+    df = tables.runs_table([(run.id, run.info), ("broken", None)])
+    row = df.iloc[0]
+    counts = run.info["split_counts"]["test"]
+    assert row["test (NORMAL / PNEUMONIA)"] == f"{counts['NORMAL']} / {counts['PNEUMONIA']}"
+    assert row["skipped files"] == run.info["n_skipped"]
+    assert df.iloc[1]["created"] == "run.json unreadable"
+
+
+def test_leaderboard_matches_metrics_files(run, test_metrics):
+    entries = [{"model": m.name, "config": m.config, "status": m.status(), "history": m.history(),
+                "metrics": test_metrics[m.name]} for m in run.models]
+    entries.append({"model": "broken", "config": None, "status": None, "history": None, "metrics": None})
+    board = tables.leaderboard(entries)
+    assert list(board["model"])[-1] == "broken"  # unknown AUC sorts last
+    assert board["test AUC"].iloc[:-1].is_monotonic_decreasing
+    for m in run.models:
+        row = board.set_index("model").loc[m.name]
+        met = test_metrics[m.name]
+        assert row["test AUC"] == pytest.approx(met["auc"])
+        assert row["sensitivity"] == pytest.approx(met["at"]["youden"]["sensitivity"])
+        assert row["threshold"] == pytest.approx(m.threshold("youden"))
+        assert row["params"] == m.config["params"]
+        assert row["status"] == "finished"
+        assert row["pretrained"] == ("ImageNet" if m.config["pretrained"] else "from scratch")
+        assert row["train time (s)"] > 0
+    assert board.set_index("model").loc["small_cnn", "pretrained"] == "from scratch"
+
+
+# --- ROC page ----------------------------------------------------------------------------------------------
+
+def test_live_point_is_confusion_at_plus_prevalence(test_preds):
+    pred = test_preds["mobilenet_v2"]
+    y, p = pred["label"].to_numpy(), pred["probability"].to_numpy()
+    for t in (0.0, float(np.median(p)), 0.5, 1.0):
+        pt = tables.live_point(y, p, t, prevalence=0.2)
+        ref = cm.confusion_at(y, p, t)
+        assert {k: pt[k] for k in ("tp", "fp", "tn", "fn")} == {k: ref[k] for k in ("tp", "fp", "tn", "fn")}
+        ppv, npv = cm.predictive_values(ref["sensitivity"], ref["specificity"], 0.2)
+        np.testing.assert_equal([pt["ppv_at_prevalence"], pt["npv_at_prevalence"]], [ppv, npv])
+    rates = tables.rates_table(tables.live_point(y, p, 0.5, prevalence=0.2))
+    assert "PPV @ prev. 20.0%" in set(rates["metric"])
+
+
+def test_threshold_presets_come_from_validation(run):
+    m = run.model("small_cnn")
+    presets = tables.threshold_presets(m.metrics("val"))
+    assert presets["youden"] == m.threshold("youden")
+    assert presets["sens95"] == m.threshold("sens95")
+    assert presets["default"] == 0.5
+    assert tables.threshold_presets(None) == {"default": 0.5}
+
+
+def test_roc_figure_has_curves_points_and_kermany_marker(test_preds, test_metrics):
+    curves, points, labels = {}, {}, {}
+    for name, pred in test_preds.items():
+        y, p = pred["label"], pred["probability"]
+        curves[name] = cm.curves(y, p)["roc"]
+        points[name] = tables.live_point(y, p, 0.5)
+        labels[name] = tables.legend_label(name, test_metrics[name])
+    fig = figures.roc_figure(curves, labels=labels, points=points)
+    names = [t.name for t in fig.data]
+    for name, met in test_metrics.items():
+        assert f"{name} · AUC {met['auc']:.3f} [{met['auc_ci'][0]:.3f}, {met['auc_ci'][1]:.3f}]" in names
+    (ref,) = [t for t in fig.data if t.name and t.name.startswith("Kermany")]
+    assert ref.x[0] == pytest.approx(0.099) and ref.y[0] == pytest.approx(0.932)
+    dots = [t for t in fig.data if t.mode == "markers" and t.showlegend is False]
+    assert len(dots) == len(test_preds)
+    pr = figures.pr_figure({n: cm.curves(p["label"], p["probability"])["pr"] for n, p in test_preds.items()},
+                           points=points, prevalence=0.5)
+    assert len([t for t in pr.data if t.mode == "markers"]) == len(test_preds)
+
+
+def test_legend_label_falls_back_to_predictions(test_preds):
+    pred = test_preds["small_cnn"]
+    label = tables.legend_label("small_cnn", None, pred["label"], pred["probability"])
+    assert f"AUC {cm.auc(pred['label'], pred['probability']):.3f}" in label
+
+
+def test_confusion_figure_shows_the_counts(test_preds):
+    pred = test_preds["small_cnn"]
+    pt = cm.confusion_at(pred["label"], pred["probability"], 0.5)
+    fig = figures.confusion_figure(pt)
+    z = np.asarray(fig.data[0].z)
+    np.testing.assert_array_equal(z, [[pt["tn"], pt["fp"]], [pt["fn"], pt["tp"]]])
+    assert list(fig.data[0].y) == ["NORMAL", "PNEUMONIA"]
+
+
+# --- comparison --------------------------------------------------------------------------------------------
+
+def test_comparison_intervals_and_delong(test_metrics, test_preds):
+    long = tables.comparison_long(test_metrics)
+    assert set(long["metric"]) == {"AUC", "accuracy", "sensitivity", "specificity", "F1"}
+    for name, met in test_metrics.items():
+        g = long[long["model"] == name].set_index("metric")
+        assert g.loc["AUC", "lo"] == pytest.approx(met["auc_ci"][0])
+        at = met["at"]["youden"]
+        assert (g.loc["sensitivity", "lo"], g.loc["sensitivity", "hi"]) == \
+            pytest.approx(tables.wilson_interval(at["tp"], at["tp"] + at["fn"]))
+        assert g.loc["sensitivity", "lo"] <= at["sensitivity"] <= g.loc["sensitivity", "hi"]
+        assert math.isnan(g.loc["F1", "lo"])
+
+    aucs = {n: m["auc"] for n, m in test_metrics.items()}
+    best = max(aucs, key=aucs.get)
+    other = next(n for n in aucs if n != best)
+    # Rows in another order must still be matched by path.
+    shuffled = {best: test_preds[best], other: test_preds[other].sample(frac=1.0, random_state=0)}
+    d = tables.delong_vs_best(shuffled, aucs)
+    assert list(d["model"]) == [other] and d["vs"].iloc[0] == best
+    a, b = test_preds[best], test_preds[other]
+    ref = cm.delong_test(a["label"], a["probability"], b["probability"])
+    assert d["p-value"].iloc[0] == pytest.approx(ref["p_value"])
+    assert d["ΔAUC"].iloc[0] == pytest.approx(aucs[other] - aucs[best], abs=1e-9)
+    assert d["n paired"].iloc[0] == len(a)
+    assert bool(d["p < 0.05"].iloc[0]) == (ref["p_value"] < 0.05)
+
+    table = tables.comparison_table(long, d)
+    assert list(table["model"]) == [best, other]
+    assert table.set_index("model").loc[best, "differs (p < 0.05)"] == "best"
+    assert table.set_index("model").loc[other, "DeLong p"] == pytest.approx(ref["p_value"])
+
+    pairs = tables.delong_all_pairs(test_preds)
+    assert pairs.loc[best, other] == pytest.approx(ref["p_value"]) and math.isnan(pairs.loc[best, best])
+
+    fig = figures.comparison_bars(long)
+    assert len(fig.data) == len(test_metrics)
+    f1 = list(fig.data[0].x).index("F1")
+    assert math.isnan(fig.data[0].error_y.array[f1])  # no interval drawn for F1
+    figures.pvalue_heatmap(pairs)
+
+
+def test_paired_drops_rows_without_a_partner(test_preds):
+    a = test_preds["small_cnn"]
+    b = test_preds["mobilenet_v2"].iloc[5:]
+    assert len(tables.paired(a, b)) == len(a) - 5
+
+
+# --- training curves ---------------------------------------------------------------------------------------
+
+def test_history_figure_styles_and_best_epoch(run):
+    hist = {m.name: m.history() for m in run.models}
+    fig = figures.history_figure(hist, [("train_loss", "train"), ("val_loss", "val")], title="Loss",
+                                 y_title="loss", smoothing=0.5)
+    lines = [t for t in fig.data if t.meta in ("train", "val")]
+    assert sorted((t.name, t.meta) for t in lines) == sorted((n, k) for n in hist for k in ("train", "val"))
+    assert {t.line.dash for t in lines if t.meta == "train"} == {"solid"}
+    assert {t.line.dash for t in lines if t.meta == "val"} == {"dash"}
+    assert [t.name for t in fig.data if t.showlegend is not False and t.meta != "key"] == list(hist)  # one each
+    assert len([t for t in fig.data if t.meta == "train raw"]) == len(hist)  # faint raw line when smoothed
+    stars = [t for t in fig.data if t.marker and t.marker.symbol == "star"]
+    assert len(stars) == len(hist)
+    for name, h in hist.items():
+        best = tables.best_epoch(h)
+        assert best == int(h.loc[h["val_auc"].idxmax(), "epoch"])
+    gap = figures.gap_figure(hist)
+    for t in gap.data:
+        h = hist[t.name]
+        np.testing.assert_allclose(t.y, h["val_loss"] - h["train_loss"])
+
+
+def test_progress_line_for_a_running_model():
+    line = tables.progress_line("vit", {"state": "running", "stale": False, "epoch": 3, "epochs": 10,
+                                        "eta_seconds": 420, "best_val_auc": 0.97, "best_epoch": 2,
+                                        "heartbeat": "2026-01-01T00:00:00+00:00"})
+    assert "epoch 3/10" in line and "ETA 7 min 00 s" in line
+
+
+def test_train_seconds_prefers_status_then_history():
+    h = pd.DataFrame({"seconds": [1.5, 2.5]})
+    assert tables.train_seconds({"train_seconds": 9.0}, h) == 9.0
+    assert tables.train_seconds({}, h) == 4.0
+    assert math.isnan(tables.train_seconds(None, None))
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+
+def test_calibration_from_file_and_recomputed(test_metrics, test_preds):
+    for name, met in test_metrics.items():
+        row = tables.calibration_row(name, met, test_preds[name])
+        assert (row["ECE"], row["Brier"], row["source"]) == (met["ece"], met["brier"], "metrics file")
+        again = tables.calibration_row(name, None, test_preds[name])
+        # predictions_<split>.csv holds probabilities to 6 decimals, the metrics file used full precision
+        assert again["ECE"] == pytest.approx(met["ece"], abs=1e-5)
+        assert again["Brier"] == pytest.approx(met["brier"], abs=1e-5)
+        assert again["source"] == "recomputed from predictions"
+        bins, src = tables.calibration_from(None, test_preds[name])
+        assert bins["count"] == met["calibration"]["count"] and src == "recomputed from predictions"
+    bins = {n: tables.calibration_from(m, None)[0] for n, m in test_metrics.items()}
+    fig = figures.reliability_figure(bins)
+    assert len(fig.data) == 1 + len(bins)  # the diagonal + one per model
+    assert len(figures.probability_histogram(test_preds).data) == len(test_preds)

@@ -1,0 +1,301 @@
+"""The dashboard pages, run headless with ``streamlit.testing.v1.AppTest`` on artifacts the real trainer wrote.
+
+Checks behaviour, not just "no exception": the leaderboard's AUCs are the metrics files', moving a threshold
+slider gives exactly ``core.metrics.confusion_at`` on that model's predictions, the comparison page's p-values
+are ``core.metrics.delong_test``'s, the calibration page's ECE is the metrics file's; a corrupt file shows an
+error on its spot while the other model still renders; an empty artifacts folder shows the trainer command.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import metrics as cm
+from core.artifacts import ModelWriter, list_runs, write_json
+
+DASH = Path(__file__).resolve().parents[1] / "dashboard"
+PAGES = {"home": DASH / "Home.py", "curves": DASH / "pages" / "1_Training_curves.py",
+         "roc": DASH / "pages" / "2_ROC_PR_confusion.py", "compare": DASH / "pages" / "3_Model_comparison.py",
+         "calibration": DASH / "pages" / "6_Calibration.py"}
+COUNTS = re.compile(r"\*\*(?P<name>[\w.-]+)\*\* at threshold (?P<t>[\d.]+): TP (?P<tp>\d+) · FP (?P<fp>\d+) · "
+                    r"TN (?P<tn>\d+) · FN (?P<fn>\d+)")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+    (r,) = [r for r in list_runs(tiny_run) if r.id == "tiny"]
+    return r
+
+
+def open_page(name: str, root: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    at = AppTest.from_file(str(PAGES[name]), default_timeout=60)
+    at.run(timeout=60)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def shown_counts(at: AppTest) -> dict[str, dict]:
+    out = {}
+    for md in at.markdown:
+        if m := COUNTS.search(md.value):
+            out[m["name"]] = {k: int(m[k]) for k in ("tp", "fp", "tn", "fn")} | {"threshold": float(m["t"])}
+    return out
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The plotly figure a chart with this key shows (its JSON spec)."""
+    (el,) = [e for e in at.get("plotly_chart") if e.proto.id.endswith(f"-{key}")]
+    return json.loads(el.proto.spec)
+
+
+def arr(v) -> np.ndarray:
+    """A plotly JSON array: a list, or a typed array ({"dtype", "bdata"} base64, as plotly >= 6 writes numpy)."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape(v["shape"]) if "shape" in v and isinstance(v["shape"], (list, tuple)) else a
+    return np.asarray(v, dtype=float)
+
+
+def shown_table(at: AppTest, key: str):
+    """The DataFrame shown in the container with this key (st.dataframe without selections has no key)."""
+    return at.get_by_key(key).dataframe[0].value
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+@pytest.fixture
+def broken_root(tiny_run, tmp_path) -> Path:
+    """A copy of the real run with small_cnn's metrics_test.json and history.csv torn (cut mid-way)."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_run / "tiny", root / "tiny", ignore=shutil.ignore_patterns("*.pt", "*.safetensors"))
+    model = root / "tiny" / "small_cnn"
+    data = (model / "metrics_test.json").read_bytes()
+    (model / "metrics_test.json").write_bytes(data[: len(data) // 2])
+    data = (model / "history.csv").read_bytes()
+    (model / "history.csv").write_bytes(data[: data.index(b"\n") + 12])  # the header and a part of epoch 1
+    return root
+
+
+# --- Home ----------------------------------------------------------------------------------------------------
+
+def test_home_leaderboard_lists_models_with_their_auc(run, tiny_run, monkeypatch):
+    at = open_page("home", tiny_run, monkeypatch)
+    assert not errors(at)
+    assert any("Research use only" in w.value for w in at.main.warning)  # in the body, not only the sidebar
+    assert any("Kermany" in c.value and "doi:10.17632/rscbjbr9sj.2" in c.value for c in at.caption)
+    board = shown_table(at, "home_leaderboard").set_index("model")
+    assert set(board.index) == {m.name for m in run.models}
+    for m in run.models:
+        met = m.metrics("test")
+        assert board.loc[m.name, "test AUC"] == pytest.approx(met["auc"])
+        assert board.loc[m.name, "AUC 95% CI"] == f"[{met['auc_ci'][0]:.3f}, {met['auc_ci'][1]:.3f}]"
+        assert board.loc[m.name, "status"] == "finished"
+    assert board.loc["small_cnn", "pretrained"] == "from scratch"
+    runs = shown_table(at, "home_runs")
+    assert list(runs["run"]) == ["tiny"] and runs["skipped files"].iloc[0] == run.info["n_skipped"]
+    assert any("skipped" in c.value for c in at.caption)
+
+
+def test_home_without_runs_shows_the_trainer_command(tmp_path, monkeypatch):
+    at = open_page("home", tmp_path / "empty", monkeypatch)
+    assert any("python -m trainer train" in i.value for i in at.info)
+    assert any("Research use only" in w.value for w in at.main.warning)
+
+
+def test_home_with_a_torn_metrics_file(broken_root, monkeypatch):
+    at = open_page("home", broken_root, monkeypatch)
+    assert any("small_cnn" in e and "metrics_test.json" in e for e in errors(at))
+    board = shown_table(at, "home_leaderboard").set_index("model")
+    assert board.loc["mobilenet_v2", "test AUC"] == pytest.approx(
+        json.loads((broken_root / "tiny" / "mobilenet_v2" / "metrics_test.json").read_text())["auc"])
+    assert np.isnan(board.loc["small_cnn", "test AUC"])  # still listed, without a made-up number
+
+
+# --- Training curves -----------------------------------------------------------------------------------------
+
+def test_training_curves(run, tiny_run, monkeypatch):
+    at = open_page("curves", tiny_run, monkeypatch)
+    assert not errors(at)
+    loss = chart(at, "curves_loss")
+    curves = {(t.get("name"), t.get("meta")) for t in loss["data"]}
+    assert {(m.name, k) for m in run.models for k in ("train", "val")} <= curves
+    gap = chart(at, "curves_gap")
+    for t in gap["data"]:
+        if t.get("name") in {m.name for m in run.models}:
+            h = run.model(t["name"]).history()
+            np.testing.assert_allclose(arr(t["y"]), h["val_loss"] - h["train_loss"])
+    at.slider(key="curves_smoothing").set_value(0.6).run()
+    assert not at.exception
+    # Smoothed: a faint raw line joins every smoothed one.
+    assert len(chart(at, "curves_loss")["data"]) > len(loss["data"])
+
+
+def test_training_curves_with_a_torn_history(broken_root, monkeypatch):
+    at = open_page("curves", broken_root, monkeypatch)
+    assert any("small_cnn" in e and "history.csv" in e for e in errors(at))
+    names = {t.get("name") for t in chart(at, "curves_loss")["data"]}
+    assert "mobilenet_v2" in names and "small_cnn" not in names
+
+
+def test_training_curves_show_progress_of_running_and_stale_models(tiny_run, tmp_path, monkeypatch):
+    root = tmp_path / "artifacts"
+    shutil.copytree(tiny_run / "tiny", root / "tiny", ignore=shutil.ignore_patterns("*.pt", "*.safetensors"))
+    ModelWriter(root / "tiny", "mobilenet_v2").status("running", epoch=1, epochs=2, eta_seconds=120.0,
+                                                      best_epoch=1, best_val_auc=0.9, message="")
+    write_json(root / "tiny" / "small_cnn" / "status.json",
+               {"state": "running", "epoch": 1, "epochs": 2, "heartbeat": "2020-01-01T00:00:00+00:00"})
+    at = open_page("curves", root, monkeypatch)
+    infos = [i.value for i in at.info]
+    assert any("mobilenet_v2" in i and "is running" in i and "ETA 2 min 00 s" in i for i in infos)
+    assert any("small_cnn" in i and "is stale" in i for i in infos)
+    assert any("refreshing every" in c.value for c in at.caption)
+    home = open_page("home", root, monkeypatch)
+    board = shown_table(home, "home_leaderboard").set_index("model")
+    assert board.loc["mobilenet_v2", "status"] == "running" and board.loc["small_cnn", "status"] == "stale"
+    assert any("small_cnn" in w.value and "heartbeat" in w.value for w in home.main.warning)
+
+
+# --- ROC, PR and confusion -----------------------------------------------------------------------------------
+
+def test_roc_threshold_slider_gives_exact_confusion_counts(run, tiny_run, monkeypatch):
+    at = open_page("roc", tiny_run, monkeypatch)
+    assert not errors(at)
+    shown = shown_counts(at)
+    assert set(shown) == {m.name for m in run.models}
+    for m in run.models:  # opens at the validation-chosen threshold: the metrics file's counts on test
+        at_file = m.metrics("test")["at"]["youden"]
+        assert at.slider(key=f"thr_{m.name}").value == pytest.approx(m.threshold("youden"))
+        assert shown[m.name] == {k: at_file[k] for k in ("tp", "fp", "tn", "fn")} | {
+            "threshold": pytest.approx(m.threshold("youden"), abs=5e-5)}
+
+    m = run.model("mobilenet_v2")
+    pred = m.predictions("test")
+    y, p = pred["label"].to_numpy(), pred["probability"].to_numpy()
+    for t in (float(np.quantile(p, 0.3)), 0.9):
+        at.slider(key="thr_mobilenet_v2").set_value(t).run()
+        assert not at.exception
+        ref = cm.confusion_at(y, p, t)
+        got = shown_counts(at)["mobilenet_v2"]
+        assert {k: got[k] for k in ("tp", "fp", "tn", "fn")} == {k: ref[k] for k in ("tp", "fp", "tn", "fn")}
+        heat = arr(chart(at, "cm_mobilenet_v2")["data"][0]["z"])
+        np.testing.assert_array_equal(heat, [[ref["tn"], ref["fp"]], [ref["fn"], ref["tp"]]])
+        roc = chart(at, "roc")
+        (dot,) = [tr for tr in roc["data"] if tr.get("legendgroup") == "mobilenet_v2" and tr["mode"] == "markers"]
+        assert arr(dot["x"])[0] == pytest.approx(1 - ref["specificity"])
+        assert arr(dot["y"])[0] == pytest.approx(ref["sensitivity"])
+        rates = shown_table(at, "rates_mobilenet_v2").set_index("metric")["value"]
+        assert rates["sensitivity"] == pytest.approx(ref["sensitivity"])
+        assert rates["F1"] == pytest.approx(ref["f1"])
+    # The other model did not move.
+    assert shown_counts(at)["small_cnn"]["threshold"] == pytest.approx(run.model("small_cnn").threshold(), abs=5e-5)
+
+    at.button(key="preset_default_mobilenet_v2").click().run()
+    assert at.slider(key="thr_mobilenet_v2").value == 0.5
+    ref = cm.confusion_at(y, p, 0.5)
+    assert shown_counts(at)["mobilenet_v2"]["tp"] == ref["tp"]
+    at.button(key="preset_sens95_mobilenet_v2").click().run()
+    assert at.slider(key="thr_mobilenet_v2").value == pytest.approx(m.threshold("sens95"))
+
+    # PPV/NPV at another prevalence: Bayes' rule from core.metrics.
+    at.number_input(key="roc_prevalence_test").set_value(0.05).run()
+    ref = cm.confusion_at(y, p, m.threshold("sens95"))
+    ppv, _ = cm.predictive_values(ref["sensitivity"], ref["specificity"], 0.05)
+    rates = shown_table(at, "rates_mobilenet_v2").set_index("metric")["value"]
+    assert rates["PPV @ prev. 5.0%"] == pytest.approx(ppv)
+
+    roc = chart(at, "roc")
+    names = [tr.get("name", "") for tr in roc["data"]]
+    met = m.metrics("test")
+    assert f"mobilenet_v2 · AUC {met['auc']:.3f} [{met['auc_ci'][0]:.3f}, {met['auc_ci'][1]:.3f}]" in names
+    (ref_pt,) = [tr for tr in roc["data"] if tr.get("name", "").startswith("Kermany")]
+    assert (arr(ref_pt["x"])[0], arr(ref_pt["y"])[0]) == (pytest.approx(0.099), pytest.approx(0.932))
+
+
+def test_roc_other_split(run, tiny_run, monkeypatch):
+    at = open_page("roc", tiny_run, monkeypatch)
+    splits = at.selectbox(key="roc_split").options
+    assert "test" in splits and "val" in splits
+    assert at.selectbox(key="roc_split").value == "test"
+    at.selectbox(key="roc_split").set_value("val").run()
+    assert not at.exception
+    m = run.model("small_cnn")
+    pred = m.predictions("val")
+    ref = cm.confusion_at(pred["label"], pred["probability"], at.slider(key="thr_small_cnn").value)
+    got = shown_counts(at)["small_cnn"]
+    assert {k: got[k] for k in ("tp", "fp", "tn", "fn")} == {k: ref[k] for k in ("tp", "fp", "tn", "fn")}
+
+
+def test_roc_with_a_torn_metrics_file(broken_root, monkeypatch):
+    at = open_page("roc", broken_root, monkeypatch)
+    assert any("small_cnn" in e and "metrics_test.json" in e for e in errors(at))
+    # Both models still drawn: the small_cnn legend falls back to an AUC computed from its predictions.
+    assert set(shown_counts(at)) == {"small_cnn", "mobilenet_v2"}
+    names = [tr.get("name", "") for tr in chart(at, "roc")["data"]]
+    assert any(n.startswith("small_cnn · AUC") for n in names)
+
+
+# --- Model comparison ----------------------------------------------------------------------------------------
+
+def test_comparison_shows_delong_p_values(run, tiny_run, monkeypatch):
+    at = open_page("compare", tiny_run, monkeypatch)
+    assert not errors(at)
+    aucs = {m.name: m.metrics("test")["auc"] for m in run.models}
+    best = max(aucs, key=aucs.get)
+    other = next(n for n in aucs if n != best)
+    a, b = run.model(best).predictions("test"), run.model(other).predictions("test")
+    merged = a.merge(b, on="path")
+    ref = cm.delong_test(merged["label_x"], merged["probability_x"], merged["probability_y"])
+    delong = shown_table(at, "cmp_delong")
+    assert list(delong["model"]) == [other] and delong["vs"].iloc[0] == best
+    assert delong["p-value"].iloc[0] == pytest.approx(ref["p_value"])
+    assert bool(delong["p < 0.05"].iloc[0]) == (ref["p_value"] < 0.05)
+    table = shown_table(at, "cmp_table").set_index("model")
+    assert table.loc[other, "DeLong p"] == pytest.approx(ref["p_value"])
+    assert table.loc[best, "AUC"] == pytest.approx(aucs[best])
+    bars = chart(at, "cmp_bars")
+    assert {t["name"] for t in bars["data"]} == set(aucs)
+    assert any(best in md.value for md in at.markdown)
+
+
+def test_comparison_with_a_torn_metrics_file(broken_root, monkeypatch):
+    at = open_page("compare", broken_root, monkeypatch)
+    assert any("small_cnn" in e and "metrics_test.json" in e for e in errors(at))
+    table = shown_table(at, "cmp_table")
+    assert list(table["model"]) == ["mobilenet_v2"]
+
+
+# --- Calibration ---------------------------------------------------------------------------------------------
+
+def test_calibration_ece_equals_the_metrics_file(run, tiny_run, monkeypatch):
+    at = open_page("calibration", tiny_run, monkeypatch)
+    assert not errors(at)
+    table = shown_table(at, "cal_table").set_index("model")
+    for m in run.models:
+        met = m.metrics("test")
+        assert table.loc[m.name, "ECE"] == met["ece"] and table.loc[m.name, "Brier"] == met["brier"]
+    rel = chart(at, "cal_reliability")
+    assert {t["name"].split(" · ")[0] for t in rel["data"][1:]} == {m.name for m in run.models}
+
+    at.selectbox(key="cal_split").set_value("val").run()
+    table = shown_table(at, "cal_table").set_index("model")
+    for m in run.models:
+        assert table.loc[m.name, "ECE"] == m.metrics("val")["ece"]
+
+
+def test_calibration_with_a_torn_metrics_file(run, broken_root, monkeypatch):
+    at = open_page("calibration", broken_root, monkeypatch)
+    assert any("small_cnn" in e and "metrics_test.json" in e for e in errors(at))
+    table = shown_table(at, "cal_table").set_index("model")
+    assert table.loc["mobilenet_v2", "ECE"] == run.model("mobilenet_v2").metrics("test")["ece"]
+    assert table.loc["small_cnn", "source"] == "recomputed from predictions"
