@@ -1,5 +1,7 @@
 """Every number in the README's results table comes from the committed artifacts."""
 
+import subprocess
+
 import pytest
 
 from core.artifacts import Run
@@ -17,9 +19,15 @@ def test_readme_results_table_matches_the_committed_artifacts():
         "README is stale: run `python -m trainer report --run artifacts/kermany-lineup --update README.md`"
 
 
-def test_committed_run_is_compact_and_loadable():
+def test_committed_run_is_compact_and_has_no_resume_state():
+    """What git tracks of the run stays under 150 MB and holds no pickled resume checkpoints."""
     if not (RUN / "run.json").exists():
         pytest.skip("no committed run in artifacts/kermany-lineup")
-    files = [p for p in RUN.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) < 150 * 2**20
-    assert not [p for p in files if p.suffix == ".pt"], "resume checkpoints must not be committed"
+    out = subprocess.run(["git", "ls-files", "-z", "--", str(RUN)], cwd=REPO, capture_output=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = [REPO / p for p in out.stdout.decode().split("\0") if p]
+    assert sum(p.stat().st_size for p in tracked if p.exists()) < 150 * 2**20
+    assert not [p for p in tracked if p.suffix == ".pt"], "resume checkpoints must not be committed"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(RUN / "m" / "checkpoints" / "last.pt")], cwd=REPO)
+    assert ignored.returncode == 0, ".gitignore must keep resume checkpoints out of the committed run"
