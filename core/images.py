@@ -85,7 +85,8 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     if gray.shape == (size, size):
         return gray.copy()
     img = Image.fromarray(gray, mode="L")
-    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+    # np.array (not asarray) so callers get a writable array torch can wrap without a warning
+    return np.array(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
 
 
 def load_for_model(source, size, *, name=None, max_pixels=None) -> np.ndarray:

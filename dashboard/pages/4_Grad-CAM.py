@@ -1,0 +1,169 @@
+"""Grad-CAM: where did each model look? Upload films (or pick test-split films) and compare models side by side.
+
+Uploads stay in memory (bytes go straight to ``core.images``); preprocessing is the trainer's own. Models are cached
+once per process and locked while a map is computed (``dashboard.explain``).
+"""
+
+import sys
+import time
+from pathlib import Path
+
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import streamlit as st  # noqa: E402
+
+from core.artifacts import ArtifactError  # noqa: E402
+from core.cams import CAM_METHODS  # noqa: E402
+from core.images import ImageError  # noqa: E402
+from core.labels import CLASSES, POSITIVE  # noqa: E402
+from dashboard import explain as ex  # noqa: E402
+from dashboard.common import guard, page, select_run  # noqa: E402
+
+MAX_IMAGES = 8
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
+RESEARCH_CAPTION = "Research use only — not for diagnosis."
+
+page("Grad-CAM")
+st.title("Grad-CAM: where the models look")
+st.caption("Class activation maps of the run's trained models on your films or on films of the run's test split. "
+           "Warm colours mark the regions that raised the chosen class's score. A map shows what a model used, "
+           "not whether it was right.")
+
+run = select_run()
+if run is None:
+    st.stop()
+
+names: list[str] = []
+with guard(f"Run {run.id}"):
+    names = [m.name for m in run.models]
+if not names:
+    st.warning(f"Run `{run.id}` has no trained models yet.")
+    st.stop()
+
+st.sidebar.header("Grad-CAM")
+chosen = st.sidebar.multiselect("Models (side by side)", names, default=names[: min(2, len(names))],
+                                key="cam_models")
+method = st.sidebar.selectbox("CAM method", list(CAM_METHODS), key="cam_method")
+if method == "Score-CAM":
+    st.sidebar.warning("Score-CAM runs one forward pass per feature channel: on a CPU that is about a minute or more "
+                       "per film and model (MobileNetV2: 1280 channels), and other sessions using the same model "
+                       "wait meanwhile. Try it on one film and one model.")
+target_name = st.sidebar.radio("Explain the score of", CLASSES, index=POSITIVE, key="cam_target", horizontal=True)
+target = CLASSES.index(target_name)
+alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="cam_alpha")
+
+# --- which films ---------------------------------------------------------------------------------------------------
+
+uploads = st.file_uploader("Chest X-rays (PNG, JPEG or DICOM); nothing is stored", type=UPLOAD_TYPES,
+                           accept_multiple_files=True, key="cam_uploads") or []
+
+test_rows = {}  # path -> (resolved Path, true label)
+n_test = None  # rows of the first predictions_test.csv found; None: no model has test predictions yet
+with guard("Test split"):
+    for name in chosen or names:
+        ma = run.model(name)
+        if "test" in ma.splits():
+            preds = ma.predictions("test")
+            n_test = len(preds)
+            for path, label in zip(preds["path"], preds["label"]):
+                found = ex.resolve_image_path(path, run)
+                if found is not None:
+                    test_rows[str(path)] = (found, int(label))
+            break
+picked: list[str] = []
+if test_rows:
+    picked = st.multiselect(f"…or pick films of the run's test split ({len(test_rows)} on this machine)",
+                            list(test_rows), key="cam_test_pick",
+                            format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
+elif n_test is None:
+    st.caption("No model of this run has test-split predictions yet (the trainer writes them after training), "
+               "so only uploads can be explained here.")
+else:
+    st.caption(f"The test split's files are not on this machine (data folder `{ex.data_root_of(run)}` absent), "
+               "so only uploads can be explained here.")
+
+items = [(f.name, f.getvalue(), None) for f in uploads]  # (name, bytes or path, true label)
+items += [(Path(p).name, test_rows[p][0], test_rows[p][1]) for p in picked]
+if not chosen:
+    st.info("Choose at least one model in the sidebar.")
+    st.stop()
+if not items:
+    st.info("Upload one or more chest X-rays, or pick films of the test split, to see each model's prediction and "
+            "its class activation map.")
+    st.stop()
+if len(items) > MAX_IMAGES:
+    st.warning(f"{len(items)} films chosen; showing the first {MAX_IMAGES} to keep the page responsive.")
+    items = items[:MAX_IMAGES]
+
+# --- the models (an error here hits that model's column only) ------------------------------------------------------
+
+models: dict[str, ex.CachedModel | str] = {}
+thresholds: dict[str, float | str] = {}
+for name in chosen:
+    try:
+        ma = run.model(name)
+        models[name] = ex.cached_model(ma)
+    except ArtifactError as e:
+        models[name] = str(e)
+    except Exception as e:  # a broken model must not take the page down
+        models[name] = f"cannot load: {type(e).__name__}: {e}"
+    try:
+        thresholds[name] = run.model(name).threshold("youden")
+    except (ArtifactError, KeyError, TypeError, ValueError) as e:
+        thresholds[name] = f"no validation threshold ({e})"
+
+
+def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
+    st.markdown(f"**{name}**")
+    cm = models[name]
+    if isinstance(cm, str):
+        st.error(f"{name}: {cm}")
+        return
+    try:
+        pixels = image.for_model(cm.loaded.input_size)
+    except ImageError as e:
+        st.error(f"Cannot use {image.name} for {name}: {e}")
+        return
+    t0 = time.perf_counter()
+    with st.spinner(f"{method} for {name}…"):
+        result = ex.explain_one(cm, pixels, method, target)
+    seconds = time.perf_counter() - t0
+    p = result.probability
+    st.metric(f"P({CLASSES[POSITIVE]})", f"{p:.3f}")
+    thr = thresholds[name]
+    if isinstance(thr, str):
+        st.warning(f"{name}: {thr}; no label shown.")
+    else:
+        st.markdown(f"Label at the validation-chosen threshold {thr:.3f}: **{ex.label_at(p, thr)}**")
+    st.caption(RESEARCH_CAPTION)
+    rgb = ex.overlay_image(image.display(), result.heatmap, alpha)
+    st.image(rgb, caption=f"{method} of {CLASSES[target]} · {seconds:.2f} s", width="stretch")
+    st.download_button("Download overlay (PNG)", ex.png_bytes(rgb),
+                       file_name=f"{Path(image.name).stem}_{name}_{method}.png".replace(" ", "_"),
+                       mime="image/png", key=f"{key}-dl", on_click="ignore")
+
+
+for i, (name, source, truth) in enumerate(items):
+    st.divider()
+    st.subheader(name)
+    if truth is not None:
+        st.caption(f"Test-split film, true label: {CLASSES[truth]}")
+    image = ex.DecodedImage(source, name)
+    try:
+        original = image.display()
+    except ImageError as e:
+        st.error(f"Could not read this file: {e}")
+        continue
+    except Exception as e:  # anything else from a decoder is still this file's problem
+        st.error(f"Could not read {name}: {type(e).__name__}: {e}")
+        continue
+    cols = st.columns(1 + len(chosen))
+    with cols[0]:
+        st.markdown("**film**")
+        st.image(original, caption=f"{original.shape[1]}×{original.shape[0]} shown", width="stretch")
+    for col, model_name in zip(cols[1:], chosen):
+        with col:
+            with guard(f"{model_name} on {name}"):
+                show_model(model_name, image, key=f"cam-{i}-{model_name}")

@@ -1,0 +1,134 @@
+"""Errors: the false positives and false negatives of one model on one split, most confident first, with CAMs.
+
+Counts come from ``predictions_<split>.csv`` at a threshold chosen on validation (``p >= threshold`` means
+PNEUMONIA, as everywhere). CAMs need the film files; without them the page shows the tables only.
+"""
+
+import sys
+from pathlib import Path
+
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core.artifacts import ArtifactError  # noqa: E402
+from core.cams import CAM_METHODS  # noqa: E402
+from core.images import ImageError  # noqa: E402
+from core.labels import CLASSES, POSITIVE  # noqa: E402
+from dashboard import explain as ex  # noqa: E402
+from dashboard.common import guard, page, select_run  # noqa: E402
+
+RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
+GALLERY_COLUMNS = 3
+THUMB_SIDE = 384
+
+page("Errors")
+st.title("Errors: false positives and false negatives")
+st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first. "
+           "Research use only — not for diagnosis.")
+
+run = select_run()
+if run is None:
+    st.stop()
+names: list[str] = []
+with guard(f"Run {run.id}"):
+    names = [m.name for m in run.models]
+if not names:
+    st.warning(f"Run `{run.id}` has no trained models yet.")
+    st.stop()
+
+st.sidebar.header("Errors")
+model_name = st.sidebar.selectbox("Model", names, key="err_model")
+ma = run.model(model_name)
+splits: list[str] = []
+with guard(model_name):
+    splits = ma.splits()
+if not splits:
+    st.warning(f"{model_name} has no predictions yet (the trainer writes them after the last epoch).")
+    st.stop()
+split = st.sidebar.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="err_split")
+rule = st.sidebar.selectbox("Threshold (chosen on validation)", list(RULES), format_func=RULES.get, key="err_rule")
+per_kind = st.sidebar.slider("Films per kind", 1, 24, 6, key="err_n")
+show_cams = st.sidebar.toggle("Show CAMs", value=True, key="err_cams")
+# Score-CAM (one forward pass per feature channel, minutes per film on a CPU) is left to the Grad-CAM page.
+GALLERY_METHODS = [m for m in CAM_METHODS if m != "Score-CAM"]
+method = st.sidebar.selectbox("CAM method", GALLERY_METHODS, key="err_method", disabled=not show_cams,
+                              help="Score-CAM is too slow for a gallery; use it on the Grad-CAM page.")
+alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="err_alpha", disabled=not show_cams)
+
+preds = threshold = None
+with guard(f"{model_name}, {split} split"):
+    preds = ma.predictions(split)
+    threshold = ma.threshold(rule)
+if preds is None or threshold is None:
+    st.stop()
+
+fp, fn = ex.errors_of(preds, threshold)
+c = st.columns(4)
+c[0].metric(f"Films ({split})", len(preds))
+c[1].metric("Threshold", f"{threshold:.3f}", help=f"{RULES[rule]}, chosen on the validation split")
+c[2].metric("False positives", len(fp), help="NORMAL films called PNEUMONIA")
+c[3].metric("False negatives", len(fn), help="PNEUMONIA films called NORMAL")
+if split == "val":
+    st.info("The threshold was chosen on this very split, so these errors are optimistic.")
+
+# The films: are they on this machine at all?
+shown = pd.concat([fp.head(per_kind), fn.head(per_kind)])
+resolved = {p: ex.resolve_image_path(p, run) for p in shown["path"]}
+have_files = any(v is not None for v in resolved.values())
+cm = None
+if show_cams and not shown.empty:
+    if not have_files:
+        st.info(f"The data folder (`{ex.data_root_of(run)}`) is absent on this machine, so no CAMs can be drawn: "
+                "showing the tables only.")
+    else:
+        try:
+            cm = ex.cached_model(ma)
+        except ArtifactError as e:
+            st.error(f"{model_name}: {e}; showing the tables only.")
+        except Exception as e:
+            st.error(f"{model_name}: cannot load ({type(e).__name__}: {e}); showing the tables only.")
+
+
+def gallery(rows: pd.DataFrame, kind: str) -> None:
+    cols = st.columns(GALLERY_COLUMNS)
+    for i, row in enumerate(rows.itertuples(index=False)):
+        with cols[i % GALLERY_COLUMNS]:
+            name = Path(str(row.path)).name
+            label = f"{name} · true {CLASSES[int(row.label)]} · p={row.probability:.3f}"
+            path = resolved.get(row.path)
+            if path is None:
+                st.caption(f"{label}: file not on this machine")
+                continue
+            with guard(f"{model_name} on {name}"):
+                image = ex.DecodedImage(path, name)
+                try:
+                    result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
+                    rgb = ex.overlay_image(image.display(THUMB_SIDE), result.heatmap, alpha)
+                except ImageError as e:
+                    st.error(f"Cannot read {name}: {e}")
+                    continue
+                st.image(rgb, caption=label, width="stretch")
+
+
+for kind, rows, what in (("False positives", fp, "NORMAL films the model called PNEUMONIA, highest probability first"),
+                         ("False negatives", fn, "PNEUMONIA films the model called NORMAL, lowest probability first")):
+    st.subheader(f"{kind} ({len(rows)})")
+    st.caption(what)
+    if rows.empty:
+        st.success(f"No {kind.lower()} on the {split} split at this threshold.")
+        continue
+    top = rows.head(per_kind)
+    if len(rows) > per_kind:
+        st.caption(f"Showing the {per_kind} most confident of {len(rows)}.")
+    table = pd.DataFrame({"file": [Path(str(p)).name for p in top["path"]],
+                          "true label": [CLASSES[int(v)] for v in top["label"]],
+                          f"P({CLASSES[POSITIVE]})": top["probability"].round(4),
+                          "path": top["path"]})
+    st.dataframe(table, hide_index=True, width="stretch")
+    if cm is not None:
+        with st.spinner(f"{method} for {len(top)} films…"):
+            gallery(top, kind)

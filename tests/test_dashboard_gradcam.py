@@ -1,0 +1,403 @@
+"""Grad-CAM and Errors pages (AppTest) and dashboard/explain.py, on a tiny run written by the real trainer."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.artifacts import ArtifactError, list_runs
+from core.cams import CAM_METHODS
+from core.images import load_for_model
+from core.inference import load_trained, predict_loaded
+from core.models import REGISTRY
+from dashboard import explain as ex
+from tests.conftest import FULLRES, REPO, need
+
+PAGES = REPO / "dashboard" / "pages"
+GRADCAM = str(PAGES / "4_Grad-CAM.py")
+ERRORS = str(PAGES / "5_Errors.py")
+TIMEOUT = 240
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+def _run(root: Path, name: str = "tiny"):
+    runs = {r.id: r for r in list_runs(root)}
+    return runs[name]
+
+
+def _copy_run(root: Path, dest: Path) -> Path:
+    """A private copy of the tiny run (without resume checkpoints) that a test may damage."""
+    shutil.copytree(root / "tiny", dest / "tiny", ignore=shutil.ignore_patterns("*.pt"))
+    return dest
+
+
+def _app(path: str, root: Path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    return AppTest.from_file(path, default_timeout=TIMEOUT)
+
+
+def _no_exception(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _fullres_jpeg() -> Path:
+    return sorted((need(FULLRES) / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+def _huge_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A PNG whose header claims 400 Mpx (a decompression bomb): only the header is real."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _png16(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray.astype(np.uint16) * 64 + 100).save(buf, format="PNG")  # 16-bit, 14 bits used
+    return buf.getvalue()
+
+
+def _dicom(gray: np.ndarray) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (gray.astype(np.uint16) * 16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _independent_probability(root: Path, model: str, source, run: str = "tiny") -> float:
+    """P(PNEUMONIA) straight from core.inference, with a freshly loaded model (no dashboard code)."""
+    loaded = load_trained(_run(root, run).model(model))
+    return float(predict_loaded(loaded, load_for_model(source, loaded.input_size)[None])[0])
+
+
+def _all_hooks(model) -> list[str]:
+    found = []
+    for name, m in model.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
+            if getattr(m, attr, None):
+                found.append(f"{name or '<root>'}.{attr}")
+    return found
+
+
+# --- explain.py ----------------------------------------------------------------------------------------------------
+
+def test_cached_model_is_reused_and_reloaded_when_the_checkpoint_changes(tiny_run, tmp_path):
+    root = _copy_run(tiny_run, tmp_path)
+    ma = _run(root).model("small_cnn")
+    first = ex.cached_model(ma)
+    assert ex.cached_model(_run(root).model("small_cnn")) is first  # a new reader, the same cached model
+    assert first.key.name == "small_cnn" and first.loaded.input_size == 96
+    ckpt = ma.best_checkpoint()
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a retrained model
+    second = ex.cached_model(ma)
+    assert second is not first and second.lock is not first.lock
+    assert ex.cached_model(ma) is second
+
+
+def test_missing_checkpoint_is_an_artifact_error(tiny_run, tmp_path):
+    root = _copy_run(tiny_run, tmp_path)
+    (root / "tiny" / "mobilenet_v2" / "checkpoints" / "best.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="best.safetensors"):
+        ex.cached_model(_run(root).model("mobilenet_v2"))
+
+
+def test_concurrent_maps_equal_sequential_and_hooks_are_released(tiny_run, kermany224):
+    cm = ex.cached_model(_run(tiny_run).model("mobilenet_v2"))
+    size = cm.loaded.input_size
+    files = sorted((kermany224 / "val" / "PNEUMONIA").glob("*.jpeg"))[:2] + \
+        sorted((kermany224 / "val" / "NORMAL").glob("*.jpeg"))[:2]
+    images = [load_for_model(f, size) for f in files]
+    jobs = [(img, method) for img in images for method in ("Grad-CAM", "LayerCAM")]
+    sequential = [ex.explain_one(cm, img, m, use_cache=False) for img, m in jobs]
+    flags = [p.requires_grad for p in cm.loaded.model.parameters()]
+
+    results: dict[tuple[int, int], ex.Explanation] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def worker(t: int) -> None:
+        try:
+            barrier.wait()
+            for rep in range(2):
+                order = range(len(jobs)) if t == 0 else reversed(range(len(jobs)))
+                for i in order:
+                    results[(t, i, rep)] = ex.explain_one(cm, jobs[i][0], jobs[i][1], use_cache=False)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    assert len(results) == 2 * 2 * len(jobs)
+    for (t, i, rep), got in results.items():
+        want = sequential[i]
+        assert got.probability == pytest.approx(want.probability, abs=1e-6)
+        np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-5, err_msg=f"thread {t} job {i}")
+    assert _all_hooks(cm.loaded.model) == []
+    assert [p.requires_grad for p in cm.loaded.model.parameters()] == flags
+    assert not cm.loaded.model.training
+    assert not cm.lock.locked()
+
+
+def test_explain_one_matches_core_inference_and_caches(tiny_run, kermany224):
+    cm = ex.cached_model(_run(tiny_run).model("small_cnn"))
+    path = sorted((kermany224 / "val" / "NORMAL").glob("*.jpeg"))[0]
+    img = load_for_model(path, cm.loaded.input_size)
+    a = ex.explain_one(cm, img, "Grad-CAM")
+    assert a.probability == pytest.approx(_independent_probability(tiny_run, "small_cnn", path), abs=1e-6)
+    assert a.heatmap.shape == (96, 96) and a.heatmap.dtype == np.float32
+    assert 0.0 <= a.heatmap.min() and a.heatmap.max() <= 1.0
+    assert ex.explain_one(cm, img, "Grad-CAM") is a  # served from the heatmap cache
+    with pytest.raises(ValueError, match="expects a"):
+        ex.explain_one(cm, img[:50], "Grad-CAM")
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        ex.explain_one(cm, img, "Magic-CAM")
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_every_cam_method(tiny_run, kermany224, method):
+    cm = ex.cached_model(_run(tiny_run).model("small_cnn"))
+    img = load_for_model(sorted((kermany224 / "val" / "PNEUMONIA").glob("*.jpeg"))[0], cm.loaded.input_size)
+    r = ex.explain_one(cm, img, method, use_cache=False)
+    assert r.heatmap.shape == (96, 96) and np.isfinite(r.heatmap).all()
+    assert _all_hooks(cm.loaded.model) == []
+
+
+def test_errors_of_and_label_at():
+    preds = pd.DataFrame({"path": list("abcdefg"), "label": [0, 0, 0, 1, 1, 1, 0],
+                          "probability": [0.9, 0.6, 0.1, 0.2, 0.05, 0.8, 0.5]})
+    fp, fn = ex.errors_of(preds, 0.5)
+    assert list(fp["path"]) == ["a", "b", "g"]  # p >= threshold is PNEUMONIA; most confident first
+    assert list(fn["path"]) == ["e", "d"]
+    assert ex.label_at(0.5, 0.5) == "PNEUMONIA" and ex.label_at(0.49, 0.5) == "NORMAL"
+
+
+def test_resolve_image_path_relative_to_data_root(tiny_run, tmp_path):
+    run = _run(tiny_run)
+    absolute = str(run.model("small_cnn").predictions("test")["path"].iloc[0])
+    assert ex.resolve_image_path(absolute, run) == Path(absolute)
+    rel = os.path.relpath(Path(absolute).resolve(), Path(run.info["data_root"]).resolve())
+    assert ex.resolve_image_path(rel, run) is not None
+    assert ex.resolve_image_path(str(tmp_path / "nope.jpeg"), run) is None
+
+
+def test_overlay_and_png(tiny_run):
+    gray = np.tile(np.arange(200, dtype=np.uint8), (120, 1))
+    rgb = ex.overlay_image(gray, np.ones((96, 96), np.float32), 0.5)
+    assert rgb.shape == (120, 200, 3) and rgb.dtype == np.uint8
+    assert Image.open(io.BytesIO(ex.png_bytes(rgb))).size == (200, 120)
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    """A one-batch ViT-Tiny run from the real trainer (32 px: the smallest input the ViT takes)."""
+    from tests.conftest import KERMANY224
+    from trainer.cli import main
+
+    root = tmp_path_factory.mktemp("vit-run") / "artifacts"
+    code = main(["train", "--data", str(need(KERMANY224)), "--models", "vit_tiny", "--subset", "8", "--epochs", "1",
+                 "--max-train-batches", "1", "--input-size", "32", "--no-pretrained", "--run", "vit",
+                 "--artifacts", str(root), "--cache-dir", str(tmp_path_factory.getbasetemp() / "image-cache")])
+    assert code == 0
+    return root
+
+
+def test_vit_cam_through_reshape_transform(vit_run):
+    ma = _run(vit_run, "vit").model("vit_tiny")
+    cm = ex.cached_model(ma)
+    img = load_for_model(_fullres_jpeg(), cm.loaded.input_size)
+    for method in ("Grad-CAM", "EigenCAM"):
+        r = ex.explain_one(cm, img, method, use_cache=False)
+        assert r.heatmap.shape == (32, 32) and np.isfinite(r.heatmap).all()
+    assert r.probability == pytest.approx(_independent_probability(vit_run, "vit_tiny", _fullres_jpeg(), "vit"),
+                                          abs=1e-6)
+    assert _all_hooks(cm.loaded.model) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(REGISTRY))
+def test_every_registry_model(arch, tmp_path_factory):
+    """Every architecture of the registry, trained one batch by the real trainer, explained by the dashboard."""
+    from tests.conftest import KERMANY224
+    from trainer.cli import main
+
+    root = tmp_path_factory.mktemp(f"reg-{arch}") / "artifacts"
+    assert main(["train", "--data", str(need(KERMANY224)), "--models", arch, "--subset", "8", "--epochs", "1",
+                 "--max-train-batches", "1", "--input-size", "32", "--no-pretrained", "--run", "one",
+                 "--artifacts", str(root), "--cache-dir",
+                 str(tmp_path_factory.getbasetemp() / "image-cache")]) == 0
+    cm = ex.cached_model(_run(root, "one").model(arch))
+    img = load_for_model(_fullres_jpeg(), 32)
+    r = ex.explain_one(cm, img, "Grad-CAM", use_cache=False)
+    assert r.heatmap.shape == (32, 32) and np.isfinite(r.heatmap).all()
+    assert _all_hooks(cm.loaded.model) == []
+
+
+# --- page 4: Grad-CAM ----------------------------------------------------------------------------------------------
+
+def test_gradcam_page_without_images_invites_an_upload(tiny_run, monkeypatch):
+    at = _app(GRADCAM, tiny_run, monkeypatch).run()
+    _no_exception(at)
+    assert at.file_uploader and set(at.file_uploader[0].allowed_type) >= {".png", ".jpeg", ".jpg", ".dcm"}
+    assert any("Upload" in i.value for i in at.info)
+    assert any("Research use only" in w.value for w in at.sidebar.warning)
+
+
+def test_gradcam_page_test_split_pick_matches_core_inference(tiny_run, monkeypatch):
+    at = _app(GRADCAM, tiny_run, monkeypatch).run()
+    pick = at.multiselect(key="cam_test_pick")
+    run = _run(tiny_run)
+    preds = run.model("small_cnn").predictions("test")
+    path = str(preds["path"].iloc[0])
+    pick.set_value([path]).run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.image) == 3  # the film + one overlay per model
+    assert [m.label for m in at.metric] == ["P(PNEUMONIA)", "P(PNEUMONIA)"]
+    for metric, model in zip(at.metric, ["small_cnn", "mobilenet_v2"]):
+        want = _independent_probability(tiny_run, model, path)
+        assert metric.value == f"{want:.3f}"
+        csv = run.model(model).predictions("test").set_index("path")["probability"][path]
+        assert abs(want - csv) < 1e-3  # the trainer's own evaluation saw the same pixels
+        thr = run.model(model).threshold("youden")
+        assert any(f"threshold {thr:.3f}: **{ex.label_at(want, thr)}**" in md.value for md in at.markdown)
+    assert sum("Research use only" in c.value for c in at.caption) == 2
+    assert len(at.download_button) == 2
+
+    # Another method and the other class: still renders, nothing raised.
+    at.selectbox(key="cam_method").set_value("EigenCAM")
+    at.radio(key="cam_target").set_value("NORMAL")
+    at.slider(key="cam_alpha").set_value(0.8).run()
+    _no_exception(at)
+    assert len(at.image) == 3 and "EigenCAM of NORMAL" in at.image[1].captions[0]
+
+
+def test_gradcam_page_uploads_good_and_bad_files(tiny_run, monkeypatch):
+    jpeg = _fullres_jpeg().read_bytes()
+    gray = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L").resize((300, 260)))
+    files = [
+        ("film.jpeg", jpeg, "image/jpeg"),
+        ("notes.png", b"this is a text file, not a picture\n", "image/png"),
+        ("broken.jpeg", jpeg[: len(jpeg) // 3], "image/jpeg"),
+        ("film16.png", _png16(gray), "image/png"),
+        ("film.dcm", _dicom(gray), "application/dicom"),
+        ("bomb.png", _huge_png(), "image/png"),
+    ]
+    at = _app(GRADCAM, tiny_run, monkeypatch).run()
+    at.file_uploader[0].set_value(files).run()
+    _no_exception(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 3, errors
+    assert "notes.png" in errors[0] and "not a JPEG, PNG or DICOM" in errors[0]
+    assert "broken.jpeg" in errors[1]
+    assert "bomb.png" in errors[2] and "pixels" in errors[2]
+    assert len(at.image) == 3 * 3  # three good films, each: the film + two overlays
+    assert len(at.metric) == 3 * 2
+    want = _independent_probability(tiny_run, "small_cnn", jpeg)
+    assert at.metric[0].value == f"{want:.3f}"
+    assert [s.value for s in at.subheader] == [f[0] for f in files]  # errors sit in each file's own spot
+
+
+def test_gradcam_page_missing_checkpoint_hits_that_model_only(tiny_run, tmp_path, monkeypatch):
+    root = _copy_run(tiny_run, tmp_path)
+    (root / "tiny" / "mobilenet_v2" / "checkpoints" / "best.safetensors").unlink()
+    at = _app(GRADCAM, root, monkeypatch).run()
+    at.file_uploader[0].set_value(("film.jpeg", _fullres_jpeg().read_bytes(), "image/jpeg")).run()
+    _no_exception(at)
+    assert len(at.error) == 1 and "mobilenet_v2" in at.error[0].value and "best.safetensors" in at.error[0].value
+    assert len(at.metric) == 1 and len(at.image) == 2  # small_cnn still shows its map
+
+
+# --- page 5: Errors ------------------------------------------------------------------------------------------------
+
+def _expected_errors(root: Path, model: str, split: str, rule: str = "youden"):
+    ma = _run(root).model(model)
+    p = ma.predictions(split)
+    t = ma.threshold(rule)
+    fp = int(((p["probability"] >= t) & (p["label"] == 0)).sum())
+    fn = int(((p["probability"] < t) & (p["label"] == 1)).sum())
+    return fp, fn, len(p), t
+
+
+def _metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_errors_page_counts_and_gallery(tiny_run, monkeypatch):
+    at = _app(ERRORS, tiny_run, monkeypatch).run()
+    _no_exception(at)
+    assert "Score-CAM" not in at.selectbox(key="err_method").options  # minutes per film: not for a gallery
+    fp, fn, n, t = _expected_errors(tiny_run, "small_cnn", "test")
+    m = _metrics(at)
+    assert m["Films (test)"] == str(n) and m["Threshold"] == f"{t:.3f}"
+    assert m["False positives"] == str(fp) and m["False negatives"] == str(fn)
+    per = 6
+    assert len(at.image) == min(per, fp) + min(per, fn)
+    tables = [d.value for d in at.dataframe]
+    assert [len(d) for d in tables] == [x for x in (min(per, fp), min(per, fn)) if x]
+    if fp:  # most confident first
+        assert list(tables[0].iloc[:, 2]) == sorted(tables[0].iloc[:, 2], reverse=True)
+
+    at.slider(key="err_n").set_value(2)
+    at.selectbox(key="err_split").set_value("val").run()
+    _no_exception(at)
+    fp, fn, n, t = _expected_errors(tiny_run, "small_cnn", "val")
+    m = _metrics(at)
+    assert (m["False positives"], m["False negatives"], m["Films (val)"]) == (str(fp), str(fn), str(n))
+    assert len(at.image) == min(2, fp) + min(2, fn)
+
+    at.selectbox(key="err_model").set_value("mobilenet_v2")
+    at.selectbox(key="err_split").set_value("test")
+    at.selectbox(key="err_rule").set_value("default").run()
+    _no_exception(at)
+    fp, fn, n, t = _expected_errors(tiny_run, "mobilenet_v2", "test", "default")
+    m = _metrics(at)
+    assert (m["False positives"], m["False negatives"], m["Threshold"]) == (str(fp), str(fn), "0.500")
+
+
+def test_errors_page_without_data_folder_shows_tables_only(tiny_run, tmp_path, monkeypatch):
+    root = _copy_run(tiny_run, tmp_path)
+    csv = root / "tiny" / "small_cnn" / "predictions_test.csv"
+    df = pd.read_csv(csv)
+    df["path"] = [str(tmp_path / "gone" / Path(p).name) for p in df["path"]]
+    df.to_csv(csv, index=False)
+    at = _app(ERRORS, root, monkeypatch).run()
+    _no_exception(at)
+    assert any("absent" in i.value for i in at.info)
+    assert len(at.image) == 0 and len(at.dataframe) >= 1
+    fp, fn, _, _ = _expected_errors(root, "small_cnn", "test")
+    assert _metrics(at)["False positives"] == str(fp) and _metrics(at)["False negatives"] == str(fn)
