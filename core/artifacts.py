@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 SCHEMA_VERSION = 1
+REPO = Path(__file__).resolve().parents[1]
 ENV_ROOT = "CXR_ARTIFACTS"
 STALE_AFTER_SECONDS = 600
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
@@ -252,6 +253,38 @@ class Run:
             return True
         except ArtifactError:
             return False
+
+    def locate(self, path: str | Path) -> Path | None:
+        """The image file a split/predictions path names, on this machine, or None when it is not here.
+
+        Paths are recorded absolute on the training machine. Elsewhere (a fresh clone of a committed run) the
+        part under the run's ``data_root`` is looked for under the data root as the user gave it
+        (``data_root_given``, e.g. ``../shared/data/kermany224``), relative to the working folder or the repo.
+        """
+        p = Path(str(path))
+        candidates = [p]
+        try:
+            info = self.info
+        except ArtifactError:
+            info = {}
+        root, given = info.get("data_root"), info.get("data_root_given")
+        if root and not p.is_absolute():
+            candidates.append(Path(root) / p)
+        elif root and given:
+            try:
+                rel = p.relative_to(root)
+            except ValueError:
+                rel = None
+            if rel is not None:
+                bases = [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, REPO / given]
+                candidates += [b / rel for b in bases]
+        for c in candidates:
+            try:
+                if c.is_file():
+                    return c
+            except OSError:
+                continue
+        return None
 
     def model(self, name: str) -> ModelArtifacts:
         for m in self.models:

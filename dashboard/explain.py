@@ -214,25 +214,11 @@ def label_at(probability: float, threshold: float) -> str:
 # --- data files of a run -----------------------------------------------------------------------------------------
 
 def resolve_image_path(path: str, run: Run | None = None) -> Path | None:
-    """The file a predictions/split path points to on this machine, or ``None`` when it is not here.
-
-    Paths are tried as written, then relative to the run's ``data_root`` (for relative paths)."""
-    p = Path(str(path))
-    candidates = [p]
-    if not p.is_absolute() and run is not None:
-        try:
-            root = run.info.get("data_root")
-        except ArtifactError:
-            root = None
-        if root:
-            candidates.append(Path(root) / p)
-    for c in candidates:
-        try:
-            if c.is_file():
-                return c
-        except OSError:
-            continue
-    return None
+    """The file a predictions/split path points to on this machine, or ``None`` (see ``Run.locate``)."""
+    if run is None:
+        p = Path(str(path))
+        return p if p.is_file() else None
+    return run.locate(path)
 
 
 def data_root_of(run: Run) -> str:

@@ -107,3 +107,15 @@ def test_missing_checkpoint_message(tmp_path):
     run = _tiny_run(tmp_path)
     with pytest.raises(ArtifactError, match="best checkpoint"):
         Run(run).model("a").best_checkpoint()
+
+
+def test_locate_reroots_paths_of_a_run_trained_elsewhere(tmp_path, monkeypatch):
+    data = tmp_path / "mydata" / "train" / "NORMAL"
+    data.mkdir(parents=True)
+    (data / "a.jpeg").write_bytes(b"x")
+    run = tmp_path / "r"
+    artifacts.write_json(run / "run.json", {"data_root": "/elsewhere/kermany", "data_root_given": "mydata"})
+    monkeypatch.chdir(tmp_path)
+    assert Run(run).locate("/elsewhere/kermany/train/NORMAL/a.jpeg") == tmp_path / "mydata/train/NORMAL/a.jpeg"
+    assert Run(run).locate("/elsewhere/kermany/train/NORMAL/missing.jpeg") is None
+    assert Run(run).locate("/somewhere/else/a.jpeg") is None

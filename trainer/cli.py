@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
     created = Run(run_dir).info.get("created") if (run_dir / "run.json").exists() else None
     write_json(run_dir / "run.json", {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "created": created or now_iso(),
-        "updated": now_iso(), "data_root": prepared.root,
+        "updated": now_iso(), "data_root": prepared.root, "data_root_given": str(cfg.data),
         "data_layout": prepared.layout, "data_fingerprint": data.fingerprint(prepared.samples),
         "command": "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv),
         "config": cfgmod.as_dict(cfg), "versions": _versions(), "split_counts": counts,

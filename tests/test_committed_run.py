@@ -31,3 +31,28 @@ def test_committed_run_is_compact_and_has_no_resume_state():
     assert not [p for p in tracked if p.suffix == ".pt"], "resume checkpoints must not be committed"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(RUN / "m" / "checkpoints" / "last.pt")], cwd=REPO)
     assert ignored.returncode == 0, ".gitignore must keep resume checkpoints out of the committed run"
+
+
+def test_every_committed_checkpoint_loads_and_reproduces_its_predictions():
+    """The dashboard's loading path (float16 safetensors into the registry's network) gives the trainer's
+    probabilities back, on the original files when they are on this machine."""
+    import numpy as np
+
+    from core.images import load_for_model
+    from core.inference import load_trained, predict_loaded
+
+    if not (RUN / "run.json").exists():
+        pytest.skip("no committed run in artifacts/kermany-lineup")
+    checked = 0
+    for art in Run(RUN).models:
+        if art.status().get("state") != "finished" or art.config.get("members"):
+            continue
+        loaded = load_trained(art)
+        preds = art.predictions("test").head(4)
+        files = [Run(RUN).locate(p) for p in preds["path"]]
+        if None in files:
+            pytest.skip("the run's data folder is not on this machine")
+        batch = np.stack([load_for_model(f, loaded.input_size) for f in files])
+        np.testing.assert_allclose(predict_loaded(loaded, batch), preds["probability"], atol=5e-3)
+        checked += 1
+    assert checked > 0
