@@ -108,3 +108,15 @@ def test_set_backbone_trainable_and_count_params():
     set_backbone_trainable(model, spec, True)
     assert all(p.requires_grad for p in model.parameters())
     assert count_params(model) == sum(p.numel() for p in model.parameters()) > 11_000_000
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_new_head_on_pretrained_backbone_starts_at_even_odds(name):
+    """A fresh 2-class head must not start with huge logits (timm's default init did: AUC 0.75 after a
+    frozen-backbone epoch of EfficientNet-Lite0)."""
+    model, info = create_model(name, pretrained=True, input_size=128)
+    assert info.pretrained
+    x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert logits.abs().max() < 1.0
