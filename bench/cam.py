@@ -1,0 +1,84 @@
+"""CAM latency: ``core.cams.explain`` per model and method (warm), and its ratio to the same model's bare forward
+pass on the same one-image input, interleaved in the same run (the median of per-round ratios). 2 torch threads.
+
+Full mode: all CAM methods for mobilenet_v2 and Grad-CAM for every model of the lineup, each at its lineup input
+size (Score-CAM, one masked forward pass per channel, gets few repetitions). Quick mode: all methods on small_cnn,
+Grad-CAM on mobilenet_v2. Also timed: the dashboard's whole request for one map (``dashboard.explain.explain_one``
+without its heatmap cache: the probability with the recipe's test-time augmentation, then the map).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.report import check, figure
+from bench.timing import Ctx, interleaved, median, p95, paired_ratio
+
+
+def _plan(ctx: Ctx, archs: list[str]) -> list[tuple[str, str]]:
+    from core.cams import CAM_METHODS
+
+    if ctx.quick:
+        return [("small_cnn", m) for m in CAM_METHODS] + [("mobilenet_v2", "Grad-CAM")]
+    return [("mobilenet_v2", m) for m in CAM_METHODS] + [(a, "Grad-CAM") for a in archs if a != "mobilenet_v2"]
+
+
+def run(ctx: Ctx) -> dict:
+    from bench.common import fixed_cache, lineup_recipes, recipe_size
+    from core.cams import explain
+    from core.models import create_model, get_spec
+    from core.transforms import normalize, to_float
+
+    torch.set_num_threads(2)
+    recipes = lineup_recipes()
+    plan = _plan(ctx, list(recipes))
+    figures, checks, raw = [], [], {}
+    models, forwards = {}, {}
+    for arch, method in plan:
+        recipe, spec = recipes[arch], get_spec(arch)
+        size = recipe_size(recipe)
+        if arch not in models:
+            cache, _ = fixed_cache(8, size, ctx.work)
+            model, _ = create_model(arch, pretrained=False, input_size=size)
+            model.eval().to(memory_format=torch.channels_last)
+            x = normalize(to_float(torch.from_numpy(np.array(cache.images[:1]))), spec.mean, spec.std)
+            models[arch] = (model, x, np.asarray(cache.images[0]))
+        model, x, img = models[arch]
+
+        def forward():
+            with torch.inference_mode():
+                model(x)
+
+        slow = method == "Score-CAM"
+        reps = ctx.reps(1, 3) if slow else ctx.reps(5, 20)
+        t = interleaved({"cam": lambda: explain(model, spec, x, method), "forward": forward}, reps=reps,
+                        warmup=0 if slow else 2)
+        key = f"{arch}/{method}"
+        raw[key] = {"size": size, "seconds": t}
+        r = paired_ratio(t["cam"], t["forward"])  # round by round, then the median
+        figures += [figure(f"{arch} @{size}px {method}: median latency", 1000 * median(t["cam"]), "ms",
+                           p95_ms=1000 * p95(t["cam"]), n=reps),
+                    figure(f"{arch} @{size}px {method}: p95 latency", 1000 * p95(t["cam"]), "ms"),
+                    figure(f"{arch} @{size}px {method}: / forward pass", r, "x",
+                           forward_ms=1000 * median(t["forward"]))]
+        forwards.setdefault(arch, []).extend(t["forward"])
+        if arch == "mobilenet_v2" and method == "Grad-CAM":
+            checks.append(check(f"mobilenet_v2 Grad-CAM @{size}px / forward pass", r, "<=", 3.0, "x"))
+            figures.append(_dashboard_request(ctx, arch, recipe, spec, size, model, img))
+    for arch, ts in forwards.items():  # every forward pass timed beside a CAM of that model
+        figures.append(figure(f"{arch}: bare forward pass, 1 image (all rounds)", 1000 * median(ts), "ms",
+                              n=len(ts)))
+    return {"figures": figures, "checks": checks, "raw": raw}
+
+
+def _dashboard_request(ctx, arch, recipe, spec, size, model, img) -> dict:
+    from dashboard.explain import CachedModel, ModelKey, explain_one
+    from core.inference import LoadedModel
+
+    loaded = LoadedModel(name=arch, spec=spec, model=model, input_size=size, mean=spec.mean, std=spec.std,
+                         tta=int(recipe.tta or 1))
+    cm = CachedModel(key=ModelKey("bench", arch, 0), loaded=loaded)
+    t = interleaved({"req": lambda: explain_one(cm, img, "Grad-CAM", use_cache=False)}, reps=ctx.reps(3, 10))
+    return figure(f"{arch} @{size}px Grad-CAM: dashboard request (probability with TTA={loaded.tta} + map)",
+                  1000 * median(t["req"]), "ms", p95_ms=1000 * p95(t["req"]))
