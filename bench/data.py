@@ -8,10 +8,10 @@ naive side does less work than ours). Both read the train/ and val/ folders of e
 fixed subset of 1,024 images, 256 in quick mode: the rate does not depend on the number of files). The first
 epoch is a warm-up, then rounds of one epoch each (naive, ours, ...); the speed-up is the median of the per-round
 ratios. The target compares the same work (ours without augmentation, since the naive pipeline has none);
-ours with augmentation is reported beside it. Two diagnostics ride along: ours without augmentation, and ours on one torch thread (the batch path runs
-on the process's OpenMP threads; on a CPU shared with other jobs their spin-waiting can cost more than the second
-thread gains). The cold cache build (``core.cache.load_or_build`` into a fresh folder, its default worker count)
-is timed separately.
+ours with augmentation is reported beside it. A diagnostic rides along: ours on one torch thread (the batch path
+runs on the process's OpenMP threads; on a CPU shared with other jobs their spin-waiting can cost more than the
+second thread gains). The cold cache build (``core.cache.load_or_build`` into a fresh folder, its default worker
+count) is timed separately.
 """
 
 from __future__ import annotations

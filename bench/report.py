@@ -160,7 +160,8 @@ def compare(before: dict, after: dict, labels=("before", "after")) -> str:
         old = {f["name"]: f for f in before["sections"].get(sec, {}).get("figures", [])}
         for f in r.get("figures", []):
             b = old.get(f["name"])
-            rows.append(f"| {sec} | {f['name']} | {_fmt(b['value']) if b else 'n/a'} | {_fmt(f['value'])} | {f['unit']} |")
+            was = _fmt(b["value"]) if b else "n/a"
+            rows.append(f"| {sec} | {f['name']} | {was} | {_fmt(f['value'])} | {f['unit']} |")
     return "\n".join(rows)
 
 
