@@ -89,14 +89,14 @@ def runs_table(runs: list[tuple[str, dict | None]]) -> pd.DataFrame:
             rows.append(row)
             continue
         row["created"] = str(info.get("created", ""))[:19].replace("T", " ")
-        row["data root"] = info.get("data_root", "")
+        row["data root"] = info.get("data_root_given") or info.get("data_root", "")
         row["layout"] = info.get("data_layout", "")
         counts = info.get("split_counts") or {}
         for split in sort_splits(counts):
             c = counts.get(split) or {}
             row[f"{split} ({' / '.join(CLASSES)})"] = " / ".join(str(c.get(k, 0)) for k in CLASSES)
         row["skipped files"] = info.get("n_skipped", 0)
-        row["models"] = ", ".join(info.get("models", []))
+        row["models"] = len(info.get("models", []))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -134,35 +134,72 @@ def operating_point(metrics: dict | None, rule: str = HEADLINE) -> dict:
     return dict((metrics.get("at") or {}).get(rule) or {})
 
 
-LEADERBOARD_COLUMNS = ["model", "status", "pretrained", "test AUC", "AUC 95% CI", "accuracy", "sensitivity",
-                       "specificity", "F1", "threshold", "params", "train time (s)", "epochs", "weights"]
+def epochs_label(status: dict | None, history: pd.DataFrame | None, ensemble: bool = False) -> str:
+    """``best/trained`` epochs (``–`` for an ensemble, which trains nothing itself)."""
+    if ensemble:
+        return "–"
+    trained = (status or {}).get("epoch")
+    if trained is None and history is not None:
+        trained = len(history)
+    if trained is None:
+        return ""
+    best = (status or {}).get("best_epoch")
+    if best is None and history is not None and len(history):
+        best = best_epoch(history)
+    return f"{best if best is not None else '?'}/{trained}"
 
 
-def leaderboard(entries: list[dict]) -> pd.DataFrame:
-    """One row per model; entries hold ``model`` and any of ``config``, ``status``, ``history``, ``metrics``
-    (the test split), each ``None`` when unreadable. Sorted by test AUC, best first, unknown last."""
+def board_splits(splits) -> list[str]:
+    """The splits the leaderboard shows side by side: test first, then every other evaluated split except
+    train and val (val chose the thresholds and the kept epoch, so its figures flatter every model)."""
+    found = set(splits)
+    return (["test"] if "test" in found else []) + [s for s in sort_splits(found) if s not in ("train", "val", "test")]
+
+
+LEADERBOARD_METRICS = (("AUC", None), ("sens", "sensitivity"), ("spec", "specificity"))
+
+
+def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
+    """One row per model with AUC, sensitivity and specificity on each of ``splits`` side by side (columns
+    ``AUC test``, ``AUC official_val``, ...). ``entries`` hold ``model`` and any of ``config``, ``status``,
+    ``history``, ``metrics`` ({split: metrics dict}), ``None`` when unreadable. Sorted by the first split's AUC,
+    best first, unknown last."""
     rows = []
     for e in entries:
-        cfg, status, hist, met = e.get("config"), e.get("status"), e.get("history"), e.get("metrics")
-        at = operating_point(met)
-        ci = (met or {}).get("auc_ci") or [None, None]
-        epochs = ""
-        if status and status.get("epoch") is not None:
-            epochs = f"{status.get('epoch')}/{status.get('epochs', '?')}"
-        elif hist is not None:
-            epochs = str(len(hist))
-        rows.append({
-            "model": e["model"], "status": status_label(status),
-            "test AUC": _num((met or {}).get("auc")), "AUC 95% CI": format_ci(_num(ci[0]), _num(ci[1])),
-            "accuracy": _num(at.get("accuracy")), "sensitivity": _num(at.get("sensitivity")),
-            "specificity": _num(at.get("specificity")), "F1": _num(at.get("f1")),
-            "threshold": _num(at.get("threshold")),
-            "pretrained": pretrained_label(cfg), "params": _num((cfg or {}).get("params")),
-            "train time (s)": train_seconds(status, hist), "epochs": epochs,
-            "weights": str((cfg or {}).get("weights_source") or ""),
-        })
-    df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
-    return df.sort_values("test AUC", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+        cfg, status, hist, mets = e.get("config"), e.get("status"), e.get("history"), e.get("metrics") or {}
+        row = {"model": e["model"], "status": status_label(status), "pretrained": pretrained_label(cfg)}
+        for short, key in LEADERBOARD_METRICS:
+            for split in splits:
+                met = mets.get(split)
+                row[f"{short} {split}"] = _num((met or {}).get("auc") if key is None else operating_point(met).get(key))
+        first = mets.get(splits[0]) if splits else None
+        ci = (first or {}).get("auc_ci") or [None, None]
+        row[f"AUC 95% CI {splits[0] if splits else ''}".strip()] = format_ci(_num(ci[0]), _num(ci[1]))
+        row["threshold"] = _num(operating_point(first).get("threshold"))
+        row["epochs"] = epochs_label(status, hist, bool((cfg or {}).get("members")))
+        rows.append(row)
+    cols = ["model"] + [f"{s} {sp}" for s, _ in LEADERBOARD_METRICS for sp in splits] + \
+        [f"AUC 95% CI {splits[0] if splits else ''}".strip(), "threshold", "pretrained", "epochs", "status"]
+    df = pd.DataFrame(rows, columns=cols)
+    if splits:
+        df = df.sort_values(f"AUC {splits[0]}", ascending=False, na_position="last", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def training_table(entries: list[dict]) -> pd.DataFrame:
+    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), status."""
+    rows = []
+    for e in entries:
+        cfg, status, hist = e.get("config") or {}, e.get("status"), e.get("history")
+        ensemble = bool(cfg.get("members"))
+        rows.append({"model": e["model"], "status": status_label(status), "pretrained": pretrained_label(cfg or None),
+                     "weights": "mean of " + ", ".join(cfg["members"]) if ensemble
+                     else str(cfg.get("weights_source") or ""),
+                     "input (px)": _num(cfg.get("input_size")), "params": _num(cfg.get("params")),
+                     "train time": format_seconds(train_seconds(status, hist)),
+                     "epochs (best/trained)": epochs_label(status, hist, ensemble)})
+    return pd.DataFrame(rows, columns=["model", "status", "pretrained", "epochs (best/trained)", "train time",
+                                       "params", "input (px)", "weights"])
 
 
 # --- training curves -------------------------------------------------------------------------------------
