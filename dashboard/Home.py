@@ -7,8 +7,8 @@ import streamlit as st
 
 from core.artifacts import ArtifactError, ModelArtifacts, list_runs
 from dashboard import tables
-from dashboard.common import (DEFAULT_TOP, NOTICE, artifacts_root, cached_history, cached_metrics, choose_models, compared_run,
-                              entries, footer, guard, start)
+from dashboard.common import (DEFAULT_TOP, NOTICE, artifacts_root, cached_history, cached_metrics, choose_models,
+                              compared_run, entries, footer, guard, start)
 
 SHIFT_CAVEAT = (
     "**Read the columns side by side.** `test` was carved from the same collection as the training films (by "
@@ -55,19 +55,22 @@ def show_leaderboard(rows: list[dict]) -> None:
     board = tables.leaderboard(rows, splits)
     fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in board.columns if c.split(" ")[0] in
            ("AUC", "sens", "spec") and "CI" not in c}
-    fmt["threshold"] = st.column_config.NumberColumn(format="%.3f", help="chosen on validation (Youden's J)")
-    fmt["model"] = st.column_config.TextColumn(width="medium")
+    fmt["model"] = st.column_config.TextColumn(width=180)
     st.container(key="home_leaderboard").dataframe(board, hide_index=True, placeholder="–", column_config=fmt,
                                                    height="content")
-    st.caption(f"{split_sizes(rows, splits)}. AUC: area under the ROC curve, with a stratified bootstrap 95% "
-               "interval. sens / spec: sensitivity and specificity at the threshold chosen on validation (Youden's "
-               "J). Epochs: best/trained (an ensemble trains none). \"from scratch\" = no ImageNet weights.")
+    first = splits[0] if splits else ""
+    st.caption(f"{split_sizes(rows, splits)}. AUC: area under the ROC curve; 95% CI: its stratified bootstrap "
+               f"interval on `{first}`. sens / spec: sensitivity and specificity at the threshold chosen on "
+               "validation (Youden's J). init: ImageNet weights or from scratch. Epochs: best/trained (an ensemble "
+               "trains none).")
     if len(splits) > 1:
         st.info(SHIFT_CAVEAT)
-    with st.expander("How each model was trained"):
+    with st.expander("How each model was trained, and its threshold"):
         st.container(key="home_training").dataframe(
             tables.training_table(rows), hide_index=True, placeholder="–", height="content",
             column_config={"params": st.column_config.NumberColumn(format="localized"),
+                           "threshold": st.column_config.NumberColumn(
+                               format="%.3f", help="the operating threshold, chosen on validation (Youden's J)"),
                            "input (px)": st.column_config.NumberColumn(format="%d")})
     for e in rows:
         s = e.get("status") or {}

@@ -21,6 +21,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, list_runs
+from dashboard import figures
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research use only — not for clinical diagnosis.** These models were trained on one paediatric "
@@ -33,12 +34,6 @@ COMPARE_KEY = "compare_run"
 MODELS_KEY = "selected_models"  # {(run id, compared run id or ""): [labels]}
 DEFAULT_TOP = 3  # default choice: this many best models by validation AUC, plus every ensemble
 NO_COMPARE = "(none)"
-
-# Colour-blind-safe hues: Okabe & Ito (2008) without its yellow, then Paul Tol's muted scheme's darker hues.
-# Ensembles are drawn black; a second run's models keep their model's colour and are drawn dashed.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#332288", "#999933", "#882255",
-           "#44AA99", "#CC6677", "#117733", "#AA4499", "#DDCC77", "#88CCEE"]
-ENSEMBLE_COLOR = "#000000"
 
 
 def artifacts_root() -> Path:
@@ -124,7 +119,7 @@ class Entry:
     model: ModelArtifacts
     run_id: str
     color: str
-    dash: str  # "solid" for the selected run, "dash" for the compared one
+    dash: str  # "solid" for the selected run, "dash" for the compared one (same model, same colour)
 
 
 def is_ensemble(m: ModelArtifacts) -> bool:
@@ -133,18 +128,6 @@ def is_ensemble(m: ModelArtifacts) -> bool:
     except ArtifactError:
         return False
     return cfg.get("arch") == "ensemble" or bool(cfg.get("members"))
-
-
-def model_colors(models: list[ModelArtifacts]) -> dict[str, str]:
-    """One colour per model name, fixed by the run's model order (so every page agrees); ensembles black."""
-    colors, i = {}, 0
-    for m in models:
-        if is_ensemble(m):
-            colors[m.name] = ENSEMBLE_COLOR
-        else:
-            colors[m.name] = PALETTE[i % len(PALETTE)]
-            i += 1
-    return colors
 
 
 def val_auc(m: ModelArtifacts) -> float:
@@ -166,7 +149,8 @@ def entries(run: Run, compare: Run | None = None) -> list[Entry]:
     """Every model of ``run`` (and of ``compare``, labelled ``run/model`` and dashed), with its colour."""
     models = list(run.models)
     extra = list(compare.models) if compare is not None else []
-    colors = model_colors(models + [m for m in extra if m.name not in {x.name for x in models}])
+    every = models + [m for m in extra if m.name not in {x.name for x in models}]
+    colors = figures.model_colors([m.name for m in every], [m.name for m in every if is_ensemble(m)])
     out = [Entry(m.name, m, run.id, colors[m.name], "solid") for m in models]
     out += [Entry(f"{compare.id}/{m.name}", m, compare.id, colors[m.name], "dash") for m in extra]
     return out

@@ -8,6 +8,7 @@ calibration bin.
 from __future__ import annotations
 
 import math
+import re
 from itertools import combinations
 
 import numpy as np
@@ -88,13 +89,12 @@ def runs_table(runs: list[tuple[str, dict | None]]) -> pd.DataFrame:
             row["created"] = "run.json unreadable"
             rows.append(row)
             continue
-        row["created"] = str(info.get("created", ""))[:19].replace("T", " ")
+        row["created"] = str(info.get("created", ""))[:10]
         row["data root"] = info.get("data_root_given") or info.get("data_root", "")
-        row["layout"] = info.get("data_layout", "")
         counts = info.get("split_counts") or {}
-        for split in sort_splits(counts):
-            c = counts.get(split) or {}
-            row[f"{split} ({' / '.join(CLASSES)})"] = " / ".join(str(c.get(k, 0)) for k in CLASSES)
+        row[f"images per split ({' / '.join(CLASSES)})"] = " · ".join(
+            f"{split} {' / '.join(str((counts.get(split) or {}).get(k, 0)) for k in CLASSES)}"
+            for split in sort_splits(counts))
         row["skipped files"] = info.get("n_skipped", 0)
         row["models"] = len(info.get("models", []))
         rows.append(row)
@@ -161,33 +161,37 @@ LEADERBOARD_METRICS = (("AUC", None), ("sens", "sensitivity"), ("spec", "specifi
 
 def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
     """One row per model with AUC, sensitivity and specificity on each of ``splits`` side by side (columns
-    ``AUC test``, ``AUC official_val``, ...). ``entries`` hold ``model`` and any of ``config``, ``status``,
+    ``AUC test``, ``AUC official_val``, ...), the first split's AUC interval (``95% CI``); ``status`` only when
+    some model has not finished. ``entries`` hold ``model`` and any of ``config``, ``status``,
     ``history``, ``metrics`` ({split: metrics dict}), ``None`` when unreadable. Sorted by the first split's AUC,
     best first, unknown last."""
     rows = []
     for e in entries:
         cfg, status, hist, mets = e.get("config"), e.get("status"), e.get("history"), e.get("metrics") or {}
-        row = {"model": e["model"], "status": status_label(status), "pretrained": pretrained_label(cfg)}
+        row = {"model": e["model"], "status": status_label(status),
+               "init": {"ImageNet": "ImageNet", "from scratch": "scratch"}.get(pretrained_label(cfg), "–")}
         for short, key in LEADERBOARD_METRICS:
             for split in splits:
                 met = mets.get(split)
                 row[f"{short} {split}"] = _num((met or {}).get("auc") if key is None else operating_point(met).get(key))
         first = mets.get(splits[0]) if splits else None
         ci = (first or {}).get("auc_ci") or [None, None]
-        row[f"AUC 95% CI {splits[0] if splits else ''}".strip()] = format_ci(_num(ci[0]), _num(ci[1]))
-        row["threshold"] = _num(operating_point(first).get("threshold"))
+        row["95% CI"] = format_ci(_num(ci[0]), _num(ci[1]))
         row["epochs"] = epochs_label(status, hist, bool((cfg or {}).get("members")))
         rows.append(row)
     cols = ["model"] + [f"{s} {sp}" for s, _ in LEADERBOARD_METRICS for sp in splits] + \
-        [f"AUC 95% CI {splits[0] if splits else ''}".strip(), "threshold", "pretrained", "epochs", "status"]
+        ["95% CI", "init", "epochs", "status"]
     df = pd.DataFrame(rows, columns=cols)
+    if (df["status"] == "finished").all():
+        df = df.drop(columns="status")  # one column less to fit at 1440 px; shown whenever it says something
     if splits:
         df = df.sort_values(f"AUC {splits[0]}", ascending=False, na_position="last", kind="stable")
     return df.reset_index(drop=True)
 
 
 def training_table(entries: list[dict]) -> pd.DataFrame:
-    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), status."""
+    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), status, and
+    the operating threshold chosen on validation (Youden's J, from any split's metrics file)."""
     rows = []
     for e in entries:
         cfg, status, hist = e.get("config") or {}, e.get("status"), e.get("history")
@@ -197,9 +201,11 @@ def training_table(entries: list[dict]) -> pd.DataFrame:
                      else str(cfg.get("weights_source") or ""),
                      "input (px)": _num(cfg.get("input_size")), "params": _num(cfg.get("params")),
                      "train time": format_seconds(train_seconds(status, hist)),
-                     "epochs (best/trained)": epochs_label(status, hist, ensemble)})
+                     "epochs (best/trained)": epochs_label(status, hist, ensemble),
+                     "threshold": next((_num(operating_point(m).get("threshold"))
+                                        for m in (e.get("metrics") or {}).values() if operating_point(m)), math.nan)})
     return pd.DataFrame(rows, columns=["model", "status", "pretrained", "epochs (best/trained)", "train time",
-                                       "params", "input (px)", "weights"])
+                                       "params", "input (px)", "threshold", "weights"])
 
 
 # --- training curves -------------------------------------------------------------------------------------
@@ -259,6 +265,43 @@ def progress_line(name: str, status: dict) -> str:
 
 
 # --- ROC / PR / confusion --------------------------------------------------------------------------------
+
+VAL_WARNING = ("**This is the `val` split: the thresholds and each model's kept epoch were chosen on it**, so its "
+               "figures are optimistic. Judge the models on `test` and on any split from elsewhere.")
+PRESETS_EXPLAINED = (
+    "Presets, all chosen on validation, never on the split shown. **Youden**: the threshold with the best "
+    "sensitivity + specificity. **Sensitivity ≥ 95%**: the highest threshold that still finds 95% of the pneumonia "
+    "films; it can be *higher* than Youden's when Youden's already finds more than 95% (a higher threshold calls "
+    "fewer films PNEUMONIA: fewer false alarms, more missed cases).")
+
+
+def preset_label(rule: str, value: float | None = None) -> str:
+    """A threshold rule's name in words: ``youden`` → Youden, ``sens95`` → sensitivity ≥ 95%, ``default`` → 0.5."""
+    m = re.fullmatch(r"sens(\d+)", rule)
+    name = {"youden": "Youden", "default": "0.5"}.get(rule) or (f"sensitivity ≥ {m[1]}%" if m else rule)
+    return name if value is None or rule == "default" else f"{name}: {value:.3f}"
+
+
+def preset_help(rule: str) -> str:
+    m = re.fullmatch(r"sens(\d+)", rule)
+    if m:
+        return f"the highest threshold with validation sensitivity ≥ {m[1]}%"
+    return {"youden": "max Youden J (sensitivity + specificity − 1) on validation",
+            "default": "the fixed 0.5"}.get(rule, rule)
+
+
+def points_table(points: dict[str, dict], presets: dict[str, dict]) -> pd.DataFrame:
+    """One row per model at its current threshold, naming the preset it sits on (or "custom")."""
+    rows = []
+    for name, pt in points.items():
+        rule = next((preset_label(r) for r, v in (presets.get(name) or {}).items()
+                     if abs(v - pt["threshold"]) < 5e-4), "custom")
+        rows.append({"model": name, "threshold": pt["threshold"], "set by": rule,
+                     "sensitivity": pt["sensitivity"], "specificity": pt["specificity"], "PPV": pt["ppv"],
+                     "NPV": pt["npv"], "F1": pt["f1"], "missed (FN)": pt["fn"], "false alarms (FP)": pt["fp"]})
+    return pd.DataFrame(rows, columns=["model", "threshold", "set by", "sensitivity", "specificity", "PPV", "NPV",
+                                       "F1", "missed (FN)", "false alarms (FP)"])
+
 
 def threshold_presets(val_metrics: dict | None) -> dict[str, float]:
     """Named thresholds from metrics_val.json (chosen on validation), plus the fixed 0.5."""
@@ -381,25 +424,29 @@ def delong_all_pairs(preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def comparison_table(long: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
-    """One sortable row per model: point estimates as numbers, intervals as text, DeLong p against the best."""
+    """One sortable row per model: point estimates as numbers, intervals as text, DeLong p against the best.
+    Accuracy stays in the chart only (it mixes sensitivity and specificity at this split's prevalence), so the
+    table fits the page."""
     rows = []
     for name, g in long.groupby("model", sort=False):
         row = {"model": name}
         for _, r in g.iterrows():
             label = r["metric"]
+            if label == "accuracy":
+                continue
             row[label] = r["value"]
             if r["interval"] != "none":
                 row[f"{label} 95% CI"] = format_ci(r["lo"], r["hi"])
         d = delong[delong["model"] == name] if len(delong) else delong
         if len(d):
-            row["ΔAUC vs best"] = d["ΔAUC"].iloc[0]
+            row["ΔAUC"] = d["ΔAUC"].iloc[0]
             row["DeLong p"] = d["p-value"].iloc[0]
-            row["differs (p < 0.05)"] = "yes" if d["p < 0.05"].iloc[0] else "no"
+            row["differs?"] = "yes" if d["p < 0.05"].iloc[0] else "no"
         elif len(delong):
-            row["ΔAUC vs best"], row["DeLong p"], row["differs (p < 0.05)"] = 0.0, math.nan, "best"
+            row["ΔAUC"], row["DeLong p"], row["differs?"] = 0.0, math.nan, "best"
         rows.append(row)
     df = pd.DataFrame(rows)
-    first = [c for c in ("model", "AUC", "AUC 95% CI", "ΔAUC vs best", "DeLong p", "differs (p < 0.05)") if c in df]
+    first = [c for c in ("model", "AUC", "AUC 95% CI", "ΔAUC", "DeLong p", "differs?") if c in df]
     df = df[first + [c for c in df.columns if c not in first]]
     return df.sort_values("AUC", ascending=False, kind="stable").reset_index(drop=True) if "AUC" in df else df
 

@@ -191,7 +191,7 @@ def test_comparison_intervals_and_delong(test_metrics, test_preds):
 
     table = tables.comparison_table(long, d)
     assert list(table["model"]) == [best, other]
-    assert table.set_index("model").loc[best, "differs (p < 0.05)"] == "best"
+    assert table.set_index("model").loc[best, "differs?"] == "best"
     assert table.set_index("model").loc[other, "DeLong p"] == pytest.approx(ref["p_value"])
 
     pairs = tables.delong_all_pairs(test_preds)
