@@ -32,6 +32,7 @@ CITATION = ("Data: Kermany, Zhang, Goldbaum et al., *Identifying Medical Diagnos
 RUN_KEY = "selected_run"  # plain session-state keys (not widget keys), so the choices survive page switches
 COMPARE_KEY = "compare_run"
 MODELS_KEY = "selected_models"  # {(run id, compared run id or ""): [labels]}
+PAGE_KEY = "page"  # the title of the page being drawn (start() sets it)
 DEFAULT_TOP = 3  # default choice: this many best models by validation AUC, plus every ensemble
 NO_COMPARE = "(none)"
 
@@ -53,9 +54,11 @@ def start(title: str, icon: str = "🫁") -> Run:
     """Every page's first line: page setup, the notice in the sidebar, the run selector. Without any run it tells
     how to train one and stops the script (with the footer)."""
     st.set_page_config(page_title=f"{title} · CXR model comparison", page_icon=icon, layout="wide")
+    st.session_state[PAGE_KEY] = title
     st.sidebar.warning(NOTICE)
     run = select_run()
     if run is None:
+        st.warning(NOTICE)
         stop()
     return run
 
@@ -182,8 +185,10 @@ def choose_models(run: Run, compare: Run | None = None, *, label: str = "Models"
     every = entries(run, compare)
     labels = [e.label for e in every]
     store_key = (run.id, compare.id if compare else "")
-    widget_key = f"models_{run.id}_{store_key[1]}"
-    if widget_key not in st.session_state:  # first visit, or another page's widget: restore the stored choice
+    # One widget per page: Streamlit drops a widget's state when a page without it runs, and a widget of the same
+    # key on another page does not take it over; so each page's widget starts from the stored choice.
+    widget_key = f"models_{st.session_state.get(PAGE_KEY, '')}_{run.id}_{store_key[1]}"
+    if widget_key not in st.session_state:
         stored = st.session_state.get(MODELS_KEY, {}).get(store_key)
         if stored is None:
             stored = default_models(run.models)

@@ -71,8 +71,9 @@ if not trained:
     stop("Choose one or more trained models (not only ensembles) in the sidebar.")
 
 c1, c2 = st.columns([2, 2])
-layout = c1.segmented_control("Layout", LAYOUTS, key="curves_layout",
-                              default=LAYOUTS[0] if len(trained) <= OVERLAY_MAX else LAYOUTS[1])
+auto = LAYOUTS[0] if len(trained) <= OVERLAY_MAX else LAYOUTS[1]
+layout = c1.segmented_control("Layout", LAYOUTS, default=auto, key=f"curves_layout_{auto}",  # new default: new key
+                              help=f"more than {OVERLAY_MAX} models: one chart per model by default")
 smoothing = c2.slider("Smoothing (EMA weight)", 0.0, 0.95, 0.0, 0.05, key="curves_smoothing",
                       help="0 = raw values; higher = smoother (TensorBoard-style exponential moving average)")
 live = any(tables.status_label(s) == "running" for s in statuses(trained).values())
