@@ -233,7 +233,7 @@ RUN_FIELDS = {
 }
 CONFIG_FIELDS = {
     "name": TEXT, "arch": TEXT, "members": NAMES, "pretrained": BOOL, "params": COUNT, "weights_source": TEXT,
-    "input_size": (f"an integer input size in the trainer's bounds, or null", _input_size),
+    "input_size": ("an integer input size in the trainer's bounds, or null", _input_size),
     "tta": ("an integer from 1 to 64", lambda v: _integer(v) and 1 <= v <= 64),
     "mean": ("three numbers", lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v))),
     "std": ("three positive numbers", lambda v: isinstance(v, list) and len(v) == 3

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -167,7 +167,7 @@ def _convert(value, kind):
             return value
         text = str(value).strip().lower() if isinstance(value, (str, int)) else None
         return True if text in _TRUE else False if text in _FALSE else None
-    if isinstance(value, bool) or isinstance(value, (list, dict, tuple, set)):
+    if isinstance(value, (bool, list, dict, tuple, set)):
         return None
     if kind is str:
         return str(value) if isinstance(value, (str, int)) else None
