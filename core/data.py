@@ -20,7 +20,15 @@ import numpy as np
 from core.images import SUPPORTED_EXTENSIONS
 from core.labels import CLASSES
 
-SPLIT_FOLDERS = ("train", "val", "test")
+SPLIT_FOLDERS = ("train", "val", "test")  # also the order splits are listed in, everywhere
+
+
+def sort_splits(names) -> list[str]:
+    """Split names, train/val/test first, then any other (``official_val``, evaluated sets) by name."""
+    rank = {name: i for i, name in enumerate(SPLIT_FOLDERS)}
+    return sorted(set(names), key=lambda s: (rank.get(s, len(rank)), s))
+
+
 EXCLUDED = "excluded"  # pool images of a patient who is already in a fixed split (e.g. the given test/)
 LAYOUTS_HELP = (
     "accepted layouts: ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/* (Kermany; any of the split folders), "
@@ -280,8 +288,7 @@ def split_counts(samples) -> dict[str, dict[str, int]]:
     for s in samples:
         key = s.split if s.split is not None else "unassigned"
         counts.setdefault(key, {c: 0 for c in CLASSES})[CLASSES[s.label]] += 1
-    order = [k for k in SPLIT_FOLDERS if k in counts] + sorted(k for k in counts if k not in SPLIT_FOLDERS)
-    return {k: counts[k] for k in order}
+    return {k: counts[k] for k in sort_splits(counts)}
 
 
 def check_splits_usable(samples, required=("train", "val", "test")) -> None:
