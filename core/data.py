@@ -149,10 +149,17 @@ def _scan_class_dir(cdir: Path, label: int, split, samples: list, skipped: list)
 
 def _parse_label(value: str) -> int | None:
     v = (value or "").strip().upper()
-    if v in ("0", "1"):
-        return int(v)
+    if v in ("0", "1", "0.0", "1.0"):  # 1.0/0.0: CheXpert-style finding columns
+        return int(float(v))
     upper = [c.upper() for c in CLASSES]
     return upper.index(v) if v in upper else None
+
+
+def _column_name(header: str) -> str:
+    """Lower-case column name; NIH's "Patient ID" and RSNA's "patientId" are patient_id. Other columns (extra
+    findings, age, view) are allowed and ignored."""
+    name = header.strip().lower()
+    return "patient_id" if name.replace(" ", "").replace("_", "") in ("patientid", "patient") else name
 
 
 def _scan_manifest(csv_path: Path) -> Scan:
@@ -164,7 +171,7 @@ def _scan_manifest(csv_path: Path) -> Scan:
         raise DataError(f"cannot read manifest {csv_path}: {e}") from e
     if not rows:
         raise DataError(f"manifest {csv_path} is empty; it needs a header path,label[,patient_id][,split]")
-    header = [h.strip().lower() for h in rows[0]]
+    header = [_column_name(h) for h in rows[0]]
     if "path" not in header or "label" not in header:
         raise DataError(f"manifest {csv_path} needs columns path and label (found: {', '.join(header)}); "
                         f"{LAYOUTS_HELP}")

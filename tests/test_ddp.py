@@ -142,6 +142,19 @@ def test_parallel_cache_through_load_or_build(tmp_path):
     assert int(cache.images[row].mean()) == 10  # film i is filled with the value i
 
 
+def test_manifest_with_patient_ids_and_extra_label_columns(tmp_path):
+    """NIH/CheXpert-style lists: a "Patient ID" column, 1.0/0.0 labels, and finding columns that are ignored."""
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    (tmp_path / "list.csv").write_text(
+        "Path,Patient ID,Sex,Effusion,Atelectasis,label\n"
+        "a.png,p17,F,1.0,,1.0\n"
+        "b.png,p17,F,0.0,1.0,0.0\n"
+        "c.png,p18,M,,,PNEUMONIA\n")
+    got = {os.path.basename(s.path): (s.label, s.patient_id) for s in scan(tmp_path / "list.csv").samples}
+    assert got == {"a.png": (1, "p17"), "b.png": (0, "p17"), "c.png": (1, "p18")}
+
+
 # ------------------------------------------------------------------------------------------------- GPU path
 
 
