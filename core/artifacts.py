@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data import sort_splits
+from core.metrics import HEADLINE_RULE
+
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
 ENV_ROOT = "CXR_ARTIFACTS"
@@ -30,6 +33,14 @@ STALE_AFTER_SECONDS = 600
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 PREDICTION_COLUMNS = ["path", "label", "probability"]
 SPLIT_COLUMNS = ["path", "label", "patient_id", "split"]
+
+
+ENSEMBLE_ARCH = "ensemble"  # config.json "arch" of an ensemble: no network, the mean of its "members"
+
+
+def is_ensemble(config: dict) -> bool:
+    """Whether a model's config.json describes an ensemble (the one test for it, everywhere)."""
+    return config.get("arch") == ENSEMBLE_ARCH
 
 
 class ArtifactError(RuntimeError):
@@ -291,10 +302,17 @@ class ModelArtifacts:
             raise ArtifactError(f"{path}: a row is incomplete (half-written or edited by hand)")
         return df
 
+    @property
+    def is_ensemble(self) -> bool:
+        """True for an ensemble; False for a network, or when config.json is unreadable (loading it says why)."""
+        try:
+            return is_ensemble(self.config)
+        except ArtifactError:
+            return False
+
     def splits(self) -> list[str]:
-        """Splits that have predictions, val and test first."""
-        found = sorted(p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
-        return sorted(found, key=lambda s: ({"val": 0, "test": 1}.get(s, 2), s))
+        """Splits that have predictions, in ``core.data.sort_splits`` order (val, test, then the others)."""
+        return sort_splits(p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
 
     def predictions(self, split: str) -> pd.DataFrame:
         """path, label (0/1), probability ([0, 1]); one row per image: a repeated path would count twice."""
@@ -321,7 +339,7 @@ class ModelArtifacts:
                 raise ArtifactError(f"{self.dir / f'metrics_{split}.json'}: missing key {key!r}")
         return m
 
-    def threshold(self, rule: str = "youden") -> float:
+    def threshold(self, rule: str = HEADLINE_RULE) -> float:
         """The operating threshold chosen on validation (never on any other split)."""
         return float(self.metrics("val")["thresholds"][rule]["value"])
 

@@ -20,7 +20,15 @@ import numpy as np
 from core.images import SUPPORTED_EXTENSIONS
 from core.labels import CLASSES
 
-SPLIT_FOLDERS = ("train", "val", "test")
+SPLIT_FOLDERS = ("train", "val", "test")  # also the order splits are listed in, everywhere
+
+
+def sort_splits(names) -> list[str]:
+    """Split names, train/val/test first, then any other (``official_val``, evaluated sets) by name."""
+    rank = {name: i for i, name in enumerate(SPLIT_FOLDERS)}
+    return sorted(set(names), key=lambda s: (rank.get(s, len(rank)), s))
+
+
 EXCLUDED = "excluded"  # pool images of a patient who is already in a fixed split (e.g. the given test/)
 LAYOUTS_HELP = (
     "accepted layouts: ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/* (Kermany; any of the split folders), "
@@ -190,10 +198,17 @@ def _scan_class_dir(cdir: Path, label: int, split, samples: list, skipped: list)
 
 def _parse_label(value: str) -> int | None:
     v = (value or "").strip().upper()
-    if v in ("0", "1"):
-        return int(v)
+    if v in ("0", "1", "0.0", "1.0"):  # 1.0/0.0: CheXpert-style finding columns
+        return int(float(v))
     upper = [c.upper() for c in CLASSES]
     return upper.index(v) if v in upper else None
+
+
+def _column_name(header: str) -> str:
+    """Lower-case column name; NIH's "Patient ID" and RSNA's "patientId" are patient_id. Other columns (extra
+    findings, age, view) are allowed and ignored."""
+    name = header.strip().lower()
+    return "patient_id" if name.replace(" ", "").replace("_", "") in ("patientid", "patient") else name
 
 
 def _scan_manifest(csv_path: Path) -> Scan:
@@ -205,7 +220,7 @@ def _scan_manifest(csv_path: Path) -> Scan:
         raise DataError(f"cannot read manifest {csv_path}: {e}") from e
     if not rows:
         raise DataError(f"manifest {csv_path} is empty; it needs a header path,label[,patient_id][,split]")
-    header = [h.strip().lower() for h in rows[0]]
+    header = [_column_name(h) for h in rows[0]]
     if "path" not in header or "label" not in header:
         raise DataError(f"manifest {csv_path} needs columns path and label (found: {', '.join(header)}); "
                         f"{LAYOUTS_HELP}")
@@ -329,8 +344,7 @@ def split_counts(samples) -> dict[str, dict[str, int]]:
     for s in samples:
         key = s.split if s.split is not None else "unassigned"
         counts.setdefault(key, {c: 0 for c in CLASSES})[CLASSES[s.label]] += 1
-    order = [k for k in SPLIT_FOLDERS if k in counts] + sorted(k for k in counts if k not in SPLIT_FOLDERS)
-    return {k: counts[k] for k in order}
+    return {k: counts[k] for k in sort_splits(counts)}
 
 
 def check_splits_usable(samples, required=("train", "val", "test")) -> None:
