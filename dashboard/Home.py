@@ -5,6 +5,7 @@
 
 import streamlit as st
 
+from core import summary
 from core.artifacts import ArtifactError, ModelArtifacts, list_runs
 from dashboard import tables
 from dashboard.common import (DEFAULT_TOP, NOTICE, artifacts_root, cached_history, cached_metrics, choose_models,
@@ -27,7 +28,7 @@ def run_rows(run) -> list[dict]:
             e["config"] = m.config
         with guard(f"{m.name}: status.json"):
             e["status"] = m.status()
-        if (m.dir / "history.csv").exists() and not (e["config"] or {}).get("members"):
+        if (m.dir / "history.csv").exists() and not m.is_ensemble:
             with guard(f"{m.name}: history.csv"):
                 e["history"] = tables.checked_history(cached_history(m), str(m.dir / "history.csv"))
         for split in m.splits():
@@ -76,7 +77,7 @@ def show_leaderboard(rows: list[dict]) -> None:
         s = e.get("status") or {}
         if s.get("state") == "failed":
             st.error(f"{e['model']} failed: {s.get('message') or 'no message'}")
-        elif tables.status_label(s) == "stale":
+        elif summary.state_of(s) == "stale":
             st.warning(f"{e['model']}: status says running but no heartbeat for over 10 minutes; the trainer "
                        "probably died. Continue it with `python -m trainer train ... --resume`.")
 

@@ -125,14 +125,6 @@ class Entry:
     dash: str  # "solid" for the selected run, "dash" for the compared one (same model, same colour)
 
 
-def is_ensemble(m: ModelArtifacts) -> bool:
-    try:
-        cfg = m.config
-    except ArtifactError:
-        return False
-    return cfg.get("arch") == "ensemble" or bool(cfg.get("members"))
-
-
 def val_auc(m: ModelArtifacts) -> float:
     """The model's validation AUC (NaN when it has none yet): what the default choice ranks by."""
     try:
@@ -143,9 +135,9 @@ def val_auc(m: ModelArtifacts) -> float:
 
 def default_models(models: list[ModelArtifacts], top: int = DEFAULT_TOP) -> list[str]:
     """The ``top`` single models with the best validation AUC, plus every ensemble, in run order."""
-    singles = [m for m in models if not is_ensemble(m) and math.isfinite(val_auc(m))]
+    singles = [m for m in models if not m.is_ensemble and math.isfinite(val_auc(m))]
     best = {m.name for m in sorted(singles, key=val_auc, reverse=True)[:top]}
-    return [m.name for m in models if m.name in best or is_ensemble(m)]
+    return [m.name for m in models if m.name in best or m.is_ensemble]
 
 
 def entries(run: Run, compare: Run | None = None) -> list[Entry]:
@@ -153,7 +145,7 @@ def entries(run: Run, compare: Run | None = None) -> list[Entry]:
     models = list(run.models)
     extra = list(compare.models) if compare is not None else []
     every = models + [m for m in extra if m.name not in {x.name for x in models}]
-    colors = figures.model_colors([m.name for m in every], [m.name for m in every if is_ensemble(m)])
+    colors = figures.model_colors([m.name for m in every], [m.name for m in every if m.is_ensemble])
     out = [Entry(m.name, m, run.id, colors[m.name], "solid") for m in models]
     out += [Entry(f"{compare.id}/{m.name}", m, compare.id, colors[m.name], "dash") for m in extra]
     return out

@@ -8,7 +8,6 @@ calibration bin.
 from __future__ import annotations
 
 import math
-import re
 from itertools import combinations
 
 import numpy as np
@@ -16,11 +15,11 @@ import pandas as pd
 from scipy import stats
 
 from core import metrics as cm
+from core import summary
 from core.artifacts import HISTORY_COLUMNS, ArtifactError
+from core.data import sort_splits
 from core.labels import CLASSES
-
-HEADLINE = "youden"  # the operating point chosen on validation (docs/artifacts.md)
-SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+from core.metrics import HEADLINE_RULE
 RATE_NAMES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
 # Kermany et al., Cell 2018, pneumonia vs normal on their 624-image test set (for reference on the ROC only).
 KERMANY_2018 = {"sensitivity": 0.932, "specificity": 0.901, "fpr": 1 - 0.901,
@@ -69,10 +68,6 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def sort_splits(splits) -> list[str]:
-    return sorted(set(splits), key=lambda s: (SPLIT_ORDER.get(s, 3), s))
-
-
 def default_split(splits: list[str]) -> str | None:
     """``test`` when it has predictions, else the first split there is."""
     return "test" if "test" in splits else (splits[0] if splits else None)
@@ -101,52 +96,20 @@ def runs_table(runs: list[tuple[str, dict | None]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pretrained_label(config: dict | None) -> str:
-    if not config:
-        return "–"
-    if config.get("pretrained"):
-        return "ImageNet"
-    return "from scratch"
-
-
-def status_label(status: dict | None) -> str:
-    if not status:
-        return "unknown"
-    state = str(status.get("state", "unknown"))
-    if state == "running" and status.get("stale"):
-        return "stale"
-    return state
-
-
-def train_seconds(status: dict | None, history: pd.DataFrame | None) -> float:
-    """``train_seconds`` from status.json when the trainer recorded it, else the sum of per-epoch seconds."""
-    if status and status.get("train_seconds") is not None:
-        return _num(status["train_seconds"])
-    if history is not None and "seconds" in history and len(history):
-        return float(pd.to_numeric(history["seconds"], errors="coerce").sum())
-    return math.nan
-
-
-def operating_point(metrics: dict | None, rule: str = HEADLINE) -> dict:
+def operating_point(metrics: dict | None, rule: str = HEADLINE_RULE) -> dict:
     """The confusion metrics a metrics_<split>.json holds at one named threshold (empty when absent)."""
     if not metrics:
         return {}
     return dict((metrics.get("at") or {}).get(rule) or {})
 
 
-def epochs_label(status: dict | None, history: pd.DataFrame | None, ensemble: bool = False) -> str:
-    """``best/trained`` epochs (``–`` for an ensemble, which trains nothing itself)."""
-    if ensemble:
+def epochs_label(row: dict) -> str:
+    """``best/trained`` epochs of a ``core.summary`` row (``–`` for an ensemble, which trains nothing itself)."""
+    if row["ensemble"]:
         return "–"
-    trained = (status or {}).get("epoch")
-    if trained is None and history is not None:
-        trained = len(history)
-    if trained is None:
+    if row["epoch"] is None:
         return ""
-    best = (status or {}).get("best_epoch")
-    if best is None and history is not None and len(history):
-        best = best_epoch(history)
-    return f"{best if best is not None else '?'}/{trained}"
+    return f"{row['best_epoch'] if row['best_epoch'] is not None else '?'}/{row['epoch']}"
 
 
 def board_splits(splits) -> list[str]:
@@ -156,28 +119,30 @@ def board_splits(splits) -> list[str]:
     return (["test"] if "test" in found else []) + [s for s in sort_splits(found) if s not in ("train", "val", "test")]
 
 
-LEADERBOARD_METRICS = (("AUC", None), ("sens", "sensitivity"), ("spec", "specificity"))
+LEADERBOARD_METRICS = (("AUC", "auc"), ("sens", "sensitivity"), ("spec", "specificity"))
+
+
+def summary_rows(entry: dict, splits: list[str]) -> dict[str, dict]:
+    """``core.summary.model_row`` of one entry (``model`` and any of ``config``, ``status``, ``history``,
+    ``metrics`` = {split: metrics dict}) on each split: the README's report reads the same rows."""
+    mets = entry.get("metrics") or {}
+    return {split: summary.model_row(entry["model"], entry.get("config"), entry.get("status"), mets.get(split),
+                                     entry.get("history")) for split in splits}
 
 
 def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
     """One row per model with AUC, sensitivity and specificity on each of ``splits`` side by side (columns
     ``AUC test``, ``AUC official_val``, ...), the first split's AUC interval (``95% CI``); ``status`` only when
-    some model has not finished. ``entries`` hold ``model`` and any of ``config``, ``status``,
-    ``history``, ``metrics`` ({split: metrics dict}), ``None`` when unreadable. Sorted by the first split's AUC,
-    best first, unknown last."""
+    some model has not finished. Sorted by the first split's AUC, best first, unknown last."""
     rows = []
     for e in entries:
-        cfg, status, hist, mets = e.get("config"), e.get("status"), e.get("history"), e.get("metrics") or {}
-        row = {"model": e["model"], "status": status_label(status),
-               "init": {"ImageNet": "ImageNet", "from scratch": "scratch"}.get(pretrained_label(cfg), "–")}
+        per_split = summary_rows(e, splits or ["test"])
+        first = per_split[(splits or ["test"])[0]]
+        row = {"model": e["model"], "status": first["state"], "init": first["weights"],
+               "95% CI": format_ci(*first["auc_ci"]), "epochs": epochs_label(first)}
         for short, key in LEADERBOARD_METRICS:
             for split in splits:
-                met = mets.get(split)
-                row[f"{short} {split}"] = _num((met or {}).get("auc") if key is None else operating_point(met).get(key))
-        first = mets.get(splits[0]) if splits else None
-        ci = (first or {}).get("auc_ci") or [None, None]
-        row["95% CI"] = format_ci(_num(ci[0]), _num(ci[1]))
-        row["epochs"] = epochs_label(status, hist, bool((cfg or {}).get("members")))
+                row[f"{short} {split}"] = per_split[split][key]
         rows.append(row)
     cols = ["model"] + [f"{s} {sp}" for s, _ in LEADERBOARD_METRICS for sp in splits] + \
         ["95% CI", "init", "epochs", "status"]
@@ -194,18 +159,15 @@ def training_table(entries: list[dict]) -> pd.DataFrame:
     the operating threshold chosen on validation (Youden's J, from any split's metrics file)."""
     rows = []
     for e in entries:
-        cfg, status, hist = e.get("config") or {}, e.get("status"), e.get("history")
-        ensemble = bool(cfg.get("members"))
-        rows.append({"model": e["model"], "status": status_label(status), "pretrained": pretrained_label(cfg or None),
-                     "weights": "mean of " + ", ".join(cfg["members"]) if ensemble
-                     else str(cfg.get("weights_source") or ""),
-                     "input (px)": _num(cfg.get("input_size")), "params": _num(cfg.get("params")),
-                     "train time": format_seconds(train_seconds(status, hist)),
-                     "epochs (best/trained)": epochs_label(status, hist, ensemble),
-                     "threshold": next((_num(operating_point(m).get("threshold"))
-                                        for m in (e.get("metrics") or {}).values() if operating_point(m)), math.nan)})
-    return pd.DataFrame(rows, columns=["model", "status", "pretrained", "epochs (best/trained)", "train time",
-                                       "params", "input (px)", "threshold", "weights"])
+        r = next(iter(summary_rows(e, sorted(e.get("metrics") or {}) or ["test"]).values()))
+        members = (e.get("config") or {}).get("members") or []
+        rows.append({"model": e["model"], "status": r["state"], "init": r["weights"],
+                     "weights": "mean of " + ", ".join(members) if r["ensemble"] else r["weights_source"],
+                     "input (px)": _num(r["input_size"]), "params": r["params"],
+                     "train time": format_seconds(r["train_seconds"]), "epochs (best/trained)": epochs_label(r),
+                     "threshold": r["threshold"]})
+    return pd.DataFrame(rows, columns=["model", "status", "init", "epochs (best/trained)", "train time", "params",
+                                       "input (px)", "threshold", "weights"])
 
 
 # --- training curves -------------------------------------------------------------------------------------
@@ -248,7 +210,7 @@ def generalisation_gap(history: pd.DataFrame) -> pd.Series:
 
 def progress_line(name: str, status: dict) -> str:
     """One line for a model still training: epoch, ETA, heartbeat."""
-    state = status_label(status)
+    state = summary.state_of(status)
     epoch, epochs = status.get("epoch"), status.get("epochs")
     parts = [f"**{name}** is {state}"]
     if epoch is not None:
@@ -270,24 +232,14 @@ VAL_WARNING = ("**This is the `val` split: the thresholds and each model's kept 
                "figures are optimistic. Judge the models on `test` and on any split from elsewhere.")
 PRESETS_EXPLAINED = (
     "Presets, all chosen on validation, never on the split shown. **Youden**: the threshold with the best "
-    "sensitivity + specificity. **Sensitivity ≥ 95%**: the highest threshold that still finds 95% of the pneumonia "
-    "films; it can be *higher* than Youden's when Youden's already finds more than 95% (a higher threshold calls "
+    "sensitivity + specificity. **Sensitivity ≥ x %**: the highest threshold that still finds x % of the pneumonia "
+    "films; it can be *higher* than Youden's when Youden's already finds more than x % (a higher threshold calls "
     "fewer films PNEUMONIA: fewer false alarms, more missed cases).")
 
 
-def preset_label(rule: str, value: float | None = None) -> str:
-    """A threshold rule's name in words: ``youden`` → Youden, ``sens95`` → sensitivity ≥ 95%, ``default`` → 0.5."""
-    m = re.fullmatch(r"sens(\d+)", rule)
-    name = {"youden": "Youden", "default": "0.5"}.get(rule) or (f"sensitivity ≥ {m[1]}%" if m else rule)
-    return name if value is None or rule == "default" else f"{name}: {value:.3f}"
-
-
-def preset_help(rule: str) -> str:
-    m = re.fullmatch(r"sens(\d+)", rule)
-    if m:
-        return f"the highest threshold with validation sensitivity ≥ {m[1]}%"
-    return {"youden": "max Youden J (sensitivity + specificity − 1) on validation",
-            "default": "the fixed 0.5"}.get(rule, rule)
+def preset_label(rule: str) -> str:
+    """A threshold rule's short name for a button: ``core.metrics.rule_label`` without its explanation."""
+    return cm.rule_label(rule).split(" (")[0]
 
 
 def points_table(points: dict[str, dict], presets: dict[str, dict]) -> pd.DataFrame:
@@ -350,7 +302,7 @@ def legend_label(name: str, metrics: dict | None, y=None, p=None) -> str:
 
 # --- model comparison ------------------------------------------------------------------------------------
 
-def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE) -> list[dict]:
+def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE_RULE) -> list[dict]:
     """AUC with its bootstrap interval (from the file) and accuracy, sensitivity, specificity with Wilson
     intervals from the confusion counts at the validation-chosen threshold. F1 is not a proportion of a fixed
     number of images, so it gets no Wilson interval (lo/hi NaN)."""
@@ -371,7 +323,7 @@ def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE) -> list[dic
     return rows
 
 
-def comparison_long(metrics_by_model: dict[str, dict], rule: str = HEADLINE) -> pd.DataFrame:
+def comparison_long(metrics_by_model: dict[str, dict], rule: str = HEADLINE_RULE) -> pd.DataFrame:
     rows = [r for name, m in metrics_by_model.items() for r in metric_intervals(name, m, rule)]
     return pd.DataFrame(rows, columns=["model", "metric", "value", "lo", "hi", "k", "n", "interval"])
 

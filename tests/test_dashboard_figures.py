@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from core import metrics as cm
@@ -61,14 +60,6 @@ def test_format_helpers():
     assert tables.format_seconds(3 * 3600 + 60) == "3 h 01 min"
     assert tables.sort_splits(["external", "test", "val"]) == ["val", "test", "external"]
     assert tables.default_split(["val", "external"]) == "val"
-
-
-def test_status_and_pretrained_labels():
-    assert tables.status_label({"state": "running", "stale": True}) == "stale"
-    assert tables.status_label({"state": "running", "stale": False}) == "running"
-    assert tables.status_label(None) == "unknown"
-    assert tables.pretrained_label({"pretrained": False}) == "from scratch"
-    assert tables.pretrained_label({"pretrained": True, "weights_source": "package:x"}) == "ImageNet"
 
 
 # --- the leaderboard and runs table from the real run ------------------------------------------------------
@@ -132,14 +123,13 @@ def test_model_colours_are_colour_blind_safe_distinct_and_black_for_ensembles():
 
 
 def test_threshold_rules_are_named_in_words():
-    assert tables.preset_label("sens95") == "sensitivity ≥ 95%"
-    assert tables.preset_label("sens90", 0.61234) == "sensitivity ≥ 90%: 0.612"
-    assert tables.preset_label("youden") == "Youden" and tables.preset_label("default", 0.5) == "0.5"
-    assert "highest threshold" in tables.preset_help("sens95")
+    assert tables.preset_label("sens95") == "sensitivity ≥ 95 %"  # never the bare "Sens95"
+    assert tables.preset_label("sens90") == "sensitivity ≥ 90 %"
+    assert tables.preset_label("youden") == "Youden" and tables.preset_label("default") == "fixed 0.5"
     pts = {"a": {"threshold": 0.69, "sensitivity": 0.9, "specificity": 0.9, "ppv": 0.9, "npv": 0.9, "f1": 0.9,
                  "fn": 1, "fp": 2}}
     table = tables.points_table(pts, {"a": {"youden": 0.43, "sens95": 0.6902, "default": 0.5}})
-    assert table.iloc[0]["set by"] == "sensitivity ≥ 95%"
+    assert table.iloc[0]["set by"] == "sensitivity ≥ 95 %"
     assert tables.points_table(pts, {"a": {"youden": 0.43}}).iloc[0]["set by"] == "custom"
 
 
@@ -312,13 +302,6 @@ def test_progress_line_for_a_running_model():
                                         "eta_seconds": 420, "best_val_auc": 0.97, "best_epoch": 2,
                                         "heartbeat": "2026-01-01T00:00:00+00:00"})
     assert "epoch 3/10" in line and "ETA 7 min 00 s" in line
-
-
-def test_train_seconds_prefers_status_then_history():
-    h = pd.DataFrame({"seconds": [1.5, 2.5]})
-    assert tables.train_seconds({"train_seconds": 9.0}, h) == 9.0
-    assert tables.train_seconds({}, h) == 4.0
-    assert math.isnan(tables.train_seconds(None, None))
 
 
 # --- calibration -------------------------------------------------------------------------------------------

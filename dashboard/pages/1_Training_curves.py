@@ -7,8 +7,9 @@ While a chosen model is training, the charts refresh on their own. Ensembles tra
 
 import streamlit as st
 
+from core import summary
 from dashboard import figures, tables
-from dashboard.common import cached_history, choose_models, compared_run, footer, guard, is_ensemble, start, stop
+from dashboard.common import cached_history, choose_models, compared_run, footer, guard, start, stop
 
 REFRESH_SECONDS = 5
 OVERLAY_MAX = 5  # more models than this: one small chart per model by default
@@ -62,8 +63,8 @@ run = start("Training curves")
 compare = compared_run(run)
 chosen = choose_models(run, compare)
 st.title("Training curves")
-ensembles = [e for e in chosen if is_ensemble(e.model)]
-trained = [e for e in chosen if not is_ensemble(e.model)]
+ensembles = [e for e in chosen if e.model.is_ensemble]
+trained = [e for e in chosen if not e.model.is_ensemble]
 if ensembles:
     st.caption(f"{', '.join(e.label for e in ensembles)}: an ensemble averages its members' outputs and trains "
                "nothing itself, so it has no curves here.")
@@ -76,16 +77,16 @@ layout = c1.segmented_control("Layout", LAYOUTS, default=auto, key=f"curves_layo
                               help=f"more than {OVERLAY_MAX} models: one chart per model by default")
 smoothing = c2.slider("Smoothing (EMA weight)", 0.0, 0.95, 0.0, 0.05, key="curves_smoothing",
                       help="0 = raw values; higher = smoother (TensorBoard-style exponential moving average)")
-live = any(tables.status_label(s) == "running" for s in statuses(trained).values())
+live = any(summary.state_of(s) == "running" for s in statuses(trained).values())
 
 
 @st.fragment(run_every=REFRESH_SECONDS if live else None)
 def curves() -> None:
     stat = statuses(trained)
     for name, s in stat.items():
-        if s.get("state") in ("running", "pending") or tables.status_label(s) == "stale":
+        if s.get("state") in ("running", "pending") or summary.state_of(s) == "stale":
             st.info(tables.progress_line(name, s))
-    if live and not any(tables.status_label(s) == "running" for s in stat.values()):
+    if live and not any(summary.state_of(s) == "running" for s in stat.values()):
         st.rerun()  # training just ended: stop refreshing
     histories = {}
     for e in trained:

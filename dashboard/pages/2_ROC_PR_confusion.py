@@ -9,6 +9,7 @@ chosen model's operating point. Presets are the thresholds chosen on validation 
 import streamlit as st
 
 from core import metrics as cm
+from core.data import sort_splits
 from dashboard import figures, tables
 from dashboard.common import (cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start,
                               stop)
@@ -70,7 +71,7 @@ def operating_panel(data: dict, prevalence: float) -> None:
         widths = [len(tables.preset_label(r)) + 6 for r in presets]  # room for each label, so none is cut
         for bc, (rule, value) in zip(st.columns(widths), presets.items()):
             bc.button(tables.preset_label(rule), key=f"preset_{rule}_{label}", on_click=set_threshold,
-                      args=(label, value), width="stretch", help=f"{tables.preset_help(rule)}: {value:.4f}")
+                      args=(label, value), width="stretch", help=f"{cm.rule_label(rule)}, chosen on validation: {value:.4f}")
         pt = tables.live_point(y, p, thr, prevalence)
         st.markdown(f"**{label}** at threshold {thr:.4f}: TP {pt['tp']} · FP {pt['fp']} · TN {pt['tn']} · "
                     f"FN {pt['fn']}")
@@ -85,7 +86,7 @@ run = start("ROC, PR and confusion")
 compare = compared_run(run)
 chosen = choose_models(run, compare)
 st.title("ROC, precision–recall and confusion")
-splits = tables.sort_splits(s for e in chosen for s in e.model.splits())
+splits = sort_splits(s for e in chosen for s in e.model.splits())
 if not chosen:
     stop("Choose one or more models in the sidebar.")
 if not splits:

@@ -7,6 +7,7 @@ models are compared on exactly the same images.
 
 import streamlit as st
 
+from core.data import sort_splits
 from dashboard import figures, tables
 from dashboard.common import (cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start,
                               stop)
@@ -15,7 +16,7 @@ run = start("Model comparison")
 compare = compared_run(run)
 chosen = choose_models(run, compare)
 st.title("Model comparison")
-splits = tables.sort_splits(s for e in chosen for s in e.model.splits())
+splits = sort_splits(s for e in chosen for s in e.model.splits())
 if not chosen:
     stop("Choose one or more models in the sidebar.")
 if not splits:
