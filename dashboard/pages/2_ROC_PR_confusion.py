@@ -71,7 +71,8 @@ def operating_panel(data: dict, prevalence: float) -> None:
         widths = [len(tables.preset_label(r)) + 6 for r in presets]  # room for each label, so none is cut
         for bc, (rule, value) in zip(st.columns(widths), presets.items()):
             bc.button(tables.preset_label(rule), key=f"preset_{rule}_{label}", on_click=set_threshold,
-                      args=(label, value), width="stretch", help=f"{cm.rule_label(rule)}, chosen on validation: {value:.4f}")
+                      args=(label, value), width="stretch",
+                      help=f"{cm.rule_label(rule)}, chosen on validation: {value:.4f}")
         pt = tables.live_point(y, p, thr, prevalence)
         st.markdown(f"**{label}** at threshold {thr:.4f}: TP {pt['tp']} · FP {pt['fp']} · TN {pt['tn']} · "
                     f"FN {pt['fn']}")
