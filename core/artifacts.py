@@ -1,9 +1,9 @@
 """Reading and writing the artifacts folder: the contract between trainer and dashboard (docs/artifacts.md).
 
 Writes are atomic (temporary file in the same folder, fsync, ``os.replace``): a reader sees the old file or
-the new one, never half of one, and a killed trainer leaves a consistent run. Reads never raise on a bad
-file: the reader records an ``ArtifactError`` for that file and carries on, so one broken model cannot take
-a whole dashboard page down.
+the new one, never half of one, and a killed trainer leaves a consistent run. Every read problem (missing,
+torn, malformed) is an ``ArtifactError`` naming the file, never a bare parser error, so a caller can show that
+one model's problem and carry on with the others. Image paths are stored relative to the data root.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.data import sort_splits
-from core.metrics import HEADLINE_RULE
+from core.metrics import HEADLINE_RULE, evaluate_split
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ STALE_AFTER_SECONDS = 600
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 PREDICTION_COLUMNS = ["path", "label", "probability"]
 SPLIT_COLUMNS = ["path", "label", "patient_id", "split"]
+SKIPPED_COLUMNS = ["path", "reason"]
 
 
 ENSEMBLE_ARCH = "ensemble"  # config.json "arch" of an ensemble: no network, the mean of its "members"
@@ -107,11 +109,29 @@ def write_csv(path: str | Path, rows, columns: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-class ModelWriter:
-    """Writes one model's folder inside a run."""
+def data_base(data_root: str | Path) -> Path:
+    """The folder stored image paths are relative to: the data folder, or a CSV manifest's own folder."""
+    root = Path(data_root).expanduser()
+    return root.parent if root.suffix.lower() == ".csv" else root
 
-    def __init__(self, run_dir: str | Path, name: str):
+
+def stored_path(path: str | Path, data_root: str | Path | None) -> str:
+    """How an image path is written into an artifact: relative to the data root (portable to another machine),
+    as given when it lies outside it (a manifest may list files anywhere)."""
+    if data_root is None:
+        return str(path)
+    try:
+        return Path(path).absolute().relative_to(data_base(data_root).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class ModelWriter:
+    """Writes one model's folder inside a run; image paths are stored relative to ``data_root`` when given."""
+
+    def __init__(self, run_dir: str | Path, name: str, data_root: str | Path | None = None):
         self.dir = Path(run_dir) / name
+        self.data_root = data_root
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     def config(self, config: dict) -> None:
@@ -126,12 +146,58 @@ class ModelWriter:
     def predictions(self, split: str, paths, labels, probabilities) -> None:
         # repr() round-trips a float exactly, so counts recomputed from this file at a threshold (itself one
         # of these probabilities) equal the ones in metrics_<split>.json
-        rows = [{"path": a, "label": int(b), "probability": repr(float(c))}
+        rows = [{"path": stored_path(a, self.data_root), "label": int(b), "probability": repr(float(c))}
                 for a, b, c in zip(paths, labels, probabilities)]
         write_csv(self.dir / f"predictions_{split}.csv", rows, PREDICTION_COLUMNS)
 
     def metrics(self, split: str, metrics: dict) -> None:
         write_json(self.dir / f"metrics_{split}.json", metrics)
+
+    def score(self, split: str, paths, labels, probabilities, thresholds: dict) -> dict:
+        """Write a split's predictions and its metrics at ``thresholds`` (chosen on validation); return the metrics.
+
+        The one place where scored probabilities become artifacts: training, ``evaluate`` and ensembles use it.
+        """
+        self.predictions(split, paths, labels, probabilities)
+        m = evaluate_split(np.asarray(labels), np.asarray(probabilities), thresholds, split=split)
+        self.metrics(split, m)
+        return m
+
+
+class RunWriter:
+    """Writes a run's own files: run.json, split.csv and skipped.csv (docs/artifacts.md).
+
+    ``data_root`` is kept as the user gave it (relative stays relative), and image paths are stored relative
+    to it, so a run copied to another machine finds its films under that machine's copy of the data.
+    """
+
+    def __init__(self, run_dir: str | Path, data_root: str | Path):
+        self.dir = Path(run_dir)
+        self.data_root = str(data_root)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def model(self, name: str) -> ModelWriter:
+        return ModelWriter(self.dir, name, self.data_root)
+
+    def split(self, samples) -> None:
+        """One row per sample (``core.data.Sample``): path, label, patient_id, split."""
+        write_csv(self.dir / "split.csv", [{"path": stored_path(s.path, self.data_root), "label": s.label,
+                                            "patient_id": s.patient_id, "split": s.split} for s in samples],
+                  SPLIT_COLUMNS)
+
+    def skipped(self, skipped: list[tuple[str, str]]) -> None:
+        write_csv(self.dir / "skipped.csv", [{"path": stored_path(p, self.data_root), "reason": r}
+                                             for p, r in skipped], SKIPPED_COLUMNS)
+
+    def info(self, **facts) -> None:
+        """Write run.json; ``created`` survives a resume, ``updated`` is now."""
+        try:
+            created = read_json(self.dir / "run.json").get("created")
+        except ArtifactError:
+            created = None
+        write_json(self.dir / "run.json", {"schema_version": SCHEMA_VERSION, "run_id": self.dir.name,
+                                           "created": created or now_iso(), "updated": now_iso(),
+                                           "data_root": self.data_root, **facts})
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -169,7 +235,6 @@ class ModelArtifacts:
 
     run_dir: Path
     name: str
-    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -255,7 +320,7 @@ class Run:
 
     def skipped(self) -> pd.DataFrame:
         path = self.dir / "skipped.csv"
-        return read_csv(path, ["path", "reason"]) if path.exists() else pd.DataFrame(columns=["path", "reason"])
+        return read_csv(path, SKIPPED_COLUMNS) if path.exists() else pd.DataFrame(columns=SKIPPED_COLUMNS)
 
     @cached_property
     def models(self) -> list[ModelArtifacts]:
@@ -267,42 +332,44 @@ class Run:
 
     def _info_ok(self) -> bool:
         try:
-            self.info
-            return True
+            return isinstance(self.info, dict)
         except ArtifactError:
             return False
 
-    def locate(self, path: str | Path) -> Path | None:
-        """The image file a split/predictions path names, on this machine, or None when it is not here.
+    def data_dir(self, split: str | None = None) -> Path | None:
+        """The folder the image paths of ``split`` are relative to, on this machine, or None when it is not here.
 
-        Paths are recorded absolute on the training machine. Elsewhere (a fresh clone of a committed run) the
-        part under the run's ``data_root`` is looked for under the data root as the user gave it
-        (``data_root_given``, e.g. ``../shared/data/kermany224``), relative to the working folder or the repo.
+        That is the run's data root, or for a split added by ``trainer evaluate`` the root recorded in its
+        ``evaluated_<split>.json``. Roots are kept as the user gave them; a relative one is looked for from the
+        working folder, from the folder holding the artifacts root (where the trainer ran), and from the repo.
+        """
+        record = self.dir / f"evaluated_{split}.json"
+        try:
+            given = (read_json(record) if split and record.exists() else self.info).get("data_root")
+        except ArtifactError:
+            return None
+        if not given:
+            return None
+        base = data_base(given)
+        bases = [base] if base.is_absolute() else [Path.cwd() / base, self.dir.parent.parent / base, REPO / base]
+        return next((b for b in bases if b.is_dir()), None)
+
+    def locate(self, path: str | Path, split: str | None = None) -> Path | None:
+        """The image file a split.csv/predictions path names, on this machine, or None when it is not here.
+
+        Stored paths are relative to the data root (``data_dir``); an absolute one (a manifest entry outside
+        its folder, or a run written before paths were stored relative) is taken as it is.
         """
         p = Path(str(path))
-        candidates = [p]
+        if not p.is_absolute():
+            root = self.data_dir(split)
+            if root is None:
+                return None
+            p = root / p
         try:
-            info = self.info
-        except ArtifactError:
-            info = {}
-        root, given = info.get("data_root"), info.get("data_root_given")
-        if root and not p.is_absolute():
-            candidates.append(Path(root) / p)
-        elif root and given:
-            try:
-                rel = p.relative_to(root)
-            except ValueError:
-                rel = None
-            if rel is not None:
-                bases = [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, REPO / given]
-                candidates += [b / rel for b in bases]
-        for c in candidates:
-            try:
-                if c.is_file():
-                    return c
-            except OSError:
-                continue
-        return None
+            return p if p.is_file() else None
+        except OSError:
+            return None
 
     def model(self, name: str) -> ModelArtifacts:
         for m in self.models:
