@@ -25,9 +25,8 @@ def test_metrics_docstring_examples_run():
 def test_killed_writer_leaves_the_old_file(tmp_path):
     target = tmp_path / "metrics_val.json"
     artifacts.write_json(target, {"auc": 0.5})
-    code = ("import sys; sys.path.insert(0, %r); from core.artifacts import atomic_write_bytes;"
-            "atomic_write_bytes(%r, b'x' * 1_500_000_000)") % (str(REPO), str(target))
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    code = f"from core.artifacts import atomic_write_bytes; atomic_write_bytes({str(target)!r}, b'x' * 1_500_000_000)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)  # python -c imports from its working folder
     deadline = time.time() + 60
     while not list(tmp_path.glob(".metrics_val.json.*.tmp")) and time.time() < deadline:
         time.sleep(0.01)
