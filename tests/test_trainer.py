@@ -125,7 +125,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     machine is: 1000 epochs with early stopping off (patience above the epoch count) take hours."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     long_run = tmp_path / "long.yaml"
-    long_run.write_text("patience: 100000\n")
+    long_run.write_text("patience: 10000\n")
     proc = subprocess.Popen(_train_cmd(tmp_path / "a", tmp_path / "cache", "r", epochs=1000,
                                        extra=["--config", str(long_run)]),
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

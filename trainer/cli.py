@@ -28,10 +28,9 @@ from core.artifacts import (
 from core.cache import ImageCache
 from core.data import DataError
 from core.labels import CLASSES
-from core.metrics import HEADLINE_RULE
 from core.models import input_size_for
 from trainer import config as cfgmod
-from trainer import ensemble
+from trainer import ensemble, report
 from trainer.prepare import Prepared, build_cache, check_usable, prepare, split_data
 
 EXIT_DATA, EXIT_CONFIG, EXIT_INTERRUPTED = 2, 3, 130
@@ -170,16 +169,8 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
         print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return "failed"
     test = ModelArtifacts(writer.dir.parent, recipe.name).metrics("test")
-    print(f"   {_headline(test)}  ({st['train_seconds']:.0f}s)")
+    print(f"   {report.headline(test)}  ({st['train_seconds']:.0f}s)")
     return "finished"
-
-
-def _headline(m: dict) -> str:
-    """One line of a split's figures at the headline operating point (chosen on validation)."""
-    at = m["at"][HEADLINE_RULE]
-    return (f"{m['split']} n={m['n']} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  "
-            f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f}  "
-            f"at val-chosen threshold {at['threshold']:.3f}")
 
 
 def _build_ensembles(run_dir: Path, ensembles) -> list[str]:
@@ -231,7 +222,6 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from trainer import report
     run = Run(Path(args.run))
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if args.update:

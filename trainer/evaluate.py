@@ -15,8 +15,7 @@ from core import data
 from core.artifacts import ArtifactError, ModelWriter, Run, now_iso, stored_path, write_json
 from core.data import DataError
 from core.inference import load_trained, predict_loaded
-from core.metrics import HEADLINE_RULE
-from trainer import ensemble
+from trainer import ensemble, report
 from trainer.prepare import Prepared, build_cache, prepare, rows_for
 
 RESERVED = {"train", "val"}
@@ -95,10 +94,7 @@ def _score_ensembles(run: Run, split_name: str) -> int:
 
 
 def _report(name: str, m: dict) -> None:
-    at = m["at"][HEADLINE_RULE]
-    print(f"{name:<24} n={m['n']:<5} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}] "
-          f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f} "
-          f"(threshold {at['threshold']:.3f} from val)")
+    print(f"{name:<24} {report.headline(m)}")
 
 
 def _overlap_with_run(run: Run, samples) -> list[str]:
