@@ -324,9 +324,10 @@ CONFIG_FIELDS = {
             and all(_number(x) and x > 0 for x in v)),
 }
 STATUS_FIELDS = {
-    "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL, "epoch": COUNT, "epochs": COUNT, "batch": COUNT,
-    "batches": COUNT, "best_epoch": COUNT, "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL,
-    "train_seconds": NUMBER_OR_NULL, "early_stopped": BOOL,
+    "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL,
+    "epoch": COUNT, "epochs": COUNT, "batch": COUNT, "batches": COUNT, "best_epoch": COUNT,
+    "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL, "train_seconds": NUMBER_OR_NULL,
+    "early_stopped": BOOL,
 }
 METRICS_FIELDS = {
     "split": TEXT, "n": COUNT, "n_pos": COUNT, "n_neg": COUNT, "auc": NUMBER_OR_NULL, "brier": NUMBER_OR_NULL,
