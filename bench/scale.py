@@ -134,7 +134,7 @@ def _train(launcher: list[str], run: str, work: Path, threads: int, subset: int,
 
 def bench_ddp(work: Path, subset: int = 300, epochs: int = 3) -> dict:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "trainer"]
+                "-m", "trainer", "--"]
     single = _train([sys.executable, "-m", "trainer"], "one", work, 2, subset, epochs)
     double = _train(torchrun, "two", work, 1, subset, epochs)
     return {"one_process_2_threads": single, "two_processes_1_thread": double,
@@ -144,7 +144,7 @@ def bench_ddp(work: Path, subset: int = 300, epochs: int = 3) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--films", type=int, default=50_000)
+    p.add_argument("--films", type=int, default=50_000, help="0: skip the cache build")
     p.add_argument("--film-px", type=int, default=256, help="side of each synthetic film")
     p.add_argument("--size", type=int, default=224, help="cache size (the models' input)")
     p.add_argument("--workers", type=int, default=None, help="cache-building processes (default: as the trainer)")
@@ -157,8 +157,9 @@ def main(argv=None) -> int:
     workers = args.workers or min(8, os.cpu_count() or 1)
     result = {"load_average_before": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
     try:
-        result["generate_seconds"] = round(make_folder(work / "films", args.films, args.film_px, workers), 1)
-        result["cache_build"] = bench_cache(work / "films", work, args.size, workers)
+        if args.films:
+            result["generate_seconds"] = round(make_folder(work / "films", args.films, args.film_px, workers), 1)
+            result["cache_build"] = bench_cache(work / "films", work, args.size, workers)
         if args.ddp:
             result["ddp"] = bench_ddp(work)
     finally:

@@ -224,3 +224,12 @@ class _SilentWriter:
 def main_writer(writer):
     """``writer`` on rank 0, a writer that writes nothing elsewhere: artifacts are written once."""
     return writer if is_main() else _SilentWriter(writer)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """An error raised by a collective because another process went away (gloo: connection closed or reset)."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        w in text for w in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))
