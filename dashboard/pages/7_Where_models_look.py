@@ -11,13 +11,13 @@ ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashb
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
+import plotly.graph_objects as go
+import streamlit as st
 
-from core.artifacts import ArtifactError, read_json  # noqa: E402
-from core.focus import FLAG_BELOW, focus_splits, ranking, read_focus  # noqa: E402
-from core.lungs import METRICS  # noqa: E402
-from dashboard.common import CITATION, guard, page, select_run  # noqa: E402
+from core.artifacts import ArtifactError, read_json
+from core.focus import FLAG_BELOW, focus_splits, ranking, read_focus
+from core.lungs import METRICS
+from dashboard.common import CITATION, guard, page, select_run
 
 page("Where models look")
 st.title("Where models look")
