@@ -260,6 +260,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
     e.set_defaults(func=cmd_evaluate)
+
+    from trainer import focus as focus_cmd, lungs as lungs_cmd
+    lungs_cmd.add_parser(sub)
+    focus_cmd.add_parser(sub)
     return p
 
 
