@@ -303,8 +303,15 @@ def _add_evaluate(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
-# One function a subcommand, each adding its parser; a new command adds its own function to this list.
-COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate]
+def _add_lungs_and_focus(sub) -> None:
+    from trainer import focus, lungs  # imported when the parser is built: their commands live with their code
+
+    lungs.add_parser(sub)
+    focus.add_parser(sub)
+
+
+# One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
+COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_lungs_and_focus]
 
 
 def parser() -> argparse.ArgumentParser:
