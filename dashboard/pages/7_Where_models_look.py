@@ -4,12 +4,7 @@ Figures come from ``<run>/<model>/lung_focus_<split>.csv`` written by ``python -
 defines lung focus and border mass; core/lungs.py the lung model). Nothing is computed here, so the page is instant.
 """
 
-import sys
 from pathlib import Path
-
-ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashboard` and `core` import
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -17,9 +12,9 @@ import streamlit as st
 from core.artifacts import ArtifactError, read_json
 from core.focus import FLAG_BELOW, focus_splits, ranking, read_focus
 from core.lungs import METRICS
-from dashboard.common import CITATION, guard, page, select_run
+from dashboard.common import footer, guard, start
 
-page("Where models look")
+run = start("Where models look")
 st.title("Where models look")
 st.markdown(
     "A heatmap is only worth reading if it points at the lungs. **Lung focus** is the share of a map's weight that "
@@ -55,7 +50,6 @@ def focus_figure(df, order, method: str) -> go.Figure:
     return fig
 
 
-run = select_run()
 if run is not None:
     splits = focus_splits(run)
     if not splits:
@@ -81,7 +75,7 @@ if run is not None:
                     "typical map outside the lungs.")
                 st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
                 st.container(key="wl_table").dataframe(
-                    table, hide_index=True,
+                    table, hide_index=True, height="content",
                     column_config={c: st.column_config.NumberColumn(format="percent") for c in
                                    ("median lung focus", "q25", "q75", "median border mass", "flagged")})
                 st.caption(f"n = films per model ({split} split, the same seeded sample for every model); "
@@ -91,5 +85,4 @@ if run is not None:
                 if skipped:
                     st.caption("Not shown: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
 
-st.divider()
-st.caption(CITATION)
+footer()
