@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "tests" / "data"
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA") or REPO.parent / "shared" / "data")
 DATA = SHARED_DATA if (SHARED_DATA / "kermany224").is_dir() else SAMPLE_DATA
-FULL_DATA = DATA == SHARED_DATA  # the whole data set, not the sample
+FULL_DATA = DATA != SAMPLE_DATA  # the whole data set, not the sample
 KERMANY224 = DATA / "kermany224"
 FULLRES = DATA / "kermany_fullres"
 # images per split and class that a scan finds, for tests that check a whole data set
