@@ -202,6 +202,15 @@ def cmd_evaluate(args) -> int:
                         cache_dir=args.cache_dir, workers=args.workers, command=args.argv)
 
 
+def cmd_shift(args) -> int:
+    from trainer.shift import shift_run, table
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None
+    result = shift_run(args.run, shifts=shifts, limit=args.limit, cache_dir=args.cache_dir, workers=args.workers,
+                       command=args.argv)
+    print(table(result))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -260,6 +269,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
     e.set_defaults(func=cmd_evaluate)
+
+    h = sub.add_parser("shift", help="score every model of a run under synthetic shifts of its test split")
+    h.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    h.add_argument("--shifts", help="comma-separated names from core/shift.py (default: all)")
+    h.add_argument("--limit", type=int, help="score a fixed random subset of this many test images (quick look)")
+    h.add_argument("--cache-dir")
+    h.add_argument("--workers", type=int)
+    h.set_defaults(func=cmd_shift)
     return p
 
 

@@ -16,6 +16,7 @@ Flags given on the command line win over the file; per-entry keys win over both.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -51,6 +52,14 @@ class Recipe:
     half_checkpoint: bool = False  # store best.safetensors as float16
     target_sensitivity: float = 0.95
     max_train_batches: int | None = None  # cap per epoch: for quick runs only
+    # robust-recipe keys (docs/recipes.md); each default leaves training as it was
+    preprocess: str = "none"  # none | equalize | clahe: intensity standardisation, also applied at inference
+    crop_area_min: float = 1.0  # < 1: random-resized crops covering [crop_area_min, 1] of the film
+    photometric_scale: float = 1.0  # multiplies the brightness/contrast/gamma augmentation ranges
+    noise_std: float = 0.0  # > 0: Gaussian noise augmentation, std up to this (pixel units)
+    ema_decay: float = 0.0  # > 0: keep, validate and save an exponential moving average of the weights
+    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha) weights
+    threshold_rule: str = "youden"  # headline operating point: youden | sens<target%> | default
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,16 @@ def _typed_recipe(base: Recipe, values: dict, where: str) -> Recipe:
                 out[f.name] = v
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: {f.name}={v!r} is not a valid {type(default).__name__}") from None
-    return replace(base, **out)
+    recipe = replace(base, **out)
+    if recipe.preprocess not in PREPROCESS:
+        raise ConfigError(f"{where}: preprocess={recipe.preprocess!r}; expected one of {', '.join(PREPROCESS)}")
+    if not re.fullmatch(r"youden|default|sens\d{1,2}", str(recipe.threshold_rule)):
+        raise ConfigError(f"{where}: threshold_rule={recipe.threshold_rule!r}; expected youden, default or "
+                          "sens<NN> (e.g. sens95, which needs target_sensitivity: 0.95)")
+    return recipe
+
+
+PREPROCESS = ("none", "equalize", "clahe")  # = core.transforms.PREPROCESS (kept free of the torch import)
 
 
 def entries(cfg: RunConfig) -> list[Recipe]:

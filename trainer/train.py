@@ -25,6 +25,7 @@ from core.inference import predict_probabilities
 from core.models import count_params, create_model, get_spec, set_backbone_trainable
 from core.transforms import AugmentConfig, augment, normalize, to_float
 from trainer.config import Recipe
+from trainer.robust import WeightAverage, mixed_loss, mixup
 
 
 class Stopped(Exception):
@@ -71,9 +72,11 @@ def _class_weights(labels: np.ndarray, recipe: Recipe, device) -> torch.Tensor |
     return torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32, device=device)
 
 
-def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64) -> tuple[float, np.ndarray]:
+def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64,
+                  preprocess="none") -> tuple[float, np.ndarray]:
     """Validation loss (unweighted) and probabilities."""
-    probs = predict_probabilities(model, images, mean, std, batch_size=batch_size, device=device, indices=rows)
+    probs = predict_probabilities(model, images, mean, std, batch_size=batch_size, device=device, indices=rows,
+                                  preprocess=preprocess)
     p = np.clip(probs, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return loss, probs
@@ -112,7 +115,9 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     class_w = _class_weights(train_labels, recipe, device)
-    aug = AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob)
+    aug = AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob, crop_area_min=recipe.crop_area_min,
+                        noise_std=recipe.noise_std).scaled(recipe.photometric_scale)
+    ema = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     ckpt_dir = writer.dir / "checkpoints"
 
     history: list[dict] = []
@@ -123,6 +128,8 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         best_auc, best_loss = float(state["best_auc"]), float(state["best_loss"])
@@ -149,15 +156,18 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
             y = torch.from_numpy(train_labels[idx][np.argsort(train_rows[idx], kind="stable")])
             if recipe.augment:
                 x = augment(x, aug, gen)
-            x, y = normalize(x, mean, std).to(device, non_blocking=True), y.to(device)
+            x, y = normalize(x, mean, std, recipe.preprocess).to(device, non_blocking=True), y.to(device)
+            x, y_mix, lam = mixup(x, y, recipe.mixup_alpha, gen)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=class_w, label_smoothing=recipe.label_smoothing)
+                loss = mixed_loss(logits.float(), y, y_mix, lam, class_w, recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             tot_loss += float(loss.detach()) * len(y)
             tot_correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -166,7 +176,9 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
             writer_heartbeat(writer, b, steps_per_epoch, epoch, recipe, epoch_seconds, t0, best_epoch, best_auc)
         bar.close()
 
-        val_loss, val_p = evaluate_loss(model, cache.images, rows["val"], labels["val"], mean, std, device)
+        scored = ema.model if ema is not None else model  # with weight averaging, the average is the model
+        val_loss, val_p = evaluate_loss(scored, cache.images, rows["val"], labels["val"], mean, std, device,
+                                        preprocess=recipe.preprocess)
         val_auc = metrics.auc(labels["val"], val_p)
         val_acc = float(np.mean((val_p >= 0.5) == labels["val"]))
         seconds = time.perf_counter() - t0
@@ -177,13 +189,15 @@ def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], 
         improved = val_auc > best_auc + 1e-4 or (abs(val_auc - best_auc) <= 1e-4 and val_loss < best_loss)
         if improved:
             best_auc, best_loss, best_epoch, bad_epochs = val_auc, val_loss, epoch, 0
-            save_best(model, ckpt_dir / "best.safetensors", half=recipe.half_checkpoint)
+            save_best(scored, ckpt_dir / "best.safetensors", half=recipe.half_checkpoint)
         else:
             bad_epochs += 1
         done_early = bad_epochs >= recipe.patience
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best_auc": best_auc,
                  "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         if recipe.keep_last > 0:
             save_resume(ckpt_dir / f"epoch_{epoch:03d}.pt", state)
             prune_epochs(ckpt_dir, recipe.keep_last)
@@ -220,7 +234,7 @@ def finish_entry(model, recipe, cache, rows, labels, paths, writer, device, hist
     load_best(model, writer.dir / "checkpoints" / "best.safetensors")
     spec = get_spec(recipe.arch)
     probs = {split: predict_probabilities(model, cache.images, spec.mean, spec.std, device=device,
-                                          indices=rows[split], tta=recipe.tta)
+                                          indices=rows[split], tta=recipe.tta, preprocess=recipe.preprocess)
              for split in rows if split != "train" and len(rows[split]) > 0}
     thresholds = metrics.choose_thresholds(labels["val"], probs["val"], target_sensitivity=recipe.target_sensitivity)
     for split, p in probs.items():
