@@ -160,8 +160,8 @@ def choose_thresholds(y_val, p_val, *, target_sensitivity: float = 0.95) -> dict
 
 def headline_rule(config: dict | None) -> str:
     """The operating point a model's figures are quoted at: its recipe's ``threshold_rule`` (docs/recipes.md
-    explains why the robust recipes use ``sens95``); Youden's J for runs that predate the key."""
-    return str((config or {}).get("threshold_rule") or "youden")
+    explains why the robust recipes use ``sens95``); ``HEADLINE_RULE`` for runs that predate the key."""
+    return str((config or {}).get("threshold_rule") or HEADLINE_RULE)
 
 
 def brier(y, p) -> float:

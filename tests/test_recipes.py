@@ -193,3 +193,22 @@ def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
     assert m["shifts"]["none"]["auc"] == pytest.approx(
         metrics.auc(preds.loc[picked, "label"], preds.loc[picked, "probability"]), abs=1e-3)
     assert m["official_val"]["auc"] == pytest.approx(art.metrics("official_val")["auc"])
+
+
+def test_undertrained_rows_are_flagged():
+    import pandas as pd
+    from core.summary import model_row, undertrained
+
+    def hist(*losses):
+        return pd.DataFrame({"epoch": range(1, len(losses) + 1), "val_loss": losses})
+
+    assert undertrained({}, hist(0.4, 0.3)) is True  # two epochs: no evidence of convergence
+    assert undertrained({}, hist(0.4, 0.3, 0.2)) is True  # still falling clearly
+    assert undertrained({}, hist(0.4, 0.2, 0.195)) is False  # flat
+    assert undertrained({}, hist(0.4, 0.2, 0.25)) is False  # rising again
+    assert undertrained({"early_stopped": True}, hist(0.4, 0.3)) is False
+    assert undertrained({}, None) is None
+    row = model_row("m", {"arch": "small_cnn", "threshold_rule": "sens95"}, {}, {"at": {"sens95": {"threshold": 0.7}}},
+                    hist(0.5))
+    assert row["undertrained"] is True and row["rule"] == "sens95" and row["threshold"] == 0.7
+    assert model_row("e", {"arch": "ensemble", "members": ["a", "b"]}, {}, {}, None)["undertrained"] is None

@@ -19,7 +19,6 @@ from core.cache import load_or_build
 from core.data import DataError, Sample
 from core.inference import load_trained, predict_loaded
 from core.shift import SHIFTS, apply_shift
-from trainer import ensemble
 
 
 def test_split_samples(run: Run, limit: int | None = None, seed: int = 0) -> list[Sample]:
@@ -60,9 +59,9 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
     probs: dict[str, dict[str, np.ndarray]] = {}
     results: dict[str, dict] = {}
     for art in run.models:
+        if art.is_ensemble:
+            continue
         try:
-            if ensemble.is_ensemble(art.config):
-                continue
             loaded = load_trained(art)
             thresholds, rule = art.metrics("val")["thresholds"], metrics.headline_rule(art.config)
         except ArtifactError as e:
@@ -77,10 +76,7 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
         results[art.name] = _model_result(art, y, probs[art.name], thresholds, rule)
         print(_line(art.name, results[art.name]), flush=True)
     for art in run.models:
-        try:
-            members = art.config.get("members") if ensemble.is_ensemble(art.config) else None
-        except ArtifactError:
-            continue
+        members = art.config.get("members") if art.is_ensemble else None
         if members and all(m in probs for m in members):
             mean = {s: np.mean([probs[m][s] for m in members], axis=0) for s in shifts}
             results[art.name] = _model_result(art, y, mean, art.metrics("val")["thresholds"],
