@@ -194,7 +194,7 @@ def read_csv(path: str | Path, columns: list[str]) -> pd.DataFrame:
         raise ArtifactError(f"{path}: unreadable CSV ({e})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ArtifactError(f"{path}: missing columns {missing}; has {list(df.columns)}")
+        raise ArtifactError(f"{path}: missing columns {missing}; has {len(df.columns)} other columns")
     return df
 
 
@@ -206,8 +206,12 @@ def check_fields(obj: dict, fields: dict, path) -> dict:
 
 
 def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A found value for an error message: numbers as they are, anything else by type only, so no text from a
+    file (markup, a tracking link) ever reaches a page inside an error message."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    size = f" of length {len(value)}" if isinstance(value, (str, list, dict)) else ""
+    return f"{'text' if isinstance(value, str) else type(value).__name__}{size}"
 
 
 def _number(v) -> bool:
@@ -234,16 +238,19 @@ COUNT = ("a non-negative integer", lambda v: _integer(v) and v >= 0)
 NUMBER_OR_NULL = ("a number or null", lambda v: v is None or _number(v))
 BOOL = ("true or false", lambda v: isinstance(v, bool))
 MAPPING = ("an object", lambda v: isinstance(v, dict))
-NAMES = ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+NAME = ("a name (letters, digits, '.', '_', '-')", lambda v: name_problem(v) is None)
+NAMES = ("a list of names (letters, digits, '.', '_', '-')",
+         lambda v: isinstance(v, list) and all(name_problem(x) is None for x in v))
+STATES = ("running", "finished", "failed", "stopped", "pending")
 RUN_FIELDS = {
-    "run_id": TEXT, "created": TEXT, "updated": TEXT, "data_root": TEXT, "data_root_given": TEXT,
+    "run_id": NAME, "created": TEXT, "updated": TEXT, "data_root": TEXT, "data_root_given": TEXT,
     "data_layout": TEXT, "data_fingerprint": TEXT, "command": TEXT, "config": MAPPING, "versions": MAPPING,
     "split_rule": TEXT, "models": NAMES, "n_skipped": COUNT,
     "split_counts": ("an object {split: {class: count}}", lambda v: isinstance(v, dict) and all(
         isinstance(c, dict) and all(_integer(n) and n >= 0 for n in c.values()) for c in v.values())),
 }
 CONFIG_FIELDS = {
-    "name": TEXT, "arch": TEXT, "members": NAMES, "pretrained": BOOL, "params": COUNT, "weights_source": TEXT,
+    "name": NAME, "arch": NAME, "members": NAMES, "pretrained": BOOL, "params": COUNT, "weights_source": TEXT,
     "input_size": ("an integer input size in the trainer's bounds, or null", _input_size),
     "tta": ("an integer from 1 to 64", lambda v: _integer(v) and 1 <= v <= 64),
     "mean": ("three numbers", lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v))),
@@ -251,7 +258,7 @@ CONFIG_FIELDS = {
             and all(_number(x) and x > 0 for x in v)),
 }
 STATUS_FIELDS = {
-    "state": TEXT, "heartbeat": TEXT, "message": TEXT_OR_NULL, "epoch": COUNT, "epochs": COUNT, "batch": COUNT,
+    "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL, "epoch": COUNT, "epochs": COUNT, "batch": COUNT,
     "batches": COUNT, "best_epoch": COUNT, "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL,
     "train_seconds": NUMBER_OR_NULL, "early_stopped": BOOL,
 }
@@ -328,8 +335,9 @@ class ModelArtifacts:
             raise ArtifactError(f"{path}: row {int(df['path'].isna().to_numpy().argmax()) + 2} has no path")
         dup = df["path"].astype(str).duplicated()
         if dup.any():
-            raise ArtifactError(f"{path}: {int(dup.sum())} rows repeat an image already listed, e.g. "
-                                f"{df['path'][dup].iloc[0]!r}; each image must appear once")
+            first = int(dup.to_numpy().argmax())
+            raise ArtifactError(f"{path}: {int(dup.sum())} rows repeat an image already listed (first on row "
+                                f"{first + 2}); each image must appear once")
         return df.assign(path=df["path"].astype(str), label=label.astype(int), probability=prob.astype(float))
 
     def metrics(self, split: str) -> dict:
@@ -375,7 +383,9 @@ class Run:
     @cached_property
     def models(self) -> list[ModelArtifacts]:
         # a model that failed before writing its config still has a status.json worth showing
-        names = sorted({p.parent.name for pat in ("*/config.json", "*/status.json") for p in self.dir.glob(pat)})
+        # folder names that could not be a model name (markup, spaces, control characters) are not models
+        names = sorted({p.parent.name for pat in ("*/config.json", "*/status.json") for p in self.dir.glob(pat)
+                        if name_problem(p.parent.name) is None})
         order = self.info.get("models", []) if (self.dir / "run.json").exists() and self._info_ok() else []
         names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
         return [ModelArtifacts(self.dir, n) for n in names]
@@ -476,5 +486,5 @@ def list_runs(root: str | Path | None = None) -> list[Run]:
     root = Path(root) if root is not None else default_root()
     if not root.is_dir():
         return []
-    runs = [Run(p.parent) for p in root.glob("*/run.json")]
+    runs = [Run(p.parent) for p in root.glob("*/run.json") if name_problem(p.parent.name) is None]
     return sorted(runs, key=lambda r: r.dir.joinpath("run.json").stat().st_mtime, reverse=True)

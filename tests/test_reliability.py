@@ -490,3 +490,20 @@ def test_unusable_names_are_refused(name):
 @pytest.mark.parametrize("name", ["small_cnn", "kermany-lineup", "run-20261130-101010", "v1.2", "External_2"])
 def test_usual_names_are_accepted(name):
     assert artifacts.name_problem(name) is None
+
+
+def test_error_messages_never_echo_text_from_the_file(run_copy):
+    payload = "![x](http://tracker.example/p.png)"
+    _edit(run_copy / "run.json", models=payload)
+    _edit(run_copy / "small_cnn" / "config.json", arch=payload)
+    for read in (lambda r: r.info, lambda r: r.model("small_cnn").config):
+        with pytest.raises(ArtifactError) as err:
+            read(Run(run_copy))
+        assert "tracker" not in str(err.value) and "![" not in str(err.value)
+
+
+def test_folders_with_unusable_names_are_neither_models_nor_runs(run_copy):
+    shutil.copytree(run_copy / "small_cnn", run_copy / "![x](tracker.png)")
+    assert [m.name for m in Run(run_copy).models] == ["small_cnn"]
+    shutil.copytree(run_copy, run_copy.parent / "run `x`")
+    assert [r.id for r in artifacts.list_runs(run_copy.parent)] == ["run"]

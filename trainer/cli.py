@@ -277,6 +277,10 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--cache-dir")
     h.add_argument("--workers", type=int)
     h.set_defaults(func=cmd_shift)
+
+    from trainer import focus as focus_cmd, lungs as lungs_cmd
+    lungs_cmd.add_parser(sub)
+    focus_cmd.add_parser(sub)
     return p
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from core.artifacts import name_problem
+from core.artifacts import ArtifactError, name_problem, read_csv, read_json
+from core.data import DataError
 from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 
@@ -279,3 +280,53 @@ def entries(cfg: RunConfig) -> list[Recipe]:
 
 def as_dict(cfg: RunConfig) -> dict:
     return asdict(cfg)
+
+
+# --- command-line guards: nothing a command writes may replace what another wrote --------------------------------
+
+RESERVED_SPLITS = ("train", "val", "test", "official_val", "excluded")  # the run's own splits
+
+
+def check_new_split(run, name: str, *, force: bool = False) -> None:
+    """``evaluate --split-name``: a usable name, never one of the run's own splits, and not an earlier evaluation
+    unless ``force`` (replacing predictions that a report may already quote)."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"--split-name {name!r} {problem}")
+    if name.lower() in RESERVED_SPLITS:
+        raise ConfigError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
+                          "its predictions and metrics would be replaced; choose another name, e.g. external")
+    taken = [m.name for m in run.models if (m.dir / f"predictions_{name}.csv").exists()]
+    if taken and not force:
+        raise ConfigError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
+                          "replace it, or choose another --split-name")
+
+
+def check_ensemble_name(run, name: str) -> None:
+    """``ensemble --name``: a usable folder name that is free or already an ensemble (never a trained model)."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"--name {name!r} {problem}")
+    folder = run.dir / name
+    if folder.exists():
+        try:
+            existing = read_json(folder / "config.json")
+        except ArtifactError:
+            existing = {}
+        if existing.get("arch") != "ensemble":
+            raise ConfigError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
+                              "choose another name")
+
+
+def check_resume(run_dir: Path, samples) -> None:
+    """``train --resume``: the run must exist and every image of its recorded split must still be there."""
+    if not (run_dir / "run.json").is_file():
+        raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
+                          "start a new run")
+    recorded = read_csv(run_dir / "split.csv", ["path", "split"])
+    present = {s.path for s in samples}
+    used = recorded[recorded["split"] != "excluded"]
+    gone = [p for p in used["path"].astype(str) if p not in present]
+    if gone:
+        raise DataError(f"--resume: {len(gone)} of the {len(used)} images this run was split on are gone from the "
+                        f"data folder (e.g. {gone[0]}); restore them, or start a new run")
