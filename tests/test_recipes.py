@@ -188,7 +188,8 @@ def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
     assert m["shifts"]["none"]["threshold"] == pytest.approx(art.threshold("sens95"))
     assert "| m | sens95 |" in capsys.readouterr().out
     # unshifted, it is the trainer's own test score on the same films; official_val is put beside it
-    preds = art.predictions("test").set_index("path")
+    preds = art.predictions("test")
+    preds.index = [str(run.locate(p)) for p in preds["path"]]
     picked = [s.path for s in split_samples(run, 24)]
     assert m["shifts"]["none"]["auc"] == pytest.approx(
         metrics.auc(preds.loc[picked, "label"], preds.loc[picked, "probability"]), abs=1e-3)

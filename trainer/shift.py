@@ -8,7 +8,6 @@ real shift, 16 films) are put beside the synthetic ones. Writes ``shift.json`` i
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +85,7 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
         raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
     out = {"created": now_iso(), "n": len(samples), "n_pos": int(y.sum()), "limit": limit,
            "shifts": {s: SHIFTS[s][0] for s in shifts}, "models": results,
-           "command": "python -m trainer " + " ".join(shlex.quote(a) for a in (command or []))}
+           "command": command or ""}
     write_json(run.dir / "shift.json", out)
     return out
 
