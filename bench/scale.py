@@ -1,10 +1,13 @@
-"""Scale benchmark: ``python -m bench.scale [--films 50000] [--ddp] [--work DIR] [--json FILE]``
+"""Scale benchmark: ``python -m bench.scale [--films 50000] [--ddp] [--steps cpu|cuda] [--work DIR] [--json FILE]``
 
 Cache build (``core.cache.load_or_build``, the sharded parallel fill of ``core/cache_build.py``) on a synthetic
 flat folder of ``--films`` grayscale JPEG films of ``--film-px`` pixels, generated on the fly into a temporary
 folder (never committed; removed afterwards unless ``--keep``). Reported: images/s of the build, and peak
 resident memory of the building process (getrusage), of its largest worker and of the whole process tree (both
 sampled every 0.1 s with psutil; memory-mapped cache pages count in them, so they are upper bounds).
+
+``--steps DEVICE`` adds training images/s of mobilenet_v2 and resnet50 at 224 px (the trainer's own loop on
+random films): float32, and on CUDA the mixed precision the trainer picks, so one GPU can be set against this CPU.
 
 ``--ddp`` adds the training throughput of ``small_cnn`` on a real subset of kermany224 through the real
 trainer: one process (``python -m trainer train``, 2 threads) vs two gloo processes (``torchrun
@@ -134,21 +137,53 @@ def _train(launcher: list[str], run: str, work: Path, threads: int, subset: int,
 
 def bench_ddp(work: Path, subset: int = 300, epochs: int = 3) -> dict:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "trainer"]
+                "-m", "trainer", "--"]
     single = _train([sys.executable, "-m", "trainer"], "one", work, 2, subset, epochs)
     double = _train(torchrun, "two", work, 1, subset, epochs)
     return {"one_process_2_threads": single, "two_processes_1_thread": double,
             "speedup": round(double["images_per_second"] / single["images_per_second"], 2)}
 
 
+def bench_steps(device: str, archs=("mobilenet_v2", "resnet50"), size: int = 224, batch: int = 32,
+                warmup: int = 1, steps: int = 3) -> dict:
+    """Training images/s of the trainer's own epoch loop (batch + step) at ``size`` px on random films:
+    float32, and on CUDA also the mixed precision ``core.accel`` chooses (bfloat16, or float16 + GradScaler)."""
+    import torch
+
+    from core.accel import choose
+    from core.models import create_model, get_spec
+    from trainer.config import Recipe
+    from trainer.train import make_fit, train_one_epoch
+
+    n = batch * (warmup + steps)
+    images = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    out = {}
+    for arch in archs:
+        for amp in ([False, True] if torch.device(device).type == "cuda" else [False]):
+            torch.manual_seed(0)
+            accel = choose(device, amp=amp)
+            model, _ = create_model(arch, pretrained=False, input_size=size)
+            recipe = Recipe(name=arch, arch=arch, epochs=1, batch_size=batch, max_train_batches=warmup + steps)
+            fit = make_fit(accel.prepare(model), get_spec(arch), recipe, labels, accel.device)
+            fit.accel, fit.scaler = accel, accel.scaler()
+            stats = train_one_epoch(fit, images, np.arange(n), labels, seed=0, epoch=1)
+            seconds = sum(stats.data_seconds[warmup:]) + sum(stats.step_seconds[warmup:])
+            mode = accel.describe()["mixed precision"] if amp else "float32"
+            out[f"{arch} {size}px {mode}"] = round(batch * steps / seconds, 1)
+    return {"device": str(choose(device).device), "threads": torch.get_num_threads(), "images_per_second": out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--films", type=int, default=50_000)
+    p.add_argument("--films", type=int, default=50_000, help="0: skip the cache build")
     p.add_argument("--film-px", type=int, default=256, help="side of each synthetic film")
     p.add_argument("--size", type=int, default=224, help="cache size (the models' input)")
     p.add_argument("--workers", type=int, default=None, help="cache-building processes (default: as the trainer)")
     p.add_argument("--ddp", action="store_true", help="also time 1-process vs 2-process training")
+    p.add_argument("--steps", metavar="DEVICE", help="also time training steps of mobilenet_v2 and resnet50 at "
+                   "224 px on DEVICE (cpu, cuda): float32, and mixed precision on CUDA")
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the synthetic folder and cache")
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -157,10 +192,13 @@ def main(argv=None) -> int:
     workers = args.workers or min(8, os.cpu_count() or 1)
     result = {"load_average_before": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
     try:
-        result["generate_seconds"] = round(make_folder(work / "films", args.films, args.film_px, workers), 1)
-        result["cache_build"] = bench_cache(work / "films", work, args.size, workers)
+        if args.films:
+            result["generate_seconds"] = round(make_folder(work / "films", args.films, args.film_px, workers), 1)
+            result["cache_build"] = bench_cache(work / "films", work, args.size, workers)
         if args.ddp:
             result["ddp"] = bench_ddp(work)
+        if args.steps:
+            result["steps"] = bench_steps(args.steps)
     finally:
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         if not args.keep:

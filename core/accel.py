@@ -103,8 +103,9 @@ def environment_lines(device: str = "auto") -> list[str]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
+            bf16 = "yes" if torch.cuda.is_bf16_supported() else "no"
             lines.append(f"GPU {i}: {p.name}, compute capability {p.major}.{p.minor}, "
-                         f"{p.total_memory / 2**30:.0f} GiB, bfloat16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+                         f"{p.total_memory / 2**30:.0f} GiB, bfloat16 {bf16}")
     else:
         lines.append("GPU: none visible (torch.cuda.is_available() is False)")
     lines += [f"{k}: {v}" for k, v in accel.describe().items()]

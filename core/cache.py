@@ -20,13 +20,13 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from core import cache_build
 from core.data import DataError, Sample, fingerprint
 from core.images import ImageError, load_for_model
 
@@ -110,9 +110,10 @@ def _build(samples, size, tmp: Path, final: Path, workers, progress) -> ImageCac
     failures: list[tuple[str, str]] = []
     jobs = [(s.path, size) for s in samples]
     workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1 and n > 32:
-        with ProcessPoolExecutor(workers) as pool:
-            _collect(pool.map(_decode, jobs, chunksize=16), images, ok, failures, jobs, progress)
+    if workers > 1 and n > 32:  # workers write shards of rows straight into the file (core/cache_build.py)
+        images.flush()
+        ok, failures = cache_build.fill(tmp / "images.npy", [s.path for s in samples], size, workers=workers,
+                                        progress=progress)
     else:
         _collect(map(_decode, jobs), images, ok, failures, jobs, progress)
     images.flush()

@@ -1,7 +1,7 @@
 """Parallel, sharded fill of the image cache (``core.cache``), sized for data sets of 100k+ films.
 
-The caller creates ``images.npy`` (N x S x S uint8); this module reserves its disk space, then hands out shards
-of consecutive rows to worker processes. Each worker decodes its shard's files and writes the pixels straight
+The caller creates ``images.npy`` (N x S x S uint8, its disk space reserved: ``core.cache``), and this module
+hands out shards of consecutive rows to worker processes. Each worker decodes its shard's files and writes the pixels straight
 into its rows of the file through its own memory map, flushes, and returns only which rows decoded and why
 the others failed. No image travels through a pipe and no list of arrays is held anywhere, so peak memory is
 about one shard's pages per worker plus the path list, whatever N. At most two shards per worker are in
@@ -15,7 +15,6 @@ torch or gloo threads that the parent may run.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -24,17 +23,6 @@ from pathlib import Path
 import numpy as np
 
 SHARD_ROWS = 256
-
-
-def reserve_space(images_path: str | Path) -> None:
-    """Allocate the whole file now, so a full disk is an OSError here and not a SIGBUS in a worker later."""
-    fd = os.open(images_path, os.O_RDWR)
-    try:
-        size = os.fstat(fd).st_size
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fd, 0, size)
-    finally:
-        os.close(fd)
 
 
 def _fill_shard(images_path: str, start: int, paths: list[str], size: int) -> tuple[int, np.ndarray, list]:
@@ -64,7 +52,6 @@ def fill(images_path: str | Path, paths: Sequence[str], size: int, *, workers: i
 
     Failures come back in row order, as a serial build lists them.
     """
-    reserve_space(images_path)
     n = len(paths)
     ok = np.zeros(n, dtype=bool)
     found: dict[int, list] = {}

@@ -162,6 +162,15 @@ def gather(local: np.ndarray, n: int, w: World | None = None) -> np.ndarray:
     return out
 
 
+def sum_across(values: list[float]) -> list[float]:
+    """Element-wise sum of ``values`` over the ranks (epoch loss and accuracy totals), on every rank."""
+    if not _WORLD.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_WORLD.device)
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
 def sync_buffers(model: torch.nn.Module) -> None:
     """Copy rank 0's buffers (batch-norm running statistics) to every rank, so all score the saved weights."""
     if _WORLD.enabled:
@@ -181,7 +190,25 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside torch.compile's and DDP's wrappers: its state dict has the checkpoint's keys."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def rewrap(model: torch.nn.Module, device: torch.device, change, *, compile: bool = False) -> torch.nn.Module:
+    """Apply ``change`` to the bare module, and (re)wrap it when needed: the first time, and under DDP whenever
+    the set of trainable parameters changed (DDP fixes the parameters it averages when it is built, so an
+    unfrozen backbone would otherwise train on rank-local gradients)."""
+    net = unwrap(model)
+    before = [p.requires_grad for p in net.parameters()]
+    change(net)
+    changed = before != [p.requires_grad for p in net.parameters()]
+    if model is not net and not (changed and _WORLD.enabled):
+        return model
+    if model is net and not (_WORLD.enabled or compile):
+        return net
+    wrapped = wrap(net, device)
+    return torch.compile(wrapped) if compile else wrapped
 
 
 class _SilentWriter:
@@ -197,3 +224,12 @@ class _SilentWriter:
 def main_writer(writer):
     """``writer`` on rank 0, a writer that writes nothing elsewhere: artifacts are written once."""
     return writer if is_main() else _SilentWriter(writer)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """An error raised by a collective because another process went away (gloo: connection closed or reset)."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        w in text for w in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))

@@ -80,6 +80,17 @@ def _two_ranks(rank: int, port: int, n: int) -> None:
         torch.testing.assert_close(net.weight.grad, ref.weight.grad)
         assert distributed.unwrap(ddp) is net
 
+        # unfreezing a layer after DDP was built: rewrap builds a new DDP that averages that layer's gradients too
+        two = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        frozen = distributed.rewrap(two, device, lambda m: m[0].requires_grad_(False))
+        thawed = distributed.rewrap(frozen, device, lambda m: m[0].requires_grad_(True))
+        assert thawed is not frozen and distributed.unwrap(thawed) is two
+        assert distributed.rewrap(thawed, device, lambda m: None) is thawed
+        thawed(torch.randn(5, 4) * (rank + 1)).sum().backward()  # different data on each rank
+        grad_sum = float(two[0].weight.grad.sum())
+        assert np.allclose(distributed.gather(np.array([grad_sum]), 2), grad_sum)  # same on both ranks
+        assert distributed.sum_across([1.0, float(rank)]) == [2.0, 1.0]
+
         # batch-norm statistics differ per rank until synced from rank 0
         bn = torch.nn.BatchNorm1d(3)
         bn.running_mean.fill_(float(rank + 1))
