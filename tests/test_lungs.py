@@ -155,7 +155,7 @@ def test_committed_weights_reach_the_reported_heldout_dice():
 
 def test_lung_mask_on_a_kermany_film_is_two_plausible_lungs_and_cached():
     from core.images import load_for_model
-    films = sorted((need(KERMANY224) / "test" / "NORMAL").glob("*.jpeg"))[:1]
+    films = sorted((need(KERMANY224) / "train" / "NORMAL").glob("*.jpeg"))[:1]
     gray = load_for_model(films[0], 224)
     mask = lungs.lung_mask(gray)
     assert mask.shape == (224, 224) and 0.1 < mask.mean() < 0.5
