@@ -297,7 +297,7 @@ def cmd_shift(args) -> int:
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None
     result = shift_run(args.run, shifts=shifts, limit=args.limit, cache_dir=args.cache_dir, workers=args.workers,
                        command=_command(args.argv))
-    print(table(result))
+    print(table(result, args.rule))
     return 0
 
 
@@ -306,6 +306,7 @@ def _add_shift(sub) -> None:
     h.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
     h.add_argument("--shifts", help="comma-separated names from core/shift.py (default: all)")
     h.add_argument("--limit", type=int, help="score a fixed random subset of this many test images (quick look)")
+    h.add_argument("--rule", help="print the table at this validation threshold rule (default: each model's own)")
     h.add_argument("--cache-dir")
     h.add_argument("--workers", type=int)
     h.set_defaults(func=cmd_shift)
