@@ -1,4 +1,4 @@
-"""``python -m trainer models | train | evaluate`` (docs/trainer.md)."""
+"""``python -m trainer models | train | evaluate | export`` (docs/trainer.md)."""
 
 from __future__ import annotations
 
@@ -202,6 +202,11 @@ def cmd_evaluate(args) -> int:
                         cache_dir=args.cache_dir, workers=args.workers, command=args.argv)
 
 
+def cmd_export(args) -> int:
+    from trainer.export import export_run
+    return export_run(args.run, [m.strip() for m in (args.models or "").split(",") if m.strip()])
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -260,6 +265,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
     e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="write each model's ONNX graph beside its best checkpoint")
+    x.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    x.add_argument("--models", help="comma-separated model names (default: all)")
+    x.set_defaults(func=cmd_export)
     return p
 
 
