@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,17 +22,43 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.data import sort_splits
+from core.metrics import HEADLINE_RULE
+
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
 ENV_ROOT = "CXR_ARTIFACTS"
+ENV_ALLOW = "CXR_DATA_ALLOW"  # extra folders a run's image paths may point into
 STALE_AFTER_SECONDS = 600
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 PREDICTION_COLUMNS = ["path", "label", "probability"]
 SPLIT_COLUMNS = ["path", "label", "patient_id", "split"]
 
 
+ENSEMBLE_ARCH = "ensemble"  # config.json "arch" of an ensemble: no network, the mean of its "members"
+
+
+def is_ensemble(config: dict) -> bool:
+    """Whether a model's config.json describes an ensemble (the one test for it, everywhere)."""
+    return config.get("arch") == ENSEMBLE_ARCH
+
+
 class ArtifactError(RuntimeError):
     """A missing, unreadable or malformed artifact file; the message names the file and the problem."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def name_problem(name) -> str | None:
+    """Why ``name`` cannot be a run, model or split name (a folder or file name part), or None when it can.
+
+    Letters, digits, '.', '_' and '-', starting with a letter or digit: no path separator, no '..', nothing
+    that could climb out of the artifacts root or need quoting."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        return ("is not a usable name: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or "
+                "digit (no path separators)")
+    return None
 
 
 def default_root() -> Path:
@@ -124,32 +151,128 @@ class ModelWriter:
 
 
 # --- reading ---------------------------------------------------------------------------------------------
+# Artifacts are untrusted input (a run folder may come from anyone): sizes are checked before reading, and every
+# field a page uses is type-checked here, so a wrong type is one clear ArtifactError naming file and field.
 
-def read_json(path: str | Path) -> dict:
-    path = Path(path)
+MAX_JSON_BYTES = 16 * 2**20
+MAX_CSV_BYTES = 128 * 2**20
+
+
+def _size_checked(path: Path, limit: int) -> Path:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except OSError as e:
+        raise ArtifactError(f"{path}: unreadable ({e.strerror or e})") from None
+    if size > limit:
+        raise ArtifactError(f"{path}: {size:,} bytes, more than the {limit:,} an artifact of this kind may have")
+    return path
+
+
+def read_json(path: str | Path, fields: dict | None = None) -> dict:
+    """A JSON object, size-bounded; ``fields`` ({key: (description, check)}) type-checks the keys present."""
+    path = _size_checked(Path(path), MAX_JSON_BYTES)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e}); the file may be half-written or corrupt") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    return obj
+    return check_fields(obj, fields or {}, path)
 
 
 def read_csv(path: str | Path, columns: list[str]) -> pd.DataFrame:
-    path = Path(path)
+    path = _size_checked(Path(path), MAX_CSV_BYTES)
     try:
         df = pd.read_csv(path)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ArtifactError(f"{path}: unreadable CSV ({e})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ArtifactError(f"{path}: missing columns {missing}; has {list(df.columns)}")
+        raise ArtifactError(f"{path}: missing columns {missing}; has {len(df.columns)} other columns")
     return df
+
+
+def check_fields(obj: dict, fields: dict, path) -> dict:
+    for key, (what, ok) in fields.items():
+        if key in obj and not ok(obj[key]):
+            raise ArtifactError(f"{path}: field {key!r} must be {what}, found {_short(obj[key])}")
+    return obj
+
+
+def _short(value) -> str:
+    """A found value for an error message: numbers as they are, anything else by type only, so no text from a
+    file (markup, a tracking link) ever reaches a page inside an error message."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    size = f" of length {len(value)}" if isinstance(value, (str, list, dict)) else ""
+    return f"{'text' if isinstance(value, str) else type(value).__name__}{size}"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers_or_null(v) -> bool:
+    return isinstance(v, list) and all(x is None or _number(x) for x in v)
+
+
+def _input_size(v) -> bool:
+    from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+    return v is None or (_integer(v) and MIN_INPUT_SIZE <= v <= MAX_INPUT_SIZE)
+
+
+TEXT = ("a string", lambda v: isinstance(v, str))
+TEXT_OR_NULL = ("a string or null", lambda v: v is None or isinstance(v, str))
+INTEGER = ("an integer", _integer)
+COUNT = ("a non-negative integer", lambda v: _integer(v) and v >= 0)
+NUMBER_OR_NULL = ("a number or null", lambda v: v is None or _number(v))
+BOOL = ("true or false", lambda v: isinstance(v, bool))
+MAPPING = ("an object", lambda v: isinstance(v, dict))
+NAME = ("a name (letters, digits, '.', '_', '-')", lambda v: name_problem(v) is None)
+NAMES = ("a list of names (letters, digits, '.', '_', '-')",
+         lambda v: isinstance(v, list) and all(name_problem(x) is None for x in v))
+STATES = ("running", "finished", "failed", "stopped", "pending")
+RUN_FIELDS = {
+    "run_id": NAME, "created": TEXT, "updated": TEXT, "data_root": TEXT, "data_root_given": TEXT,
+    "data_layout": TEXT, "data_fingerprint": TEXT, "command": TEXT, "config": MAPPING, "versions": MAPPING,
+    "split_rule": TEXT, "models": NAMES, "n_skipped": COUNT,
+    "split_counts": ("an object {split: {class: count}}", lambda v: isinstance(v, dict) and all(
+        isinstance(c, dict) and all(_integer(n) and n >= 0 for n in c.values()) for c in v.values())),
+}
+CONFIG_FIELDS = {
+    "name": NAME, "arch": NAME, "members": NAMES, "pretrained": BOOL, "params": COUNT, "weights_source": TEXT,
+    "input_size": ("an integer input size in the trainer's bounds, or null", _input_size),
+    "tta": ("an integer from 1 to 64", lambda v: _integer(v) and 1 <= v <= 64),
+    "mean": ("three numbers", lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v))),
+    "std": ("three positive numbers", lambda v: isinstance(v, list) and len(v) == 3
+            and all(_number(x) and x > 0 for x in v)),
+}
+STATUS_FIELDS = {
+    "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL, "epoch": COUNT, "epochs": COUNT, "batch": COUNT,
+    "batches": COUNT, "best_epoch": COUNT, "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL,
+    "train_seconds": NUMBER_OR_NULL, "early_stopped": BOOL,
+}
+METRICS_FIELDS = {
+    "split": TEXT, "n": COUNT, "n_pos": COUNT, "n_neg": COUNT, "auc": NUMBER_OR_NULL, "brier": NUMBER_OR_NULL,
+    "ece": NUMBER_OR_NULL, "prevalence": NUMBER_OR_NULL,
+    "auc_ci": ("two numbers (or nulls)", lambda v: isinstance(v, list) and len(v) == 2 and _numbers_or_null(v)),
+    "thresholds": ("an object {rule: {value: number}}", lambda v: isinstance(v, dict) and all(
+        isinstance(t, dict) and _number(t.get("value")) for t in v.values())),
+    "at": ("an object {rule: {measure: number}}", lambda v: isinstance(v, dict) and all(
+        isinstance(t, dict) and all(x is None or _number(x) for x in t.values()) for t in v.values())),
+    **{k: ("an object of number lists", lambda v: isinstance(v, dict) and all(map(_numbers_or_null, v.values())))
+       for k in ("roc", "pr", "calibration")},
+}
 
 
 @dataclass
@@ -166,11 +289,11 @@ class ModelArtifacts:
 
     @cached_property
     def config(self) -> dict:
-        return read_json(self.dir / "config.json")
+        return read_json(self.dir / "config.json", CONFIG_FIELDS)
 
     def status(self) -> dict:
         """Read fresh each time (a running model changes it); adds ``stale`` for a dead trainer."""
-        st = read_json(self.dir / "status.json")
+        st = read_json(self.dir / "status.json", STATUS_FIELDS)
         if st.get("state") == "running":
             try:
                 age = (datetime.now(timezone.utc) - datetime.fromisoformat(st["heartbeat"])).total_seconds()
@@ -186,28 +309,45 @@ class ModelArtifacts:
             raise ArtifactError(f"{path}: a row is incomplete (half-written or edited by hand)")
         return df
 
+    @property
+    def is_ensemble(self) -> bool:
+        """True for an ensemble; False for a network, or when config.json is unreadable (loading it says why)."""
+        try:
+            return is_ensemble(self.config)
+        except ArtifactError:
+            return False
+
     def splits(self) -> list[str]:
-        """Splits that have predictions, val and test first."""
-        found = sorted(p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
-        return sorted(found, key=lambda s: ({"val": 0, "test": 1}.get(s, 2), s))
+        """Splits that have predictions, in ``core.data.sort_splits`` order (val, test, then the others)."""
+        return sort_splits(p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
 
     def predictions(self, split: str) -> pd.DataFrame:
-        df = read_csv(self.dir / f"predictions_{split}.csv", PREDICTION_COLUMNS)
+        """path, label (0/1), probability ([0, 1]); one row per image: a repeated path would count twice."""
+        path = self.dir / f"predictions_{split}.csv"
+        df = read_csv(path, PREDICTION_COLUMNS)
         if df.empty:
-            raise ArtifactError(f"{self.dir / f'predictions_{split}.csv'}: no rows")
-        if not df["probability"].between(0, 1).all() or not df["label"].isin([0, 1]).all():
-            raise ArtifactError(f"{self.dir / f'predictions_{split}.csv'}: labels must be 0/1 and "
-                                "probabilities in [0, 1]")
-        return df
+            raise ArtifactError(f"{path}: no rows")
+        prob = pd.to_numeric(df["probability"], errors="coerce")
+        label = pd.to_numeric(df["label"], errors="coerce")
+        if not prob.between(0, 1).all() or not label.isin([0, 1]).all():
+            raise ArtifactError(f"{path}: labels must be 0/1 and probabilities in [0, 1]")
+        if df["path"].isna().any():
+            raise ArtifactError(f"{path}: row {int(df['path'].isna().to_numpy().argmax()) + 2} has no path")
+        dup = df["path"].astype(str).duplicated()
+        if dup.any():
+            first = int(dup.to_numpy().argmax())
+            raise ArtifactError(f"{path}: {int(dup.sum())} rows repeat an image already listed (first on row "
+                                f"{first + 2}); each image must appear once")
+        return df.assign(path=df["path"].astype(str), label=label.astype(int), probability=prob.astype(float))
 
     def metrics(self, split: str) -> dict:
-        m = read_json(self.dir / f"metrics_{split}.json")
+        m = read_json(self.dir / f"metrics_{split}.json", METRICS_FIELDS)
         for key in ("auc", "thresholds", "at"):
             if key not in m:
                 raise ArtifactError(f"{self.dir / f'metrics_{split}.json'}: missing key {key!r}")
         return m
 
-    def threshold(self, rule: str = "youden") -> float:
+    def threshold(self, rule: str = HEADLINE_RULE) -> float:
         """The operating threshold chosen on validation (never on any other split)."""
         return float(self.metrics("val")["thresholds"][rule]["value"])
 
@@ -223,6 +363,7 @@ class Run:
     """A run folder; ``models`` lists model folders that have a config.json or status.json (readable or not)."""
 
     dir: Path
+    allow: tuple = ()  # extra folders images may be read from (see ``data_bases``)
 
     @property
     def id(self) -> str:
@@ -230,7 +371,7 @@ class Run:
 
     @cached_property
     def info(self) -> dict:
-        return read_json(self.dir / "run.json")
+        return read_json(self.dir / "run.json", RUN_FIELDS)
 
     def split_table(self) -> pd.DataFrame:
         return read_csv(self.dir / "split.csv", SPLIT_COLUMNS)
@@ -242,7 +383,9 @@ class Run:
     @cached_property
     def models(self) -> list[ModelArtifacts]:
         # a model that failed before writing its config still has a status.json worth showing
-        names = sorted({p.parent.name for pat in ("*/config.json", "*/status.json") for p in self.dir.glob(pat)})
+        # folder names that could not be a model name (markup, spaces, control characters) are not models
+        names = sorted({p.parent.name for pat in ("*/config.json", "*/status.json") for p in self.dir.glob(pat)
+                        if name_problem(p.parent.name) is None})
         order = self.info.get("models", []) if (self.dir / "run.json").exists() and self._info_ok() else []
         names.sort(key=lambda n: (order.index(n) if n in order else len(order), n))
         return [ModelArtifacts(self.dir, n) for n in names]
@@ -260,14 +403,13 @@ class Run:
         Paths are recorded absolute on the training machine. Elsewhere (a fresh clone of a committed run) the
         part under the run's ``data_root`` is looked for under the data root as the user gave it
         (``data_root_given``, e.g. ``../shared/data/kermany224``), relative to the working folder or the repo.
+        A run folder may come from anyone, so the file found must resolve (symlinks followed) inside one of
+        ``data_bases()``: never ``/etc/passwd`` or a path that climbs out with ``..``.
         """
         p = Path(str(path))
-        candidates = [p]
-        try:
-            info = self.info
-        except ArtifactError:
-            info = {}
+        info = self._info_or_empty()
         root, given = info.get("data_root"), info.get("data_root_given")
+        candidates = [p]
         if root and not p.is_absolute():
             candidates.append(Path(root) / p)
         elif root and given:
@@ -276,15 +418,39 @@ class Run:
             except ValueError:
                 rel = None
             if rel is not None:
-                bases = [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, REPO / given]
-                candidates += [b / rel for b in bases]
+                candidates += [b / rel for b in _given_bases(given)]
+        bases = self.data_bases()
         for c in candidates:
             try:
-                if c.is_file():
-                    return c
-            except OSError:
+                real = c.resolve()
+                if real.is_file() and any(real.is_relative_to(b) for b in bases):
+                    return real
+            except (OSError, ValueError, RuntimeError):  # unreadable, NUL in the name, symlink loop
                 continue
         return None
+
+    def data_bases(self) -> list[Path]:
+        """Folders images may be read from: the run's data root where it is on this machine and looks like a data
+        set (class or split folders, or a manifest), plus the user's allow-list (``$CXR_DATA_ALLOW``, folders
+        separated by ``os.pathsep``, and ``Run.allow``)."""
+        info = self._info_or_empty()
+        roots = [Path(info["data_root"])] if info.get("data_root") else []
+        if info.get("data_root_given"):
+            roots += _given_bases(info["data_root_given"])
+        bases = [b for b in (_data_base(r) for r in roots) if b is not None]
+        allow = [a for a in os.environ.get(ENV_ALLOW, "").split(os.pathsep) if a] + list(self.allow)
+        for a in allow:
+            try:
+                bases.append(Path(a).expanduser().resolve())
+            except (OSError, RuntimeError):
+                continue
+        return bases
+
+    def _info_or_empty(self) -> dict:
+        try:
+            return self.info
+        except ArtifactError:
+            return {}
 
     def model(self, name: str) -> ModelArtifacts:
         for m in self.models:
@@ -293,10 +459,32 @@ class Run:
         raise ArtifactError(f"{self.dir}: no model named {name!r}; has {[m.name for m in self.models]}")
 
 
+def _given_bases(given: str) -> list[Path]:
+    return [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, REPO / given]
+
+
+def _data_base(root: Path) -> Path | None:
+    """``root`` resolved, when it is a data set on this machine: a folder with class or split folders, or a CSV
+    manifest with path and label columns (its folder). Else None: a run.json
+    naming ``/`` as its data root must not open the whole disk."""
+    wanted = {"normal", "pneumonia", "train", "val", "test"}
+    try:
+        real = root.resolve()
+        if real.is_file() and real.suffix.lower() == ".csv":
+            with open(real, encoding="utf-8-sig", errors="replace") as f:
+                header = {h.strip().lower() for h in f.readline(4096).split(",")}
+            return real.parent if {"path", "label"} <= header and real.parent != Path(real.anchor) else None
+        if real.is_dir() and real != Path(real.anchor) and {d.name.lower() for d in real.iterdir()} & wanted:
+            return real
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return None
+
+
 def list_runs(root: str | Path | None = None) -> list[Run]:
     """Run folders (those with a run.json), newest first."""
     root = Path(root) if root is not None else default_root()
     if not root.is_dir():
         return []
-    runs = [Run(p.parent) for p in root.glob("*/run.json")]
+    runs = [Run(p.parent) for p in root.glob("*/run.json") if name_problem(p.parent.name) is None]
     return sorted(runs, key=lambda r: r.dir.joinpath("run.json").stat().st_mtime, reverse=True)

@@ -57,3 +57,26 @@ def test_every_committed_checkpoint_loads_and_reproduces_its_predictions():
         checked += 1
     if not checked:
         pytest.skip("no finished model in the committed run yet")
+
+
+def test_summary_rows_agree_with_each_models_files():
+    """core.summary's row (README table and leaderboard) carries each model's own figures at the headline rule."""
+    from core import metrics, summary
+
+    if not (RUN / "run.json").exists():
+        pytest.skip("no committed run in artifacts/kermany-lineup")
+    run = Run(RUN)
+    rows = summary.run_rows(run, "test", finished_only=True)
+    assert [r["model"] for r in rows] == [m.name for m in run.models]
+    for r in rows:
+        art = run.model(r["model"])
+        m = art.metrics("test")
+        assert r["auc"] == m["auc"] and r["n"] == m["n"]
+        assert r["sensitivity"] == m["at"][metrics.HEADLINE_RULE]["sensitivity"]
+        assert r["threshold"] == pytest.approx(art.threshold())
+        assert r["ensemble"] == (r["model"] == "ensemble") == art.is_ensemble
+        assert r["weights"] == ("ImageNet" if art.config["pretrained"] else "scratch")
+        # the sensitivity rule's name follows the recipe's target, whatever it is
+        target = art.config.get("target_sensitivity", 0.95)
+        assert metrics.sensitivity_rule(target) in m["thresholds"]
+    assert metrics.rule_label(metrics.sensitivity_rule(0.9)) == "sensitivity ≥ 90 %"

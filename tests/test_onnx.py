@@ -246,7 +246,7 @@ def test_committed_run_test_split_onnx_matches_torch_for_every_model():
         pytest.skip("no committed run")
     run = Run(run_dir)
     for art in run.models:
-        if art.config.get("members"):
+        if art.is_ensemble:
             continue
         loaded = load_trained(art)
         files = [run.locate(p) for p in art.predictions("test")["path"]]

@@ -270,6 +270,10 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
     x.add_argument("--models", help="comma-separated model names (default: all)")
     x.set_defaults(func=cmd_export)
+
+    from trainer import focus as focus_cmd, lungs as lungs_cmd
+    lungs_cmd.add_parser(sub)
+    focus_cmd.add_parser(sub)
     return p
 
 

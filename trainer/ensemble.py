@@ -13,14 +13,7 @@ import numpy as np
 import pandas as pd
 
 from core import metrics
-from core.artifacts import ArtifactError, ModelArtifacts, ModelWriter, Run
-
-ARCH = "ensemble"
-
-
-def is_ensemble(config: dict) -> bool:
-    return config.get("arch") == ARCH
-
+from core.artifacts import ENSEMBLE_ARCH, ArtifactError, ModelArtifacts, ModelWriter, Run
 
 def mean_predictions(run: Run, members: list[str], split: str) -> pd.DataFrame:
     """path, label, probability: the members' mean, on the images that every member scored."""
@@ -45,7 +38,7 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
     if "val" not in splits:
         raise ArtifactError(f"ensemble {name!r}: members have no shared validation predictions")
     writer = ModelWriter(run.dir, name)
-    writer.config({"name": name, "arch": ARCH, "members": members, "input_size": None,
+    writer.config({"name": name, "arch": ENSEMBLE_ARCH, "members": members, "input_size": None,
                    "pretrained": all(c.get("pretrained") for c in configs),
                    "params": int(sum(c.get("params", 0) for c in configs)),
                    "target_sensitivity": target_sensitivity})

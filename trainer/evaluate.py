@@ -43,7 +43,7 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
               file=sys.stderr)
 
     scored = 0
-    ensembles = [a for a in run.models if _is_ensemble(a)]
+    ensembles = [a for a in run.models if a.is_ensemble]
     for art in run.models:
         if art in ensembles:
             continue
@@ -82,13 +82,6 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
         "counts": data.split_counts(prepared.samples), "skipped": prepared.skipped, "created": now_iso(),
         "command": "python -m trainer " + " ".join(shlex.quote(a) for a in (command or []))})
     return 0
-
-
-def _is_ensemble(art) -> bool:
-    try:
-        return ensemble.is_ensemble(art.config)
-    except ArtifactError:
-        return False  # reported when the model itself is loaded
 
 
 def _report(name: str, m: dict) -> None:

@@ -37,9 +37,9 @@ def export_run(run_dir, models: list[str] | None = None) -> int:
         raise ArtifactError(f"{run.dir}: no model named {', '.join(unknown)}")
     failed = 0
     for art in arts:
+        if art.is_ensemble:
+            continue  # an ensemble has no network of its own
         try:
-            if art.config.get("members"):
-                continue  # an ensemble has no network of its own
             loaded = load_trained(art)
         except ArtifactError as e:
             print(f"skip {art.name}: {e}", file=sys.stderr)
