@@ -6,7 +6,7 @@ eval mode, channels-last, as ``core.inference.load_trained`` prepares a model). 
 * ``evaluate (onnx)``: what ``trainer evaluate`` runs now (``predict_probabilities`` on cached uint8 images through
   the model's ONNX Runtime session: to_float -> normalize -> ONNX Runtime -> softmax), one view;
 * ``evaluate (torch)``: the same path on eager torch (``CXR_BACKEND=torch``);
-* ``compiled``: the bare forward pass of ``torch.compile(model)`` (compiled once, before timing);
+* ``compiled``: the bare forward pass of ``torch.compile(model)`` (compiled once, before timing; full mode only);
 * ``evaluate (onnx), TTA=5``: five views in one batch, against one view on the same backend.
 
 Ratios are medians of per-round ratios (throughput over eager bare; for TTA, time over one view's time).
@@ -74,7 +74,7 @@ def _time_model(ctx: Ctx, arch, model, spec, size, images):
         return lambda: predict_probabilities(forward, images, spec.mean, spec.std, batch_size=BATCH, tta=tta)
 
     fns = {"bare": bare(model), "onnx": evaluate(onnx), "torch": evaluate(model)}
-    compiled = _compiled(model, x_all[:BATCH], extra)
+    compiled = None if ctx.quick else _compiled(model, x_all[:BATCH], extra)  # compiling takes minutes
     if compiled is not None:
         fns["compiled"] = bare(compiled)
     if not ctx.quick or arch == "mobilenet_v2":
