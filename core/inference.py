@@ -33,13 +33,14 @@ class LoadedModel:
     mean: tuple
     std: tuple
     tta: int = 1
+    preprocess: str = "none"  # intensity standardisation the model was trained with (core.transforms.standardize)
     checkpoint: Path | None = None  # best.safetensors it was loaded from; None for an in-memory model
     _onnx: object = field(default=None, init=False, repr=False)
     _onnx_failed: str | None = field(default=None, init=False, repr=False)
 
     def inputs(self, batch_u8) -> torch.Tensor:
         """uint8 (B, S, S) at ``input_size`` → normalised model input."""
-        return normalize(to_float(torch.as_tensor(np.asarray(batch_u8))), self.mean, self.std)
+        return normalize(to_float(torch.as_tensor(np.asarray(batch_u8))), self.mean, self.std, self.preprocess)
 
     def onnx_model(self) -> onnx_backend.OnnxModel:
         """The ONNX Runtime session of this model (exported on first use, then cached); ``OnnxError`` if not."""
@@ -88,17 +89,18 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     model.eval().to(memory_format=torch.channels_last)
     return LoadedModel(name=artifacts.name, spec=spec, model=model, input_size=size,
                        mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
-                       tta=int(cfg.get("tta", 1) or 1), checkpoint=artifacts.best_checkpoint())
+                       tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"),
+                       checkpoint=artifacts.best_checkpoint())
 
 
 @torch.inference_mode()
 def predict_probabilities(model, images_u8, mean, std, *, batch_size: int = 64, tta: int = 1,
-                          device: str | torch.device = "cpu", indices=None) -> np.ndarray:
+                          device: str | torch.device = "cpu", indices=None, preprocess: str = "none") -> np.ndarray:
     """P(PNEUMONIA) for each image of a uint8 (N, S, S) array (a memory map is fine).
 
     ``model`` is a torch module or anything that maps a normalised batch to logits (``OnnxModel``). ``tta`` > 1
     averages the probability over that many fixed views (``core.transforms.tta_batch``), all in one forward pass
-    of at most ``batch_size`` inputs.
+    of at most ``batch_size`` inputs; ``preprocess`` is the model's intensity standardisation, applied to each view.
     """
     if isinstance(model, torch.nn.Module):
         model.eval()
@@ -109,7 +111,7 @@ def predict_probabilities(model, images_u8, mean, std, *, batch_size: int = 64, 
     for start in range(0, len(idx), step):
         chunk = idx[start : start + step]
         x = to_float(torch.from_numpy(np.ascontiguousarray(images_u8[chunk]))).to(device)
-        logits = model(normalize(tta_batch(x, views), mean, std))
+        logits = model(normalize(tta_batch(x, views), mean, std, preprocess))
         probs = torch.softmax(logits.float(), dim=1)[:, 1].view(views, len(chunk)).mean(0)
         out[start : start + len(chunk)] = probs.cpu().numpy()
     return out
@@ -119,4 +121,4 @@ def predict_loaded(loaded: LoadedModel, images_u8, *, batch_size: int = 64, back
                    tta: int | None = None) -> np.ndarray:
     """``predict_probabilities`` with the model's own recipe (normalisation, TTA) on the chosen backend."""
     return predict_probabilities(loaded.forward(backend), images_u8, loaded.mean, loaded.std, batch_size=batch_size,
-                                 tta=loaded.tta if tta is None else tta)
+                                 tta=loaded.tta if tta is None else tta, preprocess=loaded.preprocess)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from core.artifacts import ArtifactError, name_problem, read_csv, read_json
+from core.artifacts import ArtifactError, is_ensemble, name_problem, read_csv, read_json, stored_path
 from core.data import DataError
 from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
@@ -58,6 +58,14 @@ class Recipe:
     half_checkpoint: bool = False  # store best.safetensors as float16
     target_sensitivity: float = 0.95
     max_train_batches: int | None = None  # cap per epoch: for quick runs only
+    # robust-recipe keys (docs/recipes.md); each default leaves training as it was
+    preprocess: str = "none"  # none | equalize | clahe: intensity standardisation, also applied at inference
+    crop_area_min: float = 1.0  # < 1: random-resized crops covering [crop_area_min, 1] of the film
+    photometric_scale: float = 1.0  # multiplies the brightness/contrast/gamma augmentation ranges
+    noise_std: float = 0.0  # > 0: Gaussian noise augmentation, std up to this (pixel units)
+    ema_decay: float = 0.0  # > 0: keep, validate and save an exponential moving average of the weights
+    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha) weights
+    threshold_rule: str = "youden"  # headline operating point: youden | sens<target%> | default
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,11 @@ RULES: dict[str, Rule] = {
     "blur_prob": Rule(float, 0, 1), "patience": Rule(int, 1, 10_000), "keep_last": Rule(int, 0, 10_000),
     "tta": Rule(int, 1, 64), "half_checkpoint": Rule(bool), "target_sensitivity": Rule(float, 0, 1, True, True),
     "max_train_batches": Rule(int, 1, 10**9, optional=True),
+    "preprocess": Rule(str, choices=("none", "equalize", "clahe")),  # = core.transforms.PREPROCESS
+    "crop_area_min": Rule(float, 0.05, 1), "photometric_scale": Rule(float, 0, 4), "noise_std": Rule(float, 0, 0.5),
+    "ema_decay": Rule(float, 0, 1, hi_open=True), "mixup_alpha": Rule(float, 0, 10),
+    "threshold_rule": Rule(str, check=lambda v: None if re.fullmatch(r"youden|default|sens\d{1,2}", v) else
+                           "is not a threshold rule: use youden, default or sens<NN> (e.g. sens95)"),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -300,7 +313,7 @@ def check_ensemble_name(run, name: str) -> None:
             existing = read_json(folder / "config.json")
         except ArtifactError:
             existing = {}
-        if existing.get("arch") != "ensemble":
+        if not is_ensemble(existing):
             raise ConfigError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
                               "choose another name")
 
@@ -311,7 +324,8 @@ def check_resume(run_dir: Path, samples) -> None:
         raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
                           "start a new run")
     recorded = read_csv(run_dir / "split.csv", ["path", "split"])
-    present = {s.path for s in samples}
+    root = read_json(run_dir / "run.json").get("data_root")
+    present = {stored_path(s.path, root) for s in samples}  # split.csv paths are relative to the data root
     used = recorded[recorded["split"] != "excluded"]
     gone = [p for p in used["path"].astype(str) if p not in present]
     if gone:

@@ -24,8 +24,8 @@ TOLERANCE = 1e-4  # max abs difference in P(PNEUMONIA) between ONNX Runtime and 
 def agreement(loaded, om, n: int = 8, seed: int = 0) -> float:
     """Max abs difference of P(PNEUMONIA) between eager torch and ``om`` on ``n`` random films."""
     images = np.random.default_rng(seed).integers(0, 256, (n, loaded.input_size, loaded.input_size), np.uint8)
-    ref = predict_probabilities(loaded.model, images, loaded.mean, loaded.std)
-    got = predict_probabilities(om, images, loaded.mean, loaded.std)
+    ref = predict_probabilities(loaded.model, images, loaded.mean, loaded.std, preprocess=loaded.preprocess)
+    got = predict_probabilities(om, images, loaded.mean, loaded.std, preprocess=loaded.preprocess)
     return float(np.abs(ref - got).max())
 
 
