@@ -24,10 +24,11 @@ class LoadedModel:
     mean: tuple
     std: tuple
     tta: int = 1
+    preprocess: str = "none"  # intensity standardisation the model was trained with (core.transforms.standardize)
 
     def inputs(self, batch_u8) -> torch.Tensor:
         """uint8 (B, S, S) at ``input_size`` → normalised model input."""
-        return normalize(to_float(torch.as_tensor(np.asarray(batch_u8))), self.mean, self.std)
+        return normalize(to_float(torch.as_tensor(np.asarray(batch_u8))), self.mean, self.std, self.preprocess)
 
 
 def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
@@ -46,15 +47,17 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     model.eval().to(memory_format=torch.channels_last)
     return LoadedModel(name=artifacts.name, spec=spec, model=model, input_size=size,
                        mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
-                       tta=int(cfg.get("tta", 1) or 1))
+                       tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"))
 
 
 @torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, images_u8, mean, std, *, batch_size: int = 64,
-                          tta: int = 1, device: str | torch.device = "cpu", indices=None) -> np.ndarray:
+                          tta: int = 1, device: str | torch.device = "cpu", indices=None,
+                          preprocess: str = "none") -> np.ndarray:
     """P(PNEUMONIA) for each image of a uint8 (N, S, S) array (a memory map is fine).
 
-    ``tta`` > 1 averages the probability over that many fixed views (see ``core.transforms.tta_views``).
+    ``tta`` > 1 averages the probability over that many fixed views (see ``core.transforms.tta_views``);
+    ``preprocess`` is the model's intensity standardisation, applied to each view.
     """
     model.eval()
     idx = np.arange(len(images_u8)) if indices is None else np.asarray(indices)
@@ -65,7 +68,7 @@ def predict_probabilities(model: torch.nn.Module, images_u8, mean, std, *, batch
         probs = torch.zeros(len(chunk), device=device)
         views = tta_views(x, tta)
         for view in views:
-            logits = model(normalize(view, mean, std))
+            logits = model(normalize(view, mean, std, preprocess))
             probs += torch.softmax(logits.float(), dim=1)[:, 1]
         out[start : start + len(chunk)] = (probs / len(views)).cpu().numpy()
     return out
@@ -73,4 +76,4 @@ def predict_probabilities(model: torch.nn.Module, images_u8, mean, std, *, batch
 
 def predict_loaded(loaded: LoadedModel, images_u8, *, batch_size: int = 64) -> np.ndarray:
     return predict_probabilities(loaded.model, images_u8, loaded.mean, loaded.std, batch_size=batch_size,
-                                 tta=loaded.tta)
+                                 tta=loaded.tta, preprocess=loaded.preprocess)
