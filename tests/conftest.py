@@ -28,7 +28,6 @@ KERMANY224_COUNTS = ({"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NOR
 TINY_SPLIT = [] if FULL_DATA else ["--val-fraction", "0.33", "--test-fraction", "0.33"]
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-os.environ["CXR_SHARED_DATA"] = str(DATA)  # subprocesses (the benchmarks) read the same data
 torch.set_num_threads(2)
 os.environ["CXR_OFFLINE"] = "1"  # the internet is the one thing tests never reach
 
