@@ -200,6 +200,7 @@ def test_focus_command_writes_figures_for_every_model(focus_run):
         t = pd.read_csv(run_dir / name / "lung_focus_test.csv")
         assert len(t) == 6 and set(t["method"]) == {"Grad-CAM", "EigenCAM"}
         assert t["lung_focus"].between(0, 1).all() and t["border_mass"].between(0, 1).all()
+        assert t["lung_fraction"].between(0.05, 0.6).all()  # the lung model found lungs on every film
         s = json.loads((run_dir / name / "lung_focus_test.json").read_text())
         assert s["n_films"] == 3 and s["methods"]["Grad-CAM"]["n"] == 3
         assert s["methods"]["Grad-CAM"]["lung_focus_median"] == pytest.approx(

@@ -94,12 +94,14 @@ def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: 
         for method in methods:
             focus = map_focus(explain(loaded.model, loaded.spec, x, method, target=POSITIVE), lungs, body)
             rows.append({"path": film["path"], "label": int(film["label"]), "method": method,
-                         "lung_focus": round(focus.lung_focus, 5), "border_mass": round(focus.border_mass, 5)})
+                         "lung_focus": round(focus.lung_focus, 5), "border_mass": round(focus.border_mass, 5),
+                         "lung_fraction": round(float(lungs.mean()), 5)})
     return rows
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per method: n, median and quartiles of lung focus, median border mass, share of maps flagged."""
+    """Per method: n, median and quartiles of lung focus, median border mass, share of maps flagged, and what a
+    uniform map would score (the median share of the film inside the lungs)."""
     df = pd.DataFrame(rows, columns=FOCUS_COLUMNS)
     out = {}
     for method, t in df.groupby("method"):
@@ -109,7 +111,8 @@ def summarize(rows: list[dict]) -> dict:
                        "lung_focus_q25": round(float(lf.quantile(0.25)), 4),
                        "lung_focus_q75": round(float(lf.quantile(0.75)), 4),
                        "border_mass_median": round(float(t["border_mass"].dropna().median()), 4),
-                       "share_flagged": round(float((lf < FLAG_BELOW).mean()), 4)}
+                       "share_flagged": round(float((lf < FLAG_BELOW).mean()), 4),
+                       "uniform_map_lung_focus_median": round(float(t["lung_fraction"].median()), 4)}
     return out
 
 

@@ -53,6 +53,10 @@ def focus_figure(df, order, method: str) -> go.Figure:
                              hovertext=t["path"].map(lambda p: Path(str(p)).name), boxmean=False))
     fig.add_vline(x=FLAG_BELOW, line_dash="dash", line_color="firebrick",
                   annotation_text="flag: most evidence outside the lungs", annotation_position="top left")
+    uniform = df["lung_fraction"].median()
+    if uniform == uniform:  # not NaN
+        fig.add_vline(x=uniform, line_dash="dot", line_color="gray", annotation_text="a uniform map",
+                      annotation_position="bottom right")
     fig.update_layout(height=max(320, 46 * len(order) + 120), margin={"l": 10, "r": 10, "t": 40, "b": 40},
                       xaxis={"title": "lung focus (share of the map inside the lung fields)", "range": [0, 1],
                              "tickformat": ".0%"}, title=f"{method}: lung focus per film")
@@ -78,7 +82,9 @@ with guard(f"lung focus on {split}"):
         f"**{plain(best['model'])}** looks at the lungs most (median lung focus {best['median lung focus']:.0%}); "
         f"**{plain(worst['model'])}** least ({worst['median lung focus']:.0%}). "
         f"{(table['median lung focus'] < FLAG_BELOW).sum()} of {len(table)} models put most of a typical map "
-        "outside the lungs.")
+        f"outside the lungs. For scale: the lungs cover about {df['lung_fraction'].median():.0%} of these films, "
+        "so a map spread evenly over the film (one that shows nothing) would score that much; a model that "
+        "looks at the lungs scores well above it.")
     st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
     st.container(key="wl_table").dataframe(
         table, hide_index=True,
