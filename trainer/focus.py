@@ -125,8 +125,34 @@ def lung_model_figures() -> dict:
         return {}
 
 
+def markdown_table(run_: Run, split: str) -> str:
+    """The stored figures as a Markdown table (README): per model, median lung focus per method, ranked by the
+    first method's median."""
+    from core.focus import ranking, read_focus
+    df, _ = read_focus(run_, split)
+    methods = sorted(df["method"].dropna().unique(), key=lambda m: (m != "Grad-CAM", m))
+    if not methods:
+        raise ArtifactError(f"{run_.dir}: no lung-focus figures for {split!r}; run python -m trainer focus first")
+    tables = {m: ranking(df, m).set_index("model") for m in methods}
+    first = tables[methods[0]]
+    lines = ["| model | " + " | ".join(f"{m} median lung focus" for m in methods)
+             + f" | {methods[0]}: maps flagged | {methods[0]}: median border mass | films |",
+             "|---|" + "---:|" * (len(methods) + 3)]
+    for model, row in first.iterrows():
+        cells = [f"{tables[m].loc[model, 'median lung focus']:.0%}" if model in tables[m].index else "–"
+                 for m in methods]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {row['flagged']:.0%} | "
+                     f"{row['median border mass']:.0%} | {row['n']} |")
+    uniform = df["lung_fraction"].median()
+    lines.append(f"\nA uniform map would score {uniform:.0%} (the median share of these films inside the lungs).")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     import torch
+    if args.table:
+        print(markdown_table(Run(Path(args.run)), args.split))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     run_ = Run(Path(args.run))
@@ -166,4 +192,5 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=os.environ.get("CXR_DATA_ROOT"),
                    help="where the run's films are, when its stored paths do not resolve here")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", action="store_true", help="only print the stored figures as a Markdown table")
     p.set_defaults(func=run)
