@@ -146,6 +146,8 @@ def cmd_train(args) -> int:
         except (ArtifactError, KeyError, TypeError) as e:
             print(f"   ensemble {ens!r} not built: {e}", file=sys.stderr)
             failed.append(str(ens.get("name", ens)) if isinstance(ens, dict) else str(ens))
+    from trainer.explain import explain_run  # CAM references and calibration of what just finished
+    failed += explain_run(run_dir, [m.name for m in Run(run_dir).models if m.name not in failed], log=print)
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -260,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
     e.set_defaults(func=cmd_evaluate)
+
+    from trainer.explain import add_commands
+    add_commands(sub)
     return p
 
 

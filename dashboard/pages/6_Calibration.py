@@ -11,7 +11,10 @@ ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashb
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
+
+from core import calibration  # noqa: E402
 
 from dashboard import figures, tables  # noqa: E402
 from dashboard.common import CITATION, cached_metrics, cached_predictions, guard, page, select_run  # noqa: E402
@@ -28,9 +31,11 @@ if run is not None:
     if not splits:
         st.info(f"No model of run `{run.id}` has predictions yet.")
     else:
-        c1, c2 = st.columns([3, 1])
+        c1, c2, c3 = st.columns([3, 1, 1])
         chosen = c1.multiselect("Models", names, default=names, key="cal_models")
         split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cal_split")
+        use_cal = c3.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
+                           help="calibrated: temperature scaling fitted on validation (python -m trainer explain)")
 
         bins, rows, preds = {}, [], {}
         for name in chosen:
@@ -39,6 +44,18 @@ if run is not None:
                 st.info(f"{name}: no predictions for split `{split}` (yet).")
                 continue
             met = pred = None
+            if use_cal == "calibrated":
+                with guard(f"{name}: calibration"):
+                    t = calibration.read_temperature(m)
+                    if t is None:
+                        st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
+                        continue
+                    pred = cached_predictions(m, split).copy()
+                    pred["probability"] = calibration.calibrate(pred["probability"], t)
+                    preds[name] = pred
+                    bins[name], _ = tables.calibration_from(None, pred)
+                    rows.append(tables.calibration_row(name, None, pred))
+                continue
             if (m.dir / f"metrics_{split}.json").exists():
                 with guard(f"{name}: metrics_{split}.json"):
                     met = cached_metrics(m, split)
@@ -69,6 +86,23 @@ if run is not None:
                 st.plotly_chart(figures.probability_histogram(preds, colors=colors), key="cal_hist")
         elif chosen:
             st.info(f"Nothing to show for split {split}.")
+
+        st.subheader("Before and after temperature scaling")
+        with guard("calibration"):
+            ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
+            if ba:
+                st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "n", "ece_raw", "ece_calibrated",
+                                               "brier_raw", "brier_calibrated"]]
+                             .rename(columns={"temperature": "T", "ece_raw": "ECE raw", "ece_calibrated": "ECE cal.",
+                                              "brier_raw": "Brier raw", "brier_calibrated": "Brier cal."}),
+                             hide_index=True, width="stretch", height=min(40 + 35 * len(ba), 600),
+                             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                            for c in ("T", "ECE raw", "ECE cal.", "Brier raw", "Brier cal.")})
+                st.caption("One temperature T per model, fitted on validation only (p_cal = sigmoid(logit(p) / T)); "
+                           "scored on test and official_val. The map is monotonic: no film changes label. "
+                           "Temperature fixes over- or under-confidence, not a shift between classes.")
+            else:
+                st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
 
 st.divider()
 st.caption(CITATION)
