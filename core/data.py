@@ -20,7 +20,15 @@ import numpy as np
 from core.images import SUPPORTED_EXTENSIONS
 from core.labels import CLASSES
 
-SPLIT_FOLDERS = ("train", "val", "test")
+SPLIT_FOLDERS = ("train", "val", "test")  # also the order splits are listed in, everywhere
+
+
+def sort_splits(names) -> list[str]:
+    """Split names, train/val/test first, then any other (``official_val``, evaluated sets) by name."""
+    rank = {name: i for i, name in enumerate(SPLIT_FOLDERS)}
+    return sorted(set(names), key=lambda s: (rank.get(s, len(rank)), s))
+
+
 EXCLUDED = "excluded"  # pool images of a patient who is already in a fixed split (e.g. the given test/)
 LAYOUTS_HELP = (
     "accepted layouts: ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/* (Kermany; any of the split folders), "
@@ -81,7 +89,7 @@ def scan(root) -> Scan:
             raise DataError(f"data root {root_path} is a file but not a .csv manifest; {LAYOUTS_HELP}")
         return _scan_manifest(root_path)
 
-    split_dirs = [d for d in _subdirs(root_path) if d.name.lower() in SPLIT_FOLDERS]
+    split_dirs = _split_dirs(root_path)
     class_dirs = _class_dirs(root_path)
     if split_dirs:
         layout, samples, skipped = "kermany", [], []
@@ -98,26 +106,75 @@ def scan(root) -> Scan:
     else:
         raise DataError(f"no train/val/test or NORMAL/PNEUMONIA folders in {root_path}; {LAYOUTS_HELP}")
 
+    samples = _one_per_file(samples, skipped)
     if not samples:
         raise DataError(f"no supported images ({', '.join(SUPPORTED_EXTENSIONS)}) under {root_path} "
                         f"({len(skipped)} files skipped)")
     return Scan(sorted(samples, key=lambda s: s.path), sorted(skipped), layout, str(root_path))
 
 
+def _split_dirs(root: Path) -> list[Path]:
+    """train/val/test folders (any case), each real folder once."""
+    return [d for d in _unique_real(_subdirs(root)) if d.name.lower() in SPLIT_FOLDERS]
+
+
+def _one_per_file(samples: list[Sample], skipped: list) -> list[Sample]:
+    """Drop samples that are the same file as an earlier one (reached through a symlink): one film, one vote."""
+    seen: dict[str, str] = {}
+    out = []
+    for s in sorted(samples, key=lambda s: (os.path.islink(s.path), s.path)):
+        real = os.path.realpath(s.path)
+        if real in seen:
+            skipped.append((printable(s.path), f"same file as {printable(seen[real])} (symlink)"))
+            continue
+        seen[real] = s.path
+        out.append(s)
+    return out
+
+
+def _list(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise DataError(f"cannot read folder {printable(folder)}: {e.strerror or e}") from None
+
+
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [p for p in _list(folder) if p.is_dir() and not p.name.startswith(".")]
 
 
 def _class_dirs(folder: Path) -> list[tuple[Path, int]]:
-    """Class folders matched case-insensitively ("normal", "Pneumonia")."""
+    """Class folders matched case-insensitively ("normal", "Pneumonia"), each real folder once.
+
+    A symlink to a folder already listed (a case-variant link, say) is dropped, so its images are not counted
+    twice; two real folders of one class ("NORMAL" and "normal") are both scanned."""
     upper = [c.upper() for c in CLASSES]
-    return [(d, upper.index(d.name.upper())) for d in _subdirs(folder) if d.name.upper() in upper]
+    dirs = [d for d in _unique_real(_subdirs(folder)) if d.name.upper() in upper]
+    return [(d, upper.index(d.name.upper())) for d in dirs]
+
+
+def _unique_real(dirs: list[Path]) -> list[Path]:
+    """``dirs`` without those resolving to a folder already kept; real folders are kept before links."""
+    seen, out = set(), []
+    for d in sorted(dirs, key=lambda d: (d.is_symlink(), d.name)):
+        real = d.resolve()
+        if real not in seen:
+            seen.add(real)
+            out.append(d)
+    return sorted(out)
+
+
+def printable(path) -> str:
+    """A path as text that can be printed and written as UTF-8 (undecodable bytes shown as \\x..)."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def _skip_reason(path: Path) -> str | None:
     """Why a file is not an image candidate, or None; pixels are not read here (core.images does that later)."""
     if path.name.startswith("."):
         return "hidden file"
+    if printable(path.name) != path.name:
+        return "file name is not valid UTF-8 (rename the file to use it)"
     if path.is_dir():
         return "folder inside a class folder (not scanned)"
     if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
@@ -131,20 +188,27 @@ def _skip_reason(path: Path) -> str | None:
 
 
 def _scan_class_dir(cdir: Path, label: int, split, samples: list, skipped: list) -> None:
-    for path in sorted(cdir.iterdir()):
+    for path in _list(cdir):
         reason = _skip_reason(path)
         if reason:
-            skipped.append((str(path), reason))
+            skipped.append((printable(path), reason))
         else:
             samples.append(Sample(str(path), label, patient_id(path.name), split))
 
 
 def _parse_label(value: str) -> int | None:
     v = (value or "").strip().upper()
-    if v in ("0", "1"):
-        return int(v)
+    if v in ("0", "1", "0.0", "1.0"):  # 1.0/0.0: CheXpert-style finding columns
+        return int(float(v))
     upper = [c.upper() for c in CLASSES]
     return upper.index(v) if v in upper else None
+
+
+def _column_name(header: str) -> str:
+    """Lower-case column name; NIH's "Patient ID" and RSNA's "patientId" are patient_id. Other columns (extra
+    findings, age, view) are allowed and ignored."""
+    name = header.strip().lower()
+    return "patient_id" if name.replace(" ", "").replace("_", "") in ("patientid", "patient") else name
 
 
 def _scan_manifest(csv_path: Path) -> Scan:
@@ -156,7 +220,7 @@ def _scan_manifest(csv_path: Path) -> Scan:
         raise DataError(f"cannot read manifest {csv_path}: {e}") from e
     if not rows:
         raise DataError(f"manifest {csv_path} is empty; it needs a header path,label[,patient_id][,split]")
-    header = [h.strip().lower() for h in rows[0]]
+    header = [_column_name(h) for h in rows[0]]
     if "path" not in header or "label" not in header:
         raise DataError(f"manifest {csv_path} needs columns path and label (found: {', '.join(header)}); "
                         f"{LAYOUTS_HELP}")
@@ -280,8 +344,7 @@ def split_counts(samples) -> dict[str, dict[str, int]]:
     for s in samples:
         key = s.split if s.split is not None else "unassigned"
         counts.setdefault(key, {c: 0 for c in CLASSES})[CLASSES[s.label]] += 1
-    order = [k for k in SPLIT_FOLDERS if k in counts] + sorted(k for k in counts if k not in SPLIT_FOLDERS)
-    return {k: counts[k] for k in order}
+    return {k: counts[k] for k in sort_splits(counts)}
 
 
 def check_splits_usable(samples, required=("train", "val", "test")) -> None:
@@ -296,6 +359,51 @@ def check_splits_usable(samples, required=("train", "val", "test")) -> None:
     if problems:
         table = "; ".join(f"{k}: " + ", ".join(f"{c} {n}" for c, n in v.items()) for k, v in counts.items())
         raise DataError(f"{'; '.join(problems)} (counts: {table or 'no images'})")
+
+
+def cross_split_duplicates(samples) -> list[list[Sample]]:
+    """Groups of byte-identical files in different splits: a training film copied into test under a new name
+    leaks it as surely as a shared patient does. Only files whose size matches one in another split are hashed."""
+    by_size: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        if s.split not in (None, EXCLUDED):
+            try:
+                by_size[os.path.getsize(s.path)].append(s)
+            except OSError:
+                continue  # a vanished file is reported where it is read
+    groups = []
+    for same in by_size.values():
+        if len({s.split for s in same}) < 2:
+            continue
+        by_hash: dict[str, list[Sample]] = defaultdict(list)
+        for s in same:
+            by_hash[_sha256(s.path)].append(s)
+        groups += [g for g in by_hash.values() if len({s.split for s in g}) > 1]
+    return sorted(groups, key=lambda g: g[0].path)
+
+
+def check_duplicates(samples, policy: str = "warn") -> str | None:
+    """A warning naming the cross-split duplicates (None if there are none); a DataError when policy is "refuse"."""
+    groups = cross_split_duplicates(samples)
+    if not groups:
+        return None
+    shown = "; ".join(" = ".join(f"{printable(s.path)} ({s.split})" for s in g) for g in groups[:5])
+    more = f" and {len(groups) - 5} more" if len(groups) > 5 else ""
+    message = f"{len(groups)} files appear byte-identical in more than one split: {shown}{more}"
+    if policy == "refuse":
+        raise DataError(message + "; remove the copies (or use duplicates: warn to go on anyway)")
+    return message
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return f"unreadable:{path}"  # never equal to another file's hash
+    return h.hexdigest()
 
 
 def fingerprint(samples) -> str:

@@ -13,8 +13,10 @@ Choices, and why:
   stretched to 0..255. Dividing by 257 would turn a 12-bit film stored in 16 bits into an almost black image.
   A constant image becomes all zeros (no division by zero). 8-bit images are never stretched.
 * EXIF orientation is applied, so a phone photo of a film comes out upright.
-* Size guard: width*height from the header is checked against ``max_pixels`` before any pixel is decoded;
-  Pillow's own ``DecompressionBombError`` (over about 179 Mpx) is reported as ``ImageTooLargeError`` too.
+* Size guards: the file's size is checked against ``MAX_FILE_BYTES`` and its first bytes for a known format
+  before it is read whole; width*height from the header is checked against ``max_pixels`` before any pixel is
+  decoded; Pillow's own ``DecompressionBombError`` is reported as ``ImageTooLargeError`` too.
+* DICOM rescale and window values that are not finite are refused (they would decode to a black film).
 * Nothing partially decoded is returned: Pillow errors during ``load()`` become ``CorruptImageError``
   (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set).
 """
@@ -22,14 +24,16 @@ Choices, and why:
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-MAX_PIXELS: int = 150_000_000
+MAX_PIXELS: int = 50_000_000  # 2.5x the largest detector (43 cm at 100 um = 18.5 Mpx)
+MAX_FILE_BYTES: int = 256 * 2**20  # a film is a few MB; a bigger file is refused before it is read
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024  # model input side: the bound for flags, configs and config.json
 SUPPORTED_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 
 _PIL_FORMATS = ("JPEG", "PNG")  # JPEG includes MPO (multi-picture JPEGs from phones and cameras)
@@ -80,8 +84,8 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"resize_square expects a 2-D uint8 array, got {gray.dtype} {gray.shape}")
     size = int(size)
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise ValueError(f"size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}], got {size}")
     if gray.shape == (size, size):
         return gray.copy()
     img = Image.fromarray(gray, mode="L")
@@ -98,27 +102,46 @@ def load_for_model(source, size, *, name=None, max_pixels=None) -> np.ndarray:
 
 
 def _read_source(source, name):
-    """Return (bytes, display name). Reading everything up front keeps one code path for paths and uploads."""
+    """Return (bytes, display name). The first bytes are checked for a known format and the size against
+    ``MAX_FILE_BYTES`` before the rest is read, so a huge or non-image file is refused without reading it whole."""
     if isinstance(source, (str, os.PathLike)):
         name = name or str(source)
         try:
-            return Path(source).read_bytes(), name
+            with open(source, "rb") as f:
+                return _read_checked(f, name, os.fstat(f.fileno()).st_size), name
         except OSError as e:
             raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from e
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), name or "<bytes>"
+        name = name or "<bytes>"
+        return _read_checked(io.BytesIO(source), name, len(source)), name
     if hasattr(source, "read"):
         name = name or str(getattr(source, "name", "") or "<upload>")
+        size = None
         if hasattr(source, "seek"):
             try:
+                size = source.seek(0, io.SEEK_END)
                 source.seek(0)
             except (OSError, ValueError):
-                pass
-        data = source.read()
-        if not isinstance(data, (bytes, bytearray)):
-            raise TypeError(f"{name}: file-like source must be opened in binary mode")
-        return bytes(data), name
+                size = None
+        return _read_checked(source, name, size), name
     raise TypeError(f"unsupported image source type: {type(source).__name__}")
+
+
+def _read_checked(f, name: str, size: int | None) -> bytes:
+    head = f.read(132)
+    if not isinstance(head, (bytes, bytearray)):
+        raise TypeError(f"{name}: file-like source must be opened in binary mode")
+    if not head:
+        raise CorruptImageError(f"{name}: empty file")
+    if head[:8] != _PNG_MAGIC and head[:3] != _JPEG_MAGIC and not _looks_like_dicom(head, name):
+        raise UnsupportedImageError(f"{name}: not a JPEG, PNG or DICOM image")
+    limit = MAX_FILE_BYTES
+    if size is not None and size > limit:
+        raise ImageTooLargeError(f"{name}: file is {size:,} bytes, more than the limit of {limit:,}")
+    data = bytes(head) + f.read(limit + 1 - len(head))
+    if len(data) > limit:
+        raise ImageTooLargeError(f"{name}: file is more than the limit of {limit:,} bytes")
+    return data
 
 
 def _looks_like_dicom(data: bytes, name: str) -> bool:
@@ -208,6 +231,20 @@ def _first(value):
         return None
 
 
+def _require_finite(ds, key: str, name: str) -> None:
+    """A NaN or infinite rescale/window would decode to an all-black film that still gets scored: refuse it."""
+    try:
+        raw = ds.get(key)
+    except Exception:  # a value pydicom cannot even parse
+        raw = "?"
+    if raw is None or raw == "":
+        return
+    value = _first(raw)
+    if value is None or not math.isfinite(value):
+        raise CorruptImageError(f"{name}: DICOM {key} is {raw!s:.40} (not a finite number); "
+                                "refusing to guess the film's intensities")
+
+
 def _load_dicom(data: bytes, name: str, limit: int) -> np.ndarray:
     """DICOM -> uint8: first frame, modality rescale, window (else min-max), MONOCHROME1 inverted, RGB -> luma."""
     import pydicom
@@ -251,7 +288,11 @@ def _load_dicom(data: bytes, name: str, limit: int) -> np.ndarray:
     if photometric.startswith("MONOCHROME"):
         if arr.ndim == 3:  # defensive: a multi-frame array despite index=0
             arr = arr[0]
+        for key in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+            _require_finite(ds, key, name)
         arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        if not np.isfinite(arr).any():
+            raise CorruptImageError(f"{name}: DICOM pixel values are not finite after the modality rescale")
         center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
         out = _window(arr, center, width) if center is not None and width and width > 0 else _stretch(arr)
         return (255 - out) if photometric == "MONOCHROME1" else out

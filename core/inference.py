@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.artifacts import ArtifactError, ModelArtifacts
+from core.artifacts import ArtifactError, ModelArtifacts, is_ensemble
 from core.checkpoints import load_best
 from core.models import ModelSpec, create_model, get_spec
 from core.transforms import normalize, to_float, tta_views
@@ -33,7 +33,7 @@ class LoadedModel:
 def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     """Build the architecture named in the model's config.json and load its best checkpoint."""
     cfg = artifacts.config
-    if cfg.get("members"):
+    if is_ensemble(cfg):
         raise ArtifactError(f"{artifacts.name} is an ensemble (mean of {', '.join(cfg['members'])}); it has no "
                             "network of its own: explain its members instead")
     try:

@@ -123,15 +123,38 @@ def threshold_for_sensitivity(y, p, target: float = 0.95) -> float:
     return float(pos[pos.size - k])
 
 
+# Names of the operating points in metrics_<split>.json. The sensitivity rule's name carries its target
+# (``sens95`` for 0.95), so read it with ``sensitivity_rule`` or list ``thresholds`` keys, never type "sens95".
+YOUDEN = "youden"
+DEFAULT_RULE = "default"
+HEADLINE_RULE = YOUDEN  # the operating point every headline figure is quoted at
+
+
+def sensitivity_rule(target: float) -> str:
+    """Name of the operating point that keeps validation sensitivity >= ``target`` (0.95 -> ``sens95``)."""
+    return f"sens{round(target * 100)}"
+
+
+def rule_label(rule: str) -> str:
+    """A short human label of a threshold rule name, for tables and page controls."""
+    if rule == YOUDEN:
+        return "Youden (max sensitivity + specificity)"
+    if rule == DEFAULT_RULE:
+        return "fixed 0.5"
+    if rule.startswith("sens") and rule[4:].isdigit():
+        return f"sensitivity ≥ {rule[4:]} %"
+    return rule
+
+
 def choose_thresholds(y_val, p_val, *, target_sensitivity: float = 0.95) -> dict:
     """The operating points that other splits are scored at, all chosen on validation data."""
-    pct = round(target_sensitivity * 100)
     return {
-        "youden": {"value": youden_threshold(y_val, p_val), "source": "val",
-                   "rule": "max Youden J (sensitivity + specificity - 1) on validation"},
-        f"sens{pct}": {"value": threshold_for_sensitivity(y_val, p_val, target_sensitivity), "source": "val",
-                       "rule": f"highest threshold with validation sensitivity >= {target_sensitivity:.2f}"},
-        "default": {"value": 0.5, "source": "fixed", "rule": "0.5"},
+        YOUDEN: {"value": youden_threshold(y_val, p_val), "source": "val",
+                 "rule": "max Youden J (sensitivity + specificity - 1) on validation"},
+        sensitivity_rule(target_sensitivity): {
+            "value": threshold_for_sensitivity(y_val, p_val, target_sensitivity), "source": "val",
+            "rule": f"highest threshold with validation sensitivity >= {target_sensitivity:.2f}"},
+        DEFAULT_RULE: {"value": 0.5, "source": "fixed", "rule": "0.5"},
     }
 
 

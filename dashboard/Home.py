@@ -1,96 +1,125 @@
 """Home: the runs in the artifacts folder and a leaderboard of the selected run's models.
 
-    streamlit run dashboard/Home.py [-- --artifacts DIR]
+    python -m streamlit run dashboard/Home.py [-- --artifacts DIR]
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[1])  # the repo root, so that `dashboard` and `core` import
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from core import summary
+from core.artifacts import ArtifactError, ModelArtifacts, list_runs
+from dashboard import tables
+from dashboard.common import (DEFAULT_TOP, NOTICE, artifacts_root, cached_history, cached_metrics, choose_models,
+                              compared_run, entries, footer, guard, start)
 
-import streamlit as st  # noqa: E402
+SHIFT_CAVEAT = (
+    "**Read the columns side by side.** `test` was carved from the same collection as the training films (by "
+    "patient), so it is easy: nearly every model scores near 1. `official_val` is the data set's own validation "
+    "folder, a separately collected batch: a first look at how a model holds up on films from elsewhere, but "
+    "with very few films (see *n*), so its figures swing by whole films. A headline figure from `test` alone "
+    "says nothing about new hospitals.")
 
-from core.artifacts import ArtifactError, ModelArtifacts, list_runs  # noqa: E402
-from dashboard import tables  # noqa: E402
-from dashboard.common import (CITATION, NOTICE, artifacts_root, cached_history, cached_metrics, guard,  # noqa: E402
-                              page, select_run)
 
-page("Home")
-st.title("Chest X-ray classifiers: PNEUMONIA vs NORMAL")
-st.warning(NOTICE)
-
-run = select_run()
-if run is not None:
-    st.subheader("Runs")
-    infos = []
-    for r in list_runs(artifacts_root()):
-        try:
-            infos.append((r.id, r.info))
-        except ArtifactError as e:
-            infos.append((r.id, None))
-            st.error(f"run {r.id}: {e}")
-    with st.container(key="home_runs"):  # keyed, so tests can find the table
-        st.dataframe(tables.runs_table(infos), hide_index=True, placeholder="–")
-
-    st.subheader(f"Leaderboard · run `{run.id}`")
-    with guard(f"run {run.id}"):
-        info = run.info
-        n_skipped = int(info.get("n_skipped", 0) or 0)
-        st.caption(f"Data `{info.get('data_root', '?')}` ({info.get('data_layout', '?')} layout), "
-                   f"created {str(info.get('created', '?'))[:19].replace('T', ' ')} · "
-                   f"**{n_skipped} file(s) skipped** as unreadable")
-        if n_skipped:
-            with st.expander(f"{n_skipped} skipped file(s)"), guard("skipped.csv"):
-                st.dataframe(run.skipped(), hide_index=True, placeholder="–")
-
-    entries = []
+def run_rows(run) -> list[dict]:
+    """Everything the leaderboard needs of each model of ``run`` (``None`` where a file is unreadable)."""
+    rows = []
     for m in run.models:
-        e = {"model": m.name, "config": None, "status": None, "history": None, "metrics": None}
+        e = {"model": m.name, "config": None, "status": None, "history": None, "metrics": {}}
         with guard(f"{m.name}: config.json"):
             e["config"] = m.config
         with guard(f"{m.name}: status.json"):
             e["status"] = m.status()
-        if (m.dir / "history.csv").exists():
+        if (m.dir / "history.csv").exists() and not m.is_ensemble:
             with guard(f"{m.name}: history.csv"):
                 e["history"] = tables.checked_history(cached_history(m), str(m.dir / "history.csv"))
-        if (m.dir / "metrics_test.json").exists() or (e["status"] or {}).get("state") == "finished":
-            with guard(f"{m.name}: test metrics"):
-                e["metrics"] = cached_metrics(m, "test")
-        entries.append(e)
-    # A model that failed before writing its config.json still has a status worth showing.
-    listed = {m.name for m in run.models}
+        for split in m.splits():
+            if split != "val" and ((m.dir / f"metrics_{split}.json").exists() or
+                                   (e["status"] or {}).get("state") == "finished"):
+                with guard(f"{m.name}: {split} metrics"):
+                    e["metrics"][split] = cached_metrics(m, split)
+        rows.append(e)
+    listed = {m.name for m in run.models}  # a model that failed before its config.json still has a status
     for p in sorted(run.dir.glob("*/status.json")):
         if p.parent.name not in listed:
             with guard(f"{p.parent.name}: status.json"):
-                entries.append({"model": p.parent.name, "status": ModelArtifacts(run.dir, p.parent.name).status()})
+                rows.append({"model": p.parent.name, "status": ModelArtifacts(run.dir, p.parent.name).status()})
+    return rows
 
-    if entries:
-        board = tables.leaderboard(entries)
-        st.container(key="home_leaderboard").dataframe(
-            board, hide_index=True, placeholder="–",
-            column_config={
-                "test AUC": st.column_config.NumberColumn(format="%.4f"),
-                "accuracy": st.column_config.NumberColumn(format="%.3f"),
-                "sensitivity": st.column_config.NumberColumn(format="%.3f"),
-                "specificity": st.column_config.NumberColumn(format="%.3f"),
-                "F1": st.column_config.NumberColumn(format="%.3f"),
-                "threshold": st.column_config.NumberColumn(format="%.4f", help="chosen on validation (Youden J)"),
-                "params": st.column_config.NumberColumn(format="localized"),
-                "train time (s)": st.column_config.NumberColumn(format="%.0f"),
-            })
-        st.caption("Test split. Accuracy, sensitivity, specificity and F1 at the threshold chosen on validation "
-                   "(max Youden J); AUC interval: stratified bootstrap. \"from scratch\" = no ImageNet weights.")
-        for e in entries:
-            s = e.get("status") or {}
-            if s.get("state") == "failed":
-                st.error(f"{e['model']} failed: {s.get('message') or 'no message'}")
-            elif tables.status_label(s) == "stale":
-                st.warning(f"{e['model']}: status says running but no heartbeat for over 10 minutes; the trainer "
-                           "probably died. Continue it with `python -m trainer train ... --resume`.")
-    else:
-        st.info(f"Run `{run.id}` has no models yet.")
 
-st.divider()
-st.caption(CITATION)
+def split_sizes(rows: list[dict], splits: list[str]) -> str:
+    sizes = {s: next((int(e["metrics"][s]["n"]) for e in rows if s in (e.get("metrics") or {})
+                      and e["metrics"][s].get("n") is not None), None) for s in splits}
+    return ", ".join(f"`{s}` n = {n}" for s, n in sizes.items() if n is not None)
+
+
+def show_leaderboard(rows: list[dict]) -> None:
+    splits = tables.board_splits(s for e in rows for s in (e.get("metrics") or {}))
+    board = tables.leaderboard(rows, splits)
+    fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in board.columns if c.split(" ")[0] in
+           ("AUC", "sens", "spec") and "CI" not in c}
+    fmt["model"] = st.column_config.TextColumn(width=180)
+    st.container(key="home_leaderboard").dataframe(board, hide_index=True, placeholder="–", column_config=fmt,
+                                                   height="content")
+    first = splits[0] if splits else ""
+    st.caption(f"{split_sizes(rows, splits)}. AUC: area under the ROC curve; 95% CI: its stratified bootstrap "
+               f"interval on `{first}`. sens / spec: sensitivity and specificity at the threshold chosen on "
+               "validation (Youden's J). init: ImageNet weights or from scratch. Epochs: best/trained (an ensemble "
+               "trains none).")
+    if len(splits) > 1:
+        st.info(SHIFT_CAVEAT)
+    with st.expander("How each model was trained, and its threshold"):
+        st.container(key="home_training").dataframe(
+            tables.training_table(rows), hide_index=True, placeholder="–", height="content",
+            column_config={"params": st.column_config.NumberColumn(format="localized"),
+                           "threshold": st.column_config.NumberColumn(
+                               format="%.3f", help="the operating threshold, chosen on validation (Youden's J)"),
+                           "input (px)": st.column_config.NumberColumn(format="%d")})
+    for e in rows:
+        s = e.get("status") or {}
+        if s.get("state") == "failed":
+            st.error(f"{e['model']} failed: {s.get('message') or 'no message'}")
+        elif summary.state_of(s) == "stale":
+            st.warning(f"{e['model']}: status says running but no heartbeat for over 10 minutes; the trainer "
+                       "probably died. Continue it with `python -m trainer train ... --resume`.")
+
+
+run = start("Home")
+compare = compared_run(run)
+chosen = choose_models(run, compare)
+st.title("Chest X-ray classifiers: PNEUMONIA vs NORMAL")
+st.warning(NOTICE)
+
+infos = []
+for r in list_runs(artifacts_root()):
+    try:
+        infos.append((r.id, r.info))
+    except ArtifactError as e:
+        infos.append((r.id, None))
+        st.error(f"run {r.id}: {e}")
+
+title = f"Leaderboard · run `{run.id}`" + (f" and `{compare.id}`" if compare else "")
+st.subheader(title)
+with guard(f"run {run.id}"):
+    info = run.info
+    n_skipped = int(info.get("n_skipped", 0) or 0)
+    st.caption(f"Data `{info.get('data_root_given') or info.get('data_root', '?')}` "
+               f"({info.get('data_layout', '?')} layout), created "
+               f"{str(info.get('created', '?'))[:19].replace('T', ' ')} · **{n_skipped} file(s) skipped** as "
+               "unreadable")
+    if n_skipped:
+        with st.expander(f"{n_skipped} skipped file(s)"), guard("skipped.csv"):
+            st.dataframe(run.skipped(), hide_index=True, placeholder="–")
+
+rows = run_rows(run)
+if compare is not None:
+    rows += [{**e, "model": f"{compare.id}/{e['model']}"} for e in run_rows(compare)]
+if rows:
+    show_leaderboard(rows)
+else:
+    st.info(f"Run `{run.id}` has no models yet.")
+
+st.caption(f"The other pages compare the models chosen in the sidebar ({len(chosen)} of "
+           f"{len(entries(run, compare))}): by default the {DEFAULT_TOP} best by validation AUC and the ensemble.")
+st.subheader("Runs")
+with st.container(key="home_runs"):  # keyed, so tests can find the table
+    st.dataframe(tables.runs_table(infos), hide_index=True, placeholder="–", height="content")
+footer()

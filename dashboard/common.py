@@ -1,32 +1,40 @@
-"""What every dashboard page shares: page setup, the notice, the run selector and error containment.
+"""What every dashboard page shares: the prologue, the model choice, colours, the footer, cached reads.
 
-Pages stay thin: they call these helpers, read artifacts through ``core.artifacts`` and draw figures built by
-``dashboard.figures``. Any artifact problem is shown as an error element where it happens (``guard``), so
-the rest of the page still renders.
+Every page starts the same way and has one control flow: ``run = start("Title")`` configures the page, shows
+the notice and the run selector, and stops the script (with the footer) when there is no run; a page that
+cannot go on calls ``stop(message)``; a page that reaches its end calls ``footer()``. Pages that compare models
+call ``choose_models(run)``: one sidebar choice shared by every page (kept in ``st.session_state``), defaulting
+to the best few models by validation AUC plus the ensembles, optionally with a second run's models beside them.
+Any artifact problem is shown as an error element where it happens (``guard``); the rest of the page renders.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import streamlit as st
+
+from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, list_runs
+from dashboard import figures
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import streamlit as st  # noqa: E402
-
-from core.artifacts import ArtifactError, Run, default_root, list_runs  # noqa: E402
-
 NOTICE = ("**Research use only — not for clinical diagnosis.** These models were trained on one paediatric "
           "data set and have not been validated for clinical use. Do not use them to diagnose or treat anyone.")
 CITATION = ("Data: Kermany, Zhang, Goldbaum et al., *Identifying Medical Diagnoses and Treatable Diseases by "
             "Image-Based Deep Learning*, Cell 172(5), 2018; Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
             "(CC BY 4.0).")
-RUN_KEY = "selected_run"  # plain session-state key (not a widget key) so the choice survives page switches
+RUN_KEY = "selected_run"  # plain session-state keys (not widget keys), so the choices survive page switches
+COMPARE_KEY = "compare_run"
+MODELS_KEY = "selected_models"  # {(run id, compared run id or ""): [labels]}
+PAGE_KEY = "page"  # the title of the page being drawn (start() sets it)
+DEFAULT_TOP = 3  # default choice: this many best models by validation AUC, plus every ensemble
+NO_COMPARE = "(none)"
 
 
 def artifacts_root() -> Path:
@@ -40,10 +48,33 @@ def artifacts_root() -> Path:
     return root if root.is_absolute() or root.exists() else REPO / root
 
 
-def page(title: str, icon: str = "🫁") -> None:
-    """Configure the page and show the notice in the sidebar (on every page, so it cannot be missed)."""
+# --- the prologue, the footer and the one way out -----------------------------------------------------------
+
+def start(title: str, icon: str = "🫁") -> Run:
+    """Every page's first line: page setup, the notice in the sidebar, the run selector. Without any run it tells
+    how to train one and stops the script (with the footer)."""
     st.set_page_config(page_title=f"{title} · CXR model comparison", page_icon=icon, layout="wide")
+    st.session_state[PAGE_KEY] = title
     st.sidebar.warning(NOTICE)
+    run = select_run()
+    if run is None:
+        st.warning(NOTICE)
+        stop()
+    return run
+
+
+def footer() -> None:
+    """The data set's citation, at the end of every page."""
+    st.divider()
+    st.caption(CITATION)
+
+
+def stop(message: str | None = None, kind: str = "info") -> None:
+    """End the page here: an optional message (``st.info``/``st.warning``/``st.error``), then the footer."""
+    if message:
+        getattr(st, kind)(message)
+    footer()
+    st.stop()
 
 
 def select_run() -> Run | None:
@@ -64,6 +95,10 @@ def select_run() -> Run | None:
     return runs[ids.index(chosen)]
 
 
+def other_runs(run: Run) -> list[Run]:
+    return [r for r in list_runs(artifacts_root()) if r.id != run.id]
+
+
 @contextmanager
 def guard(what: str):
     """Show any failure inside as an error element about ``what``; the page goes on below it."""
@@ -75,6 +110,88 @@ def guard(what: str):
         st.error(f"{what}: unexpected {type(e).__name__}: {e}")
         with st.expander("details"):
             st.code("".join(traceback.format_exception(e))[-4000:])
+
+
+# --- which models, in which colour ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Entry:
+    """A chosen model: ``label`` is how every figure and table names it (``run/model`` for a compared run)."""
+
+    label: str
+    model: ModelArtifacts
+    run_id: str
+    color: str
+    dash: str  # "solid" for the selected run, "dash" for the compared one (same model, same colour)
+
+
+def val_auc(m: ModelArtifacts) -> float:
+    """The model's validation AUC (NaN when it has none yet): what the default choice ranks by."""
+    try:
+        return float(cached_metrics(m, "val")["auc"])
+    except (ArtifactError, KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def default_models(models: list[ModelArtifacts], top: int = DEFAULT_TOP) -> list[str]:
+    """The ``top`` single models with the best validation AUC, plus every ensemble, in run order."""
+    singles = [m for m in models if not m.is_ensemble and math.isfinite(val_auc(m))]
+    best = {m.name for m in sorted(singles, key=val_auc, reverse=True)[:top]}
+    return [m.name for m in models if m.name in best or m.is_ensemble]
+
+
+def entries(run: Run, compare: Run | None = None) -> list[Entry]:
+    """Every model of ``run`` (and of ``compare``, labelled ``run/model`` and dashed), with its colour."""
+    models = list(run.models)
+    extra = list(compare.models) if compare is not None else []
+    every = models + [m for m in extra if m.name not in {x.name for x in models}]
+    colors = figures.model_colors([m.name for m in every], [m.name for m in every if m.is_ensemble])
+    out = [Entry(m.name, m, run.id, colors[m.name], "solid") for m in models]
+    out += [Entry(f"{compare.id}/{m.name}", m, compare.id, colors[m.name], "dash") for m in extra]
+    return out
+
+
+def _remember(widget_key: str, store_key: tuple) -> None:
+    st.session_state.setdefault(MODELS_KEY, {})[store_key] = list(st.session_state[widget_key])
+
+
+def compared_run(run: Run) -> Run | None:
+    """The second run whose models are shown beside ``run``'s (sidebar; only when there is more than one run)."""
+    others = other_runs(run)
+    if not others:
+        return None
+    ids = [NO_COMPARE] + [r.id for r in others]
+    current = st.session_state.get(COMPARE_KEY)
+    pick = st.sidebar.selectbox("Compare with run", ids, index=ids.index(current) if current in ids else 0,
+                                help="show a second run's models beside this run's (dashed, same colours)")
+    st.session_state[COMPARE_KEY] = pick
+    return next((r for r in others if r.id == pick), None)
+
+
+def choose_models(run: Run, compare: Run | None = None, *, label: str = "Models") -> list[Entry]:
+    """The sidebar's model choice, the same on every page that calls it, and its entries in run order.
+
+    The first time: the best few models by validation AUC plus the ensembles (of ``compare`` too, labelled
+    ``run/model``).
+    """
+    every = entries(run, compare)
+    labels = [e.label for e in every]
+    store_key = (run.id, compare.id if compare else "")
+    # One widget per page: Streamlit drops a widget's state when a page without it runs, and a widget of the same
+    # key on another page does not take it over; so each page's widget starts from the stored choice.
+    widget_key = f"models_{st.session_state.get(PAGE_KEY, '')}_{run.id}_{store_key[1]}"
+    if widget_key not in st.session_state:
+        stored = st.session_state.get(MODELS_KEY, {}).get(store_key)
+        if stored is None:
+            stored = default_models(run.models)
+            if compare is not None:
+                stored += [f"{compare.id}/{n}" for n in default_models(compare.models)]
+        st.session_state[widget_key] = [x for x in stored if x in labels]
+    st.sidebar.multiselect(label, labels, key=widget_key, on_change=_remember, args=(widget_key, store_key),
+                           help=f"default: the {DEFAULT_TOP} best models by validation AUC, plus the ensemble")
+    _remember(widget_key, store_key)
+    chosen = set(st.session_state[widget_key])
+    return [e for e in every if e.label in chosen]
 
 
 # --- cached artifact reads -------------------------------------------------------------------------------
@@ -91,8 +208,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def _read_model_file(run_dir: str, model: str, kind: str, split: str, stamp) -> object:
-    from core.artifacts import ModelArtifacts
-
     m = ModelArtifacts(Path(run_dir), model)
     if kind == "history":
         return m.history()

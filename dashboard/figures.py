@@ -11,21 +11,36 @@ import math
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 from core.labels import CLASSES
 from dashboard import tables
 
-PALETTE = qualitative.Plotly + qualitative.D3
+# Colour-blind-safe hues: Okabe & Ito (2008) without its yellow, then the darker hues of Paul Tol's muted scheme.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#332288", "#999933", "#882255",
+           "#44AA99", "#CC6677", "#117733", "#AA4499", "#DDCC77", "#88CCEE"]
+ENSEMBLE_COLOR = "#000000"  # ensembles are drawn black on every page
 HEIGHT = 340
 
 
-def model_colors(names) -> dict[str, str]:
-    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+def model_colors(names, ensembles=()) -> dict[str, str]:
+    """One colour per name in the given order (the run's model order, so every page agrees); ensembles black."""
+    colors, i = {}, 0
+    for n in names:
+        if n in set(ensembles):
+            colors[n] = ENSEMBLE_COLOR
+        else:
+            colors[n] = PALETTE[i % len(PALETTE)]
+            i += 1
+    return colors
 
 
 def _color(colors: dict | None, name: str, i: int) -> str:
     return (colors or {}).get(name) or PALETTE[i % len(PALETTE)]
+
+
+def _dash(dashes: dict | None, name: str) -> str:
+    return (dashes or {}).get(name) or "solid"
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = HEIGHT, **kw) -> go.Figure:
@@ -42,6 +57,12 @@ def _height_with_legend(items: int, plot: int = 430) -> int:
     """Room for a square-ish plot plus a legend of ``items`` rows below it (both ROC and PR get the same, so
     they line up side by side)."""
     return plot + 20 * items + 40
+
+
+def curves_height(models: int) -> int:
+    """ROC and PR side by side: a plot about as tall as it is wide plus one legend row per model (and two more:
+    chance and the published point)."""
+    return _height_with_legend(models + 2, plot=380)
 
 
 def empty_figure(message: str, height: int = 200) -> go.Figure:
@@ -100,6 +121,44 @@ def history_figure(histories: dict[str, pd.DataFrame], series: list[tuple[str, s
     return _layout(fig, title, "epoch", y_title, height=height)
 
 
+def history_grid(histories: dict[str, pd.DataFrame], series: list[tuple[str, str]], *, title: str, y_title: str,
+                 smoothing: float = 0.0, colors: dict | None = None, columns: int = 4,
+                 row_height: int = 230) -> go.Figure:
+    """Small multiples: one panel per model (train solid, val dashed, best epoch starred), shared y axis, so a
+    dozen models stay readable. ``series`` as in ``history_figure``."""
+    names = list(histories)
+    rows = max(1, math.ceil(len(names) / columns))
+    fig = make_subplots(rows=rows, cols=columns, shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.02,
+                        vertical_spacing=0.5 / (rows * 2 + 1) + 0.04)
+    for i, name in enumerate(names):
+        h, color = histories[name], _color(colors, name, i)
+        r, c = i // columns + 1, i % columns + 1
+        x = h["epoch"].to_numpy()
+        best = tables.best_epoch(h)
+        for col, kind in series:
+            if col not in h:
+                continue
+            y = tables.ema(pd.to_numeric(h[col], errors="coerce").to_numpy(), smoothing)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines", name=name,
+                                     meta=kind, showlegend=False, marker=dict(size=4),
+                                     line=dict(color=color, dash="dash" if kind == "val" else "solid", width=2),
+                                     hovertemplate=f"{name} · {kind}<br>epoch %{{x}}<br>{col} %{{y:.4g}}"
+                                                   "<extra></extra>"), row=r, col=c)
+            if best is not None and kind == "val":
+                j = int(np.flatnonzero(x == best)[0])
+                fig.add_trace(go.Scatter(x=[best], y=[y[j]], mode="markers", showlegend=False, meta="best",
+                                         marker=dict(symbol="star", size=12, color=color,
+                                                     line=dict(color="black", width=1)),
+                                         hovertemplate=f"{name}: best epoch {best}<extra></extra>"), row=r, col=c)
+        fig.update_xaxes(dtick=1 if len(x) <= 12 else None, row=r, col=c)
+    fig.update_annotations(font_size=12)
+    title += "  <span style='font-size:12px;color:grey'>train solid, validation dashed, ★ best epoch</span>"
+    _layout(fig, title, "", "", height=row_height * rows + 70)
+    fig.update_yaxes(title_text=y_title, col=1)
+    fig.update_xaxes(title_text="epoch", row=rows)
+    return fig
+
+
 def gap_figure(histories: dict[str, pd.DataFrame], *, smoothing: float = 0.0, colors: dict | None = None,
                height: int = 260) -> go.Figure:
     """Generalisation gap val_loss - train_loss per epoch, with the zero line: rising means over-fitting."""
@@ -116,30 +175,60 @@ def gap_figure(histories: dict[str, pd.DataFrame], *, smoothing: float = 0.0, co
 
 # --- ROC / PR / confusion --------------------------------------------------------------------------------
 
+def zoom_box(curves: dict[str, dict], points: dict[str, dict] | None = None, reach: float = 0.99) -> dict:
+    """The informative corner of ROC and PR plots of good models: FPR from 0 to where every curve has reached
+    ``reach`` sensitivity, sensitivity (= recall) from where the curves are at a tenth of that FPR, precision
+    from its lowest value over that recall range. Operating points and Kermany et al.'s point stay inside.
+    Returns ``fpr_max``, ``tpr_min``, ``precision_min`` (rounded outwards to 0.05)."""
+    fpr_max, tpr_min, prec_min = 0.05, 1.0, 1.0
+    for c in curves.values():
+        fpr, tpr = np.asarray(c["fpr"], float), np.asarray(c["tpr"], float)
+        hit = np.flatnonzero(tpr >= reach)
+        fpr_max = max(fpr_max, float(fpr[hit[0]]) if len(hit) else 1.0)
+    k = tables.KERMANY_2018
+    pts = [p for p in (points or {}).values() if math.isfinite(p.get("fpr", math.nan))]
+    fpr_max = min(1.0, math.ceil(max([fpr_max * 1.1, k["fpr"] * 1.15] + [p["fpr"] * 1.1 for p in pts]) * 20) / 20)
+    for c in curves.values():
+        fpr, tpr = np.asarray(c["fpr"], float), np.asarray(c["tpr"], float)
+        tpr_min = min(tpr_min, float(np.interp(fpr_max / 10, fpr, tpr)))
+    tpr_min = min([tpr_min, k["sensitivity"]] + [p["sensitivity"] for p in pts if math.isfinite(p["sensitivity"])])
+    tpr_min = max(0.0, math.floor((tpr_min - 0.01) * 20) / 20)
+    for c in curves.values():
+        rec, prec = np.asarray(c.get("recall", []), float), np.asarray(c.get("precision", []), float)
+        keep = rec >= tpr_min
+        if keep.any():
+            prec_min = min(prec_min, float(np.nanmin(prec[keep])))
+    prec_min = min([prec_min] + [p["ppv"] for p in pts if math.isfinite(p.get("ppv", math.nan))])
+    return {"fpr_max": fpr_max, "tpr_min": tpr_min, "precision_min": max(0.0, math.floor((prec_min - 0.01) * 20) / 20)}
+
+
+def _point_trace(x: float, y: float, name: str, color: str, hover: str) -> go.Scatter:
+    return go.Scatter(x=[x], y=[y], mode="markers", legendgroup=name, showlegend=False, hovertemplate=hover,
+                      marker=dict(size=13, color=color, line=dict(color="white", width=2)))
+
+
 def roc_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
-               points: dict[str, dict] | None = None, colors: dict | None = None, reference: bool = True,
-               height: int | None = None) -> go.Figure:
+               points: dict[str, dict] | None = None, colors: dict | None = None, dashes: dict | None = None,
+               reference: bool = True, zoom: dict | None = None, height: int | None = None) -> go.Figure:
     """ROC curves (``curves[name]`` has ``fpr`` and ``tpr``), each model's current operating point
-    (``points[name]`` has ``fpr``, ``sensitivity``, ``threshold``) and Kermany et al. 2018's published point."""
+    (``points[name]`` has ``fpr``, ``sensitivity``, ``threshold``) and Kermany et al. 2018's published point.
+    With ``zoom`` (from ``zoom_box``) the axes show that corner; without, the full 0-1 square."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="lightgrey", dash="dot"),
                              name="chance", hoverinfo="skip"))
     for i, (name, c) in enumerate(curves.items()):
         color = _color(colors, name, i)
         fig.add_trace(go.Scatter(x=c["fpr"], y=c["tpr"], mode="lines", name=(labels or {}).get(name, name),
-                                 legendgroup=name, line=dict(color=color, width=2),
+                                 legendgroup=name, line=dict(color=color, width=2, dash=_dash(dashes, name)),
                                  customdata=c.get("thresholds"),
                                  hovertemplate=f"{name}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}"
                                                + ("<br>threshold %{customdata:.4f}" if c.get("thresholds") is not None
                                                   else "") + "<extra></extra>"))
         pt = (points or {}).get(name)
         if pt and math.isfinite(pt.get("fpr", math.nan)) and math.isfinite(pt.get("sensitivity", math.nan)):
-            fig.add_trace(go.Scatter(x=[pt["fpr"]], y=[pt["sensitivity"]], mode="markers", legendgroup=name,
-                                     showlegend=False, marker=dict(size=13, color=color, line=dict(color="black",
-                                                                                                   width=1.5)),
-                                     hovertemplate=f"{name} at threshold {pt['threshold']:.4f}<br>"
-                                                   f"sensitivity {pt['sensitivity']:.3f}<br>"
-                                                   f"specificity {1 - pt['fpr']:.3f}<extra></extra>"))
+            fig.add_trace(_point_trace(pt["fpr"], pt["sensitivity"], name, color,
+                                       f"{name} at threshold {pt['threshold']:.4f}<br>sensitivity "
+                                       f"{pt['sensitivity']:.3f}<br>specificity {1 - pt['fpr']:.3f}<extra></extra>"))
     if reference:
         k = tables.KERMANY_2018
         fig.add_trace(go.Scatter(x=[k["fpr"]], y=[k["sensitivity"]], mode="markers+text", name=k["label"],
@@ -147,15 +236,21 @@ def roc_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
                                  marker=dict(symbol="x", size=12, color="black"),
                                  hovertemplate=k["label"] + "<br>published operating point on their own test "
                                                             "set, for reference<extra></extra>"))
-    fig.update_xaxes(range=[-0.01, 1.01])
-    fig.update_yaxes(range=[-0.01, 1.01])
-    return _layout(fig, "ROC", "false positive rate (1 − specificity)", "true positive rate (sensitivity)",
+    title = "ROC"
+    if zoom:
+        fig.update_xaxes(range=[-0.002, zoom["fpr_max"]])
+        fig.update_yaxes(range=[zoom["tpr_min"], 1.005])
+        title += "  <span style='font-size:12px;color:grey'>(zoomed: top-left corner)</span>"
+    else:
+        fig.update_xaxes(range=[-0.01, 1.01])
+        fig.update_yaxes(range=[-0.01, 1.01])
+    return _layout(fig, title, "false positive rate (1 − specificity)", "true positive rate (sensitivity)",
                    height=height or _height_with_legend(len(curves) + 2), **LEGEND_BELOW)
 
 
 def pr_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
-              points: dict[str, dict] | None = None, colors: dict | None = None, prevalence: float | None = None,
-              height: int | None = None) -> go.Figure:
+              points: dict[str, dict] | None = None, colors: dict | None = None, dashes: dict | None = None,
+              prevalence: float | None = None, zoom: dict | None = None, height: int | None = None) -> go.Figure:
     """Precision-recall curves (``curves[name]`` has ``precision`` and ``recall``) with each model's current
     point (``points[name]``: ``sensitivity``, ``ppv``, ``threshold``) and the chance line at the prevalence."""
     fig = go.Figure()
@@ -165,19 +260,22 @@ def pr_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
     for i, (name, c) in enumerate(curves.items()):
         color = _color(colors, name, i)
         fig.add_trace(go.Scatter(x=c["recall"], y=c["precision"], mode="lines", name=(labels or {}).get(name, name),
-                                 legendgroup=name, line=dict(color=color, width=2),
+                                 legendgroup=name, line=dict(color=color, width=2, dash=_dash(dashes, name)),
                                  hovertemplate=f"{name}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>"))
         pt = (points or {}).get(name)
         if pt and math.isfinite(pt.get("ppv", math.nan)):
-            fig.add_trace(go.Scatter(x=[pt["sensitivity"]], y=[pt["ppv"]], mode="markers", legendgroup=name,
-                                     showlegend=False, marker=dict(size=13, color=color, line=dict(color="black",
-                                                                                                   width=1.5)),
-                                     hovertemplate=f"{name} at threshold {pt['threshold']:.4f}<br>"
-                                                   f"recall {pt['sensitivity']:.3f}<br>precision {pt['ppv']:.3f}"
-                                                   "<extra></extra>"))
-    fig.update_xaxes(range=[-0.01, 1.01])
-    fig.update_yaxes(range=[-0.01, 1.01])
-    return _layout(fig, "Precision–recall", "recall (sensitivity)", "precision (PPV)",
+            fig.add_trace(_point_trace(pt["sensitivity"], pt["ppv"], name, color,
+                                       f"{name} at threshold {pt['threshold']:.4f}<br>recall {pt['sensitivity']:.3f}"
+                                       f"<br>precision {pt['ppv']:.3f}<extra></extra>"))
+    title = "Precision–recall"
+    if zoom:
+        fig.update_xaxes(range=[zoom["tpr_min"], 1.005])
+        fig.update_yaxes(range=[zoom["precision_min"], 1.005])
+        title += "  <span style='font-size:12px;color:grey'>(zoomed: top-right corner)</span>"
+    else:
+        fig.update_xaxes(range=[-0.01, 1.01])
+        fig.update_yaxes(range=[-0.01, 1.01])
+    return _layout(fig, title, "recall (sensitivity)", "precision (PPV)",
                    height=height or _height_with_legend(len(curves) + 2), **LEGEND_BELOW)
 
 

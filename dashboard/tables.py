@@ -15,11 +15,11 @@ import pandas as pd
 from scipy import stats
 
 from core import metrics as cm
+from core import summary
 from core.artifacts import HISTORY_COLUMNS, ArtifactError
+from core.data import sort_splits
 from core.labels import CLASSES
-
-HEADLINE = "youden"  # the operating point chosen on validation (docs/artifacts.md)
-SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+from core.metrics import HEADLINE_RULE
 RATE_NAMES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
 # Kermany et al., Cell 2018, pneumonia vs normal on their 624-image test set (for reference on the ROC only).
 KERMANY_2018 = {"sensitivity": 0.932, "specificity": 0.901, "fpr": 1 - 0.901,
@@ -68,10 +68,6 @@ def format_seconds(s: float) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def sort_splits(splits) -> list[str]:
-    return sorted(set(splits), key=lambda s: (SPLIT_ORDER.get(s, 3), s))
-
-
 def default_split(splits: list[str]) -> str | None:
     """``test`` when it has predictions, else the first split there is."""
     return "test" if "test" in splits else (splits[0] if splits else None)
@@ -88,81 +84,90 @@ def runs_table(runs: list[tuple[str, dict | None]]) -> pd.DataFrame:
             row["created"] = "run.json unreadable"
             rows.append(row)
             continue
-        row["created"] = str(info.get("created", ""))[:19].replace("T", " ")
-        row["data root"] = info.get("data_root", "")
-        row["layout"] = info.get("data_layout", "")
+        row["created"] = str(info.get("created", ""))[:10]
+        row["data root"] = info.get("data_root_given") or info.get("data_root", "")
         counts = info.get("split_counts") or {}
-        for split in sort_splits(counts):
-            c = counts.get(split) or {}
-            row[f"{split} ({' / '.join(CLASSES)})"] = " / ".join(str(c.get(k, 0)) for k in CLASSES)
+        row[f"images per split ({' / '.join(CLASSES)})"] = " · ".join(
+            f"{split} {' / '.join(str((counts.get(split) or {}).get(k, 0)) for k in CLASSES)}"
+            for split in sort_splits(counts))
         row["skipped files"] = info.get("n_skipped", 0)
-        row["models"] = ", ".join(info.get("models", []))
+        row["models"] = len(info.get("models", []))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def pretrained_label(config: dict | None) -> str:
-    if not config:
-        return "–"
-    if config.get("pretrained"):
-        return "ImageNet"
-    return "from scratch"
-
-
-def status_label(status: dict | None) -> str:
-    if not status:
-        return "unknown"
-    state = str(status.get("state", "unknown"))
-    if state == "running" and status.get("stale"):
-        return "stale"
-    return state
-
-
-def train_seconds(status: dict | None, history: pd.DataFrame | None) -> float:
-    """``train_seconds`` from status.json when the trainer recorded it, else the sum of per-epoch seconds."""
-    if status and status.get("train_seconds") is not None:
-        return _num(status["train_seconds"])
-    if history is not None and "seconds" in history and len(history):
-        return float(pd.to_numeric(history["seconds"], errors="coerce").sum())
-    return math.nan
-
-
-def operating_point(metrics: dict | None, rule: str = HEADLINE) -> dict:
+def operating_point(metrics: dict | None, rule: str = HEADLINE_RULE) -> dict:
     """The confusion metrics a metrics_<split>.json holds at one named threshold (empty when absent)."""
     if not metrics:
         return {}
     return dict((metrics.get("at") or {}).get(rule) or {})
 
 
-LEADERBOARD_COLUMNS = ["model", "status", "pretrained", "test AUC", "AUC 95% CI", "accuracy", "sensitivity",
-                       "specificity", "F1", "threshold", "params", "train time (s)", "epochs", "weights"]
+def epochs_label(row: dict) -> str:
+    """``best/trained`` epochs of a ``core.summary`` row (``–`` for an ensemble, which trains nothing itself)."""
+    if row["ensemble"]:
+        return "–"
+    if row["epoch"] is None:
+        return ""
+    return f"{row['best_epoch'] if row['best_epoch'] is not None else '?'}/{row['epoch']}"
 
 
-def leaderboard(entries: list[dict]) -> pd.DataFrame:
-    """One row per model; entries hold ``model`` and any of ``config``, ``status``, ``history``, ``metrics``
-    (the test split), each ``None`` when unreadable. Sorted by test AUC, best first, unknown last."""
+def board_splits(splits) -> list[str]:
+    """The splits the leaderboard shows side by side: test first, then every other evaluated split except
+    train and val (val chose the thresholds and the kept epoch, so its figures flatter every model)."""
+    found = set(splits)
+    return (["test"] if "test" in found else []) + [s for s in sort_splits(found) if s not in ("train", "val", "test")]
+
+
+LEADERBOARD_METRICS = (("AUC", "auc"), ("sens", "sensitivity"), ("spec", "specificity"))
+
+
+def summary_rows(entry: dict, splits: list[str]) -> dict[str, dict]:
+    """``core.summary.model_row`` of one entry (``model`` and any of ``config``, ``status``, ``history``,
+    ``metrics`` = {split: metrics dict}) on each split: the README's report reads the same rows."""
+    mets = entry.get("metrics") or {}
+    return {split: summary.model_row(entry["model"], entry.get("config"), entry.get("status"), mets.get(split),
+                                     entry.get("history")) for split in splits}
+
+
+def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
+    """One row per model with AUC, sensitivity and specificity on each of ``splits`` side by side (columns
+    ``AUC test``, ``AUC official_val``, ...), the first split's AUC interval (``95% CI``); ``status`` only when
+    some model has not finished. Sorted by the first split's AUC, best first, unknown last."""
     rows = []
     for e in entries:
-        cfg, status, hist, met = e.get("config"), e.get("status"), e.get("history"), e.get("metrics")
-        at = operating_point(met)
-        ci = (met or {}).get("auc_ci") or [None, None]
-        epochs = ""
-        if status and status.get("epoch") is not None:
-            epochs = f"{status.get('epoch')}/{status.get('epochs', '?')}"
-        elif hist is not None:
-            epochs = str(len(hist))
-        rows.append({
-            "model": e["model"], "status": status_label(status),
-            "test AUC": _num((met or {}).get("auc")), "AUC 95% CI": format_ci(_num(ci[0]), _num(ci[1])),
-            "accuracy": _num(at.get("accuracy")), "sensitivity": _num(at.get("sensitivity")),
-            "specificity": _num(at.get("specificity")), "F1": _num(at.get("f1")),
-            "threshold": _num(at.get("threshold")),
-            "pretrained": pretrained_label(cfg), "params": _num((cfg or {}).get("params")),
-            "train time (s)": train_seconds(status, hist), "epochs": epochs,
-            "weights": str((cfg or {}).get("weights_source") or ""),
-        })
-    df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
-    return df.sort_values("test AUC", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+        per_split = summary_rows(e, splits or ["test"])
+        first = per_split[(splits or ["test"])[0]]
+        row = {"model": e["model"], "status": first["state"], "init": first["weights"],
+               "95% CI": format_ci(*first["auc_ci"]), "epochs": epochs_label(first)}
+        for short, key in LEADERBOARD_METRICS:
+            for split in splits:
+                row[f"{short} {split}"] = per_split[split][key]
+        rows.append(row)
+    cols = ["model"] + [f"{s} {sp}" for s, _ in LEADERBOARD_METRICS for sp in splits] + \
+        ["95% CI", "init", "epochs", "status"]
+    df = pd.DataFrame(rows, columns=cols)
+    if (df["status"] == "finished").all():
+        df = df.drop(columns="status")  # one column less to fit at 1440 px; shown whenever it says something
+    if splits:
+        df = df.sort_values(f"AUC {splits[0]}", ascending=False, na_position="last", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def training_table(entries: list[dict]) -> pd.DataFrame:
+    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), status, and
+    the operating threshold chosen on validation (Youden's J, from any split's metrics file)."""
+    rows = []
+    for e in entries:
+        r = next(iter(summary_rows(e, sorted(e.get("metrics") or {}) or ["test"]).values()))
+        members = (e.get("config") or {}).get("members") or []
+        rows.append({"model": e["model"], "status": r["state"], "init": r["weights"],
+                     "weights": "mean of " + ", ".join(members) if r["ensemble"] else r["weights_source"],
+                     "input (px)": _num(r["input_size"]), "params": r["params"],
+                     "train time": format_seconds(r["train_seconds"]), "epochs (best/trained)": epochs_label(r),
+                     "threshold": r["threshold"]})
+    return pd.DataFrame(rows, columns=["model", "status", "init", "epochs (best/trained)", "train time", "params",
+                                       "input (px)", "threshold", "weights"])
 
 
 # --- training curves -------------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ def generalisation_gap(history: pd.DataFrame) -> pd.Series:
 
 def progress_line(name: str, status: dict) -> str:
     """One line for a model still training: epoch, ETA, heartbeat."""
-    state = status_label(status)
+    state = summary.state_of(status)
     epoch, epochs = status.get("epoch"), status.get("epochs")
     parts = [f"**{name}** is {state}"]
     if epoch is not None:
@@ -222,6 +227,33 @@ def progress_line(name: str, status: dict) -> str:
 
 
 # --- ROC / PR / confusion --------------------------------------------------------------------------------
+
+VAL_WARNING = ("**This is the `val` split: the thresholds and each model's kept epoch were chosen on it**, so its "
+               "figures are optimistic. Judge the models on `test` and on any split from elsewhere.")
+PRESETS_EXPLAINED = (
+    "Presets, all chosen on validation, never on the split shown. **Youden**: the threshold with the best "
+    "sensitivity + specificity. **Sensitivity ≥ x %**: the highest threshold that still finds x % of the pneumonia "
+    "films; it can be *higher* than Youden's when Youden's already finds more than x % (a higher threshold calls "
+    "fewer films PNEUMONIA: fewer false alarms, more missed cases).")
+
+
+def preset_label(rule: str) -> str:
+    """A threshold rule's short name for a button: ``core.metrics.rule_label`` without its explanation."""
+    return cm.rule_label(rule).split(" (")[0]
+
+
+def points_table(points: dict[str, dict], presets: dict[str, dict]) -> pd.DataFrame:
+    """One row per model at its current threshold, naming the preset it sits on (or "custom")."""
+    rows = []
+    for name, pt in points.items():
+        rule = next((preset_label(r) for r, v in (presets.get(name) or {}).items()
+                     if abs(v - pt["threshold"]) < 5e-4), "custom")
+        rows.append({"model": name, "threshold": pt["threshold"], "set by": rule,
+                     "sensitivity": pt["sensitivity"], "specificity": pt["specificity"], "PPV": pt["ppv"],
+                     "NPV": pt["npv"], "F1": pt["f1"], "missed (FN)": pt["fn"], "false alarms (FP)": pt["fp"]})
+    return pd.DataFrame(rows, columns=["model", "threshold", "set by", "sensitivity", "specificity", "PPV", "NPV",
+                                       "F1", "missed (FN)", "false alarms (FP)"])
+
 
 def threshold_presets(val_metrics: dict | None) -> dict[str, float]:
     """Named thresholds from metrics_val.json (chosen on validation), plus the fixed 0.5."""
@@ -270,7 +302,7 @@ def legend_label(name: str, metrics: dict | None, y=None, p=None) -> str:
 
 # --- model comparison ------------------------------------------------------------------------------------
 
-def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE) -> list[dict]:
+def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE_RULE) -> list[dict]:
     """AUC with its bootstrap interval (from the file) and accuracy, sensitivity, specificity with Wilson
     intervals from the confusion counts at the validation-chosen threshold. F1 is not a proportion of a fixed
     number of images, so it gets no Wilson interval (lo/hi NaN)."""
@@ -291,7 +323,7 @@ def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE) -> list[dic
     return rows
 
 
-def comparison_long(metrics_by_model: dict[str, dict], rule: str = HEADLINE) -> pd.DataFrame:
+def comparison_long(metrics_by_model: dict[str, dict], rule: str = HEADLINE_RULE) -> pd.DataFrame:
     rows = [r for name, m in metrics_by_model.items() for r in metric_intervals(name, m, rule)]
     return pd.DataFrame(rows, columns=["model", "metric", "value", "lo", "hi", "k", "n", "interval"])
 
@@ -344,25 +376,29 @@ def delong_all_pairs(preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def comparison_table(long: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
-    """One sortable row per model: point estimates as numbers, intervals as text, DeLong p against the best."""
+    """One sortable row per model: point estimates as numbers, intervals as text, DeLong p against the best.
+    Accuracy stays in the chart only (it mixes sensitivity and specificity at this split's prevalence), so the
+    table fits the page."""
     rows = []
     for name, g in long.groupby("model", sort=False):
         row = {"model": name}
         for _, r in g.iterrows():
             label = r["metric"]
+            if label == "accuracy":
+                continue
             row[label] = r["value"]
             if r["interval"] != "none":
                 row[f"{label} 95% CI"] = format_ci(r["lo"], r["hi"])
         d = delong[delong["model"] == name] if len(delong) else delong
         if len(d):
-            row["ΔAUC vs best"] = d["ΔAUC"].iloc[0]
+            row["ΔAUC"] = d["ΔAUC"].iloc[0]
             row["DeLong p"] = d["p-value"].iloc[0]
-            row["differs (p < 0.05)"] = "yes" if d["p < 0.05"].iloc[0] else "no"
+            row["differs?"] = "yes" if d["p < 0.05"].iloc[0] else "no"
         elif len(delong):
-            row["ΔAUC vs best"], row["DeLong p"], row["differs (p < 0.05)"] = 0.0, math.nan, "best"
+            row["ΔAUC"], row["DeLong p"], row["differs?"] = 0.0, math.nan, "best"
         rows.append(row)
     df = pd.DataFrame(rows)
-    first = [c for c in ("model", "AUC", "AUC 95% CI", "ΔAUC vs best", "DeLong p", "differs (p < 0.05)") if c in df]
+    first = [c for c in ("model", "AUC", "AUC 95% CI", "ΔAUC", "DeLong p", "differs?") if c in df]
     df = df[first + [c for c in df.columns if c not in first]]
     return df.sort_values("AUC", ascending=False, kind="stable").reset_index(drop=True) if "AUC" in df else df
 

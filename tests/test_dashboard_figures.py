@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from core import metrics as cm
@@ -63,43 +62,75 @@ def test_format_helpers():
     assert tables.default_split(["val", "external"]) == "val"
 
 
-def test_status_and_pretrained_labels():
-    assert tables.status_label({"state": "running", "stale": True}) == "stale"
-    assert tables.status_label({"state": "running", "stale": False}) == "running"
-    assert tables.status_label(None) == "unknown"
-    assert tables.pretrained_label({"pretrained": False}) == "from scratch"
-    assert tables.pretrained_label({"pretrained": True, "weights_source": "package:x"}) == "ImageNet"
-
-
 # --- the leaderboard and runs table from the real run ------------------------------------------------------
 
 def test_runs_table_reads_split_counts(run):
     df = tables.runs_table([(run.id, run.info), ("broken", None)])
     row = df.iloc[0]
     counts = run.info["split_counts"]["test"]
-    assert row["test (NORMAL / PNEUMONIA)"] == f"{counts['NORMAL']} / {counts['PNEUMONIA']}"
+    assert f"test {counts['NORMAL']} / {counts['PNEUMONIA']}" in row["images per split (NORMAL / PNEUMONIA)"]
     assert row["skipped files"] == run.info["n_skipped"]
     assert df.iloc[1]["created"] == "run.json unreadable"
 
 
 def test_leaderboard_matches_metrics_files(run, test_metrics):
     entries = [{"model": m.name, "config": m.config, "status": m.status(), "history": m.history(),
-                "metrics": test_metrics[m.name]} for m in run.models]
+                "metrics": {s: m.metrics(s) for s in ("test", "val")}} for m in run.models]
     entries.append({"model": "broken", "config": None, "status": None, "history": None, "metrics": None})
-    board = tables.leaderboard(entries)
+    splits = tables.board_splits(["val", "test"])
+    assert splits == ["test"]  # val chose the thresholds: never a leaderboard column
+    board = tables.leaderboard(entries, splits)
     assert list(board["model"])[-1] == "broken"  # unknown AUC sorts last
-    assert board["test AUC"].iloc[:-1].is_monotonic_decreasing
+    assert board["AUC test"].iloc[:-1].is_monotonic_decreasing
     for m in run.models:
         row = board.set_index("model").loc[m.name]
         met = test_metrics[m.name]
-        assert row["test AUC"] == pytest.approx(met["auc"])
-        assert row["sensitivity"] == pytest.approx(met["at"]["youden"]["sensitivity"])
-        assert row["threshold"] == pytest.approx(m.threshold("youden"))
-        assert row["params"] == m.config["params"]
-        assert row["status"] == "finished"
-        assert row["pretrained"] == ("ImageNet" if m.config["pretrained"] else "from scratch")
-        assert row["train time (s)"] > 0
-    assert board.set_index("model").loc["small_cnn", "pretrained"] == "from scratch"
+        assert row["AUC test"] == pytest.approx(met["auc"])
+        assert row["sens test"] == pytest.approx(met["at"]["youden"]["sensitivity"])
+        assert row["init"] == ("ImageNet" if m.config["pretrained"] else "scratch")
+        assert row["epochs"] == f"{m.status()['best_epoch']}/{m.status()['epoch']}"
+        assert row["status"] == "finished"  # shown, because the broken entry is not
+    details = tables.training_table(entries).set_index("model")
+    m = run.model("small_cnn")
+    assert details.loc["small_cnn", "params"] == m.config["params"]
+    assert details.loc["small_cnn", "threshold"] == pytest.approx(m.threshold("youden"))
+
+
+def test_leaderboard_puts_splits_side_by_side_and_ensembles_have_no_epochs():
+    met = {"test": {"auc": 0.99, "auc_ci": [0.98, 1.0], "at": {"youden": {"sensitivity": 0.9, "specificity": 0.8}}},
+           "official_val": {"auc": 0.7, "at": {"youden": {"sensitivity": 0.6, "specificity": 0.5}}}}
+    entries = [{"model": "ens", "config": {"arch": "ensemble", "members": ["a", "b"]},
+                "status": {"state": "finished", "epoch": 0, "epochs": 0}, "metrics": met}]
+    splits = tables.board_splits(["val", "official_val", "test", "train"])
+    assert splits == ["test", "official_val"]
+    board = tables.leaderboard(entries, splits)
+    assert list(board.columns[:7]) == ["model", "AUC test", "AUC official_val", "sens test", "sens official_val",
+                                       "spec test", "spec official_val"]
+    row = board.iloc[0]
+    assert (row["AUC official_val"], row["spec official_val"]) == (0.7, 0.5)
+    assert row["epochs"] == "–"  # not "0/0"
+    assert tables.training_table(entries).iloc[0]["weights"] == "mean of a, b"
+
+
+def test_model_colours_are_colour_blind_safe_distinct_and_black_for_ensembles():
+    names = [f"m{i}" for i in range(13)] + ["ensemble"]
+    colors = figures.model_colors(names, ensembles=["ensemble"])
+    assert colors["ensemble"] == figures.ENSEMBLE_COLOR
+    assert len({colors[n] for n in names[:13]}) == 13  # a dozen models, a dozen distinct hues
+    assert "#F0E442" not in colors.values()  # Okabe-Ito's yellow is unreadable on white
+    assert set(colors.values()) <= set(figures.PALETTE) | {figures.ENSEMBLE_COLOR}
+    assert figures.model_colors(["b", "a"]) == {"b": figures.PALETTE[0], "a": figures.PALETTE[1]}  # order decides
+
+
+def test_threshold_rules_are_named_in_words():
+    assert tables.preset_label("sens95") == "sensitivity ≥ 95 %"  # never the bare "Sens95"
+    assert tables.preset_label("sens90") == "sensitivity ≥ 90 %"
+    assert tables.preset_label("youden") == "Youden" and tables.preset_label("default") == "fixed 0.5"
+    pts = {"a": {"threshold": 0.69, "sensitivity": 0.9, "specificity": 0.9, "ppv": 0.9, "npv": 0.9, "f1": 0.9,
+                 "fn": 1, "fp": 2}}
+    table = tables.points_table(pts, {"a": {"youden": 0.43, "sens95": 0.6902, "default": 0.5}})
+    assert table.iloc[0]["set by"] == "sensitivity ≥ 95 %"
+    assert tables.points_table(pts, {"a": {"youden": 0.43}}).iloc[0]["set by"] == "custom"
 
 
 # --- ROC page ----------------------------------------------------------------------------------------------
@@ -144,6 +175,39 @@ def test_roc_figure_has_curves_points_and_kermany_marker(test_preds, test_metric
     pr = figures.pr_figure({n: cm.curves(p["label"], p["probability"])["pr"] for n, p in test_preds.items()},
                            points=points, prevalence=0.5)
     assert len([t for t in pr.data if t.mode == "markers"]) == len(test_preds)
+
+
+def test_zoom_box_keeps_curves_points_and_the_reference_in_view(test_preds):
+    curves, points = {}, {}
+    for name, pred in test_preds.items():
+        c = cm.curves(pred["label"], pred["probability"])
+        curves[name] = {**c["pr"], **c["roc"]}
+        points[name] = tables.live_point(pred["label"], pred["probability"], 0.5)
+    box = figures.zoom_box(curves, points)
+    k = tables.KERMANY_2018
+    assert k["fpr"] < box["fpr_max"] <= 1 and box["tpr_min"] < k["sensitivity"]
+    for name, c in curves.items():
+        hit = np.flatnonzero(np.asarray(c["tpr"]) >= 0.99)
+        assert c["fpr"][hit[0]] <= box["fpr_max"]  # each curve reaches 99% sensitivity inside the view
+        assert points[name]["fpr"] <= box["fpr_max"] and points[name]["sensitivity"] >= box["tpr_min"]
+        assert points[name]["ppv"] >= box["precision_min"]
+    fig = figures.roc_figure(curves, points=points, zoom=box)
+    assert tuple(fig.layout.xaxis.range)[1] == box["fpr_max"]
+    assert tuple(figures.roc_figure(curves).layout.xaxis.range) == (-0.01, 1.01)
+    # Near-perfect curves: a real zoom into the corner, not the full square.
+    perfect = {"a": {"fpr": [0, 0, 0.02, 1], "tpr": [0, 0.95, 1, 1], "recall": [1, 0.95, 0], "precision":
+                     [0.97, 1, 1]}}
+    box = figures.zoom_box(perfect)
+    assert box["fpr_max"] <= 0.15 and box["tpr_min"] >= 0.85 and box["precision_min"] >= 0.9
+
+
+def test_history_grid_has_one_panel_per_model(run):
+    histories = {m.name: m.history() for m in run.models} | {"third": run.model("small_cnn").history()}
+    fig = figures.history_grid(histories, [("train_loss", "train"), ("val_loss", "val")], title="Loss",
+                               y_title="loss", columns=2)
+    assert [a.text for a in fig.layout.annotations] == list(histories)
+    assert {t.xaxis for t in fig.data} == {"x", "x2", "x3"}  # three panels
+    assert {t.meta for t in fig.data} >= {"train", "val", "best"}
 
 
 def test_legend_label_falls_back_to_predictions(test_preds):
@@ -191,7 +255,7 @@ def test_comparison_intervals_and_delong(test_metrics, test_preds):
 
     table = tables.comparison_table(long, d)
     assert list(table["model"]) == [best, other]
-    assert table.set_index("model").loc[best, "differs (p < 0.05)"] == "best"
+    assert table.set_index("model").loc[best, "differs?"] == "best"
     assert table.set_index("model").loc[other, "DeLong p"] == pytest.approx(ref["p_value"])
 
     pairs = tables.delong_all_pairs(test_preds)
@@ -238,13 +302,6 @@ def test_progress_line_for_a_running_model():
                                         "eta_seconds": 420, "best_val_auc": 0.97, "best_epoch": 2,
                                         "heartbeat": "2026-01-01T00:00:00+00:00"})
     assert "epoch 3/10" in line and "ETA 7 min 00 s" in line
-
-
-def test_train_seconds_prefers_status_then_history():
-    h = pd.DataFrame({"seconds": [1.5, 2.5]})
-    assert tables.train_seconds({"train_seconds": 9.0}, h) == 9.0
-    assert tables.train_seconds({}, h) == 4.0
-    assert math.isnan(tables.train_seconds(None, None))
 
 
 # --- calibration -------------------------------------------------------------------------------------------

@@ -98,12 +98,16 @@ def test_home_leaderboard_lists_models_with_their_auc(run, tiny_run, monkeypatch
     assert set(board.index) == {m.name for m in run.models}
     for m in run.models:
         met = m.metrics("test")
-        assert board.loc[m.name, "test AUC"] == pytest.approx(met["auc"])
-        assert board.loc[m.name, "AUC 95% CI"] == f"[{met['auc_ci'][0]:.3f}, {met['auc_ci'][1]:.3f}]"
-        assert board.loc[m.name, "status"] == "finished"
-    assert board.loc["small_cnn", "pretrained"] == "from scratch"
+        assert board.loc[m.name, "AUC test"] == pytest.approx(met["auc"])
+        assert board.loc[m.name, "spec test"] == pytest.approx(met["at"]["youden"]["specificity"])
+        assert board.loc[m.name, "95% CI"] == f"[{met['auc_ci'][0]:.3f}, {met['auc_ci'][1]:.3f}]"
+    assert "status" not in board  # every model finished: the column would say nothing
+    assert board.loc["small_cnn", "init"] == "scratch"
+    trained = shown_table(at, "home_training").set_index("model")
+    assert trained.loc["small_cnn", "threshold"] == pytest.approx(run.model("small_cnn").threshold("youden"))
     runs = shown_table(at, "home_runs")
     assert list(runs["run"]) == ["tiny"] and runs["skipped files"].iloc[0] == run.info["n_skipped"]
+    assert any("Kermany" in c.value for c in at.caption[-1:])  # the citation closes the page
     assert any("skipped" in c.value for c in at.caption)
 
 
@@ -111,15 +115,16 @@ def test_home_without_runs_shows_the_trainer_command(tmp_path, monkeypatch):
     at = open_page("home", tmp_path / "empty", monkeypatch)
     assert any("python -m trainer train" in i.value for i in at.info)
     assert any("Research use only" in w.value for w in at.main.warning)
+    assert any("doi:10.17632/rscbjbr9sj.2" in c.value for c in at.caption)  # the footer, even on the way out
 
 
 def test_home_with_a_torn_metrics_file(broken_root, monkeypatch):
     at = open_page("home", broken_root, monkeypatch)
     assert any("small_cnn" in e and "metrics_test.json" in e for e in errors(at))
     board = shown_table(at, "home_leaderboard").set_index("model")
-    assert board.loc["mobilenet_v2", "test AUC"] == pytest.approx(
+    assert board.loc["mobilenet_v2", "AUC test"] == pytest.approx(
         json.loads((broken_root / "tiny" / "mobilenet_v2" / "metrics_test.json").read_text())["auc"])
-    assert np.isnan(board.loc["small_cnn", "test AUC"])  # still listed, without a made-up number
+    assert np.isnan(board.loc["small_cnn", "AUC test"])  # still listed, without a made-up number
 
 
 # --- Training curves -----------------------------------------------------------------------------------------
@@ -168,17 +173,26 @@ def test_training_curves_show_progress_of_running_and_stale_models(tiny_run, tmp
 
 # --- ROC, PR and confusion -----------------------------------------------------------------------------------
 
+def points(at: AppTest):
+    return shown_table(at, "roc_points").set_index("model")
+
+
 def test_roc_threshold_slider_gives_exact_confusion_counts(run, tiny_run, monkeypatch):
     at = open_page("roc", tiny_run, monkeypatch)
     assert not errors(at)
-    shown = shown_counts(at)
-    assert set(shown) == {m.name for m in run.models}
-    for m in run.models:  # opens at the validation-chosen threshold: the metrics file's counts on test
+    table = points(at)
+    assert set(table.index) == {m.name for m in run.models}
+    for m in run.models:  # every model opens at the validation-chosen threshold: the metrics file's counts on test
         at_file = m.metrics("test")["at"]["youden"]
-        assert at.slider(key=f"thr_{m.name}").value == pytest.approx(m.threshold("youden"))
-        assert shown[m.name] == {k: at_file[k] for k in ("tp", "fp", "tn", "fn")} | {
-            "threshold": pytest.approx(m.threshold("youden"), abs=5e-5)}
-
+        assert table.loc[m.name, "threshold"] == pytest.approx(m.threshold("youden"))
+        assert table.loc[m.name, "set by"].startswith("Youden")
+        assert (table.loc[m.name, "missed (FN)"], table.loc[m.name, "false alarms (FP)"]) == (at_file["fn"],
+                                                                                           at_file["fp"])
+    # One operating-point panel, for the model picked in it.
+    assert len(at.get("plotly_chart")) == 3  # ROC, PR and one confusion matrix (not one per model)
+    at.selectbox(key="roc_focus").set_value("mobilenet_v2").run()
+    shown = shown_counts(at)
+    assert set(shown) == {"mobilenet_v2"}
     m = run.model("mobilenet_v2")
     pred = m.predictions("test")
     y, p = pred["label"].to_numpy(), pred["probability"].to_numpy()
@@ -188,30 +202,38 @@ def test_roc_threshold_slider_gives_exact_confusion_counts(run, tiny_run, monkey
         ref = cm.confusion_at(y, p, t)
         got = shown_counts(at)["mobilenet_v2"]
         assert {k: got[k] for k in ("tp", "fp", "tn", "fn")} == {k: ref[k] for k in ("tp", "fp", "tn", "fn")}
-        heat = arr(chart(at, "cm_mobilenet_v2")["data"][0]["z"])
+        heat = arr(chart(at, "cm_focus")["data"][0]["z"])
         np.testing.assert_array_equal(heat, [[ref["tn"], ref["fp"]], [ref["fn"], ref["tp"]]])
         roc = chart(at, "roc")
         (dot,) = [tr for tr in roc["data"] if tr.get("legendgroup") == "mobilenet_v2" and tr["mode"] == "markers"]
         assert arr(dot["x"])[0] == pytest.approx(1 - ref["specificity"])
         assert arr(dot["y"])[0] == pytest.approx(ref["sensitivity"])
-        rates = shown_table(at, "rates_mobilenet_v2").set_index("metric")["value"]
+        rates = shown_table(at, "rates_focus").set_index("metric")["value"]
         assert rates["sensitivity"] == pytest.approx(ref["sensitivity"])
         assert rates["F1"] == pytest.approx(ref["f1"])
-    # The other model did not move.
-    assert shown_counts(at)["small_cnn"]["threshold"] == pytest.approx(run.model("small_cnn").threshold(), abs=5e-5)
+        row = points(at).loc["mobilenet_v2"]
+        assert row["set by"] == "custom" and row["missed (FN)"] == ref["fn"]
+    # The other model did not move, and this one keeps its threshold when the panel shows the other.
+    assert points(at).loc["small_cnn", "threshold"] == pytest.approx(run.model("small_cnn").threshold(), abs=5e-5)
+    at.selectbox(key="roc_focus").set_value("small_cnn").run()
+    assert points(at).loc["mobilenet_v2", "threshold"] == pytest.approx(0.9)
+    at.selectbox(key="roc_focus").set_value("mobilenet_v2").run()
+    assert at.slider(key="thr_mobilenet_v2").value == pytest.approx(0.9)
 
     at.button(key="preset_default_mobilenet_v2").click().run()
     assert at.slider(key="thr_mobilenet_v2").value == 0.5
     ref = cm.confusion_at(y, p, 0.5)
     assert shown_counts(at)["mobilenet_v2"]["tp"] == ref["tp"]
+    assert at.button(key="preset_sens95_mobilenet_v2").label == "sensitivity ≥ 95 %"  # in words, not "Sens95"
     at.button(key="preset_sens95_mobilenet_v2").click().run()
     assert at.slider(key="thr_mobilenet_v2").value == pytest.approx(m.threshold("sens95"))
+    assert points(at).loc["mobilenet_v2", "set by"] == "sensitivity ≥ 95 %"
 
     # PPV/NPV at another prevalence: Bayes' rule from core.metrics.
     at.number_input(key="roc_prevalence_test").set_value(0.05).run()
     ref = cm.confusion_at(y, p, m.threshold("sens95"))
     ppv, _ = cm.predictive_values(ref["sensitivity"], ref["specificity"], 0.05)
-    rates = shown_table(at, "rates_mobilenet_v2").set_index("metric")["value"]
+    rates = shown_table(at, "rates_focus").set_index("metric")["value"]
     assert rates["PPV @ prev. 5.0%"] == pytest.approx(ppv)
 
     roc = chart(at, "roc")
@@ -222,13 +244,16 @@ def test_roc_threshold_slider_gives_exact_confusion_counts(run, tiny_run, monkey
     assert (arr(ref_pt["x"])[0], arr(ref_pt["y"])[0]) == (pytest.approx(0.099), pytest.approx(0.932))
 
 
-def test_roc_other_split(run, tiny_run, monkeypatch):
+def test_roc_other_split_warns_on_val(run, tiny_run, monkeypatch):
     at = open_page("roc", tiny_run, monkeypatch)
     splits = at.selectbox(key="roc_split").options
     assert "test" in splits and "val" in splits
     assert at.selectbox(key="roc_split").value == "test"
+    assert not any("thresholds and each model's kept epoch were chosen on it" in w.value for w in at.warning)
     at.selectbox(key="roc_split").set_value("val").run()
     assert not at.exception
+    assert any("thresholds and each model's kept epoch were chosen on it" in w.value for w in at.warning)
+    at.selectbox(key="roc_focus").set_value("small_cnn").run()
     m = run.model("small_cnn")
     pred = m.predictions("val")
     ref = cm.confusion_at(pred["label"], pred["probability"], at.slider(key="thr_small_cnn").value)
@@ -240,7 +265,7 @@ def test_roc_with_a_torn_metrics_file(broken_root, monkeypatch):
     at = open_page("roc", broken_root, monkeypatch)
     assert any("small_cnn" in e and "metrics_test.json" in e for e in errors(at))
     # Both models still drawn: the small_cnn legend falls back to an AUC computed from its predictions.
-    assert set(shown_counts(at)) == {"small_cnn", "mobilenet_v2"}
+    assert set(points(at).index) == {"small_cnn", "mobilenet_v2"}
     names = [tr.get("name", "") for tr in chart(at, "roc")["data"]]
     assert any(n.startswith("small_cnn · AUC") for n in names)
 
@@ -299,3 +324,81 @@ def test_calibration_with_a_torn_metrics_file(run, broken_root, monkeypatch):
     table = shown_table(at, "cal_table").set_index("model")
     assert table.loc["mobilenet_v2", "ECE"] == run.model("mobilenet_v2").metrics("test")["ece"]
     assert table.loc["small_cnn", "source"] == "recomputed from predictions"
+
+
+# --- the committed 12-entry run: defaults, the choice across pages, run against run --------------------------
+
+COMMITTED = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture
+def committed(monkeypatch) -> Path:
+    if not (COMMITTED / "kermany-lineup" / "run.json").exists():
+        pytest.fail("the committed run artifacts/kermany-lineup is missing")
+    return COMMITTED
+
+
+def sidebar_models(at: AppTest) -> list[str]:
+    (ms,) = [w for w in at.sidebar.multiselect if w.label == "Models"]
+    return list(ms.value)
+
+
+def test_defaults_are_the_best_three_by_validation_auc_plus_the_ensemble(committed, monkeypatch):
+    (run,) = [r for r in list_runs(committed) if r.id == "kermany-lineup"]
+    val = {m.name: m.metrics("val")["auc"] for m in run.models if m.name != "ensemble"}
+    best3 = sorted(val, key=val.get, reverse=True)[:3]
+    at = open_page("home", committed, monkeypatch)
+    assert not errors(at)
+    assert sorted(sidebar_models(at)) == sorted(best3 + ["ensemble"])
+    board = shown_table(at, "home_leaderboard").set_index("model")
+    assert len(board) == 12  # every model on the leaderboard, whatever is chosen
+    assert board.loc["ensemble", "epochs"] == "–"
+    off = run.model("resnet18").metrics("official_val")
+    assert board.loc["resnet18", "AUC official_val"] == pytest.approx(off["auc"])
+    assert board.loc["resnet18", "spec official_val"] == pytest.approx(off["at"]["youden"]["specificity"])
+    assert any("official_val" in i.value and "easy" in i.value for i in at.info)  # the shift caveat
+
+    # The choice follows the user from page to page.
+    chosen = best3[:1] + ["vit_tiny"]
+    at.sidebar.multiselect[0].set_value(chosen).run()
+    at.switch_page("pages/2_ROC_PR_confusion.py").run()
+    assert not at.exception and sidebar_models(at) == chosen
+    assert set(points(at).index) == set(chosen)
+    roc = chart(at, "roc")
+    colors = {t["legendgroup"]: t["line"]["color"] for t in roc["data"] if t.get("legendgroup") and "line" in t}
+    at.switch_page("pages/1_Training_curves.py").run()
+    assert not at.exception and sidebar_models(at) == chosen
+    loss = chart(at, "curves_loss")
+    assert {t["name"]: t["line"]["color"] for t in loss["data"] if t.get("meta") == "train"} == colors
+
+
+def test_training_curves_say_why_an_ensemble_has_none(committed, monkeypatch):
+    at = open_page("curves", committed, monkeypatch)
+    assert not errors(at)
+    assert not any("no finished epoch" in i.value for i in at.info)
+    assert any("ensemble" in c.value and "trains nothing" in c.value for c in at.caption)
+    at.sidebar.multiselect[0].set_value([m.name for m in list_runs(committed)[0].models]).run()
+    assert at.get("segmented_control")[0].value == "one chart per model"  # 11 trained models: small multiples
+    grid = chart(at, "curves_grid")
+    assert len(grid["layout"]["annotations"]) == 11
+
+
+def test_run_against_run(committed, tmp_path, monkeypatch):
+    root = tmp_path / "artifacts"
+    for name in ("kermany-lineup", "second"):
+        shutil.copytree(committed / "kermany-lineup", root / name, ignore=shutil.ignore_patterns("checkpoints"))
+    at = open_page("home", root, monkeypatch)
+    runs = {w.label: w for w in at.sidebar.selectbox}
+    assert runs["Compare with run"].value == "(none)"
+    other = next(o for o in runs["Compare with run"].options if o != "(none)")
+    runs["Compare with run"].set_value(other).run()
+    assert not at.exception
+    board = shown_table(at, "home_leaderboard")
+    assert len(board) == 24 and f"{other}/ensemble" in set(board["model"])
+    at.switch_page("pages/2_ROC_PR_confusion.py").run()
+    assert not at.exception
+    roc = chart(at, "roc")
+    lines = {t["legendgroup"]: t["line"] for t in roc["data"] if t.get("legendgroup") and "line" in t}
+    assert lines[f"{other}/ensemble"]["dash"] == "dash" and lines["ensemble"]["dash"] == "solid"
+    assert lines[f"{other}/ensemble"]["color"] == lines["ensemble"]["color"]
+    assert f"{other}/ensemble" in set(points(at).index)

@@ -170,7 +170,7 @@ def test_wrong_source_type_is_a_type_error():
 
 
 def test_header_claiming_too_many_pixels_is_refused_before_decoding():
-    # 13000 x 13000 = 169 Mpx: above our 150 Mpx limit, below Pillow's own error threshold (~179 Mpx).
+    # 13000 x 13000 = 169 Mpx: above our limit, below Pillow's own error threshold (~179 Mpx).
     with pytest.raises(ImageTooLargeError, match="13000x13000"):
         load_xray(_png_header_only(13000, 13000), name="bomb.png")
 

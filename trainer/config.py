@@ -16,10 +16,17 @@ Flags given on the command line win over the file; per-entry keys win over both.
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
+
+from core.artifacts import ArtifactError, is_ensemble, name_problem, read_csv, read_json, stored_path
+from core.data import DataError
+from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class RunConfig:
     workers: int | None = None
     device: str = "auto"
     threads: int | None = None
+    duplicates: str = "warn"  # byte-identical files in two splits: warn | refuse
     ensembles: tuple = ()  # ({name: ..., members: [...]}, ...): built after training (trainer/ensemble.py)
     recipe: Recipe = field(default_factory=Recipe)
 
@@ -77,6 +85,112 @@ RECIPE_KEYS = {f.name for f in fields(Recipe)}
 
 class ConfigError(ValueError):
     """A config file or flag that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one key is checked before any work: type, bounds (inclusive unless ``*_open``), choices, None allowed.
+
+    ``check`` returns a problem description or None, for what bounds cannot say (names, device strings)."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple = ()
+    optional: bool = False
+    check: Callable[[object], str | None] | None = None
+
+
+def _device_problem(value) -> str | None:
+    v = str(value).lower()
+    if v in ("auto", "cpu", "mps") or re.fullmatch(r"cuda(:\d+)?", v):
+        return None
+    return "is not a device: use auto, cpu, cuda, cuda:N or mps"
+
+
+# One line per key: adding a recipe key means adding its rule here. A key without a rule is still type-checked
+# against its default (bool, int, float finite, str); the rule adds the bounds.
+RULES: dict[str, Rule] = {
+    # run level
+    "data": Rule(str), "run": Rule(str, check=name_problem), "artifacts": Rule(str, optional=True),
+    "seed": Rule(int, 0, 2**31 - 1), "val_fraction": Rule(float, 0, 1, hi_open=True),
+    "test_fraction": Rule(float, 0, 1, hi_open=True), "subset": Rule(int, 1, 10**9, optional=True),
+    "cache_dir": Rule(str, optional=True), "workers": Rule(int, 1, 256, optional=True),
+    "device": Rule(str, check=_device_problem), "threads": Rule(int, 1, 1024, optional=True),
+    "duplicates": Rule(str, choices=("warn", "refuse")),
+    # recipe
+    "name": Rule(str, check=name_problem), "arch": Rule(str), "pretrained": Rule(bool),
+    "weights": Rule(str, optional=True), "input_size": Rule(int, MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True),
+    "epochs": Rule(int, 1, 10_000), "batch_size": Rule(int, 1, 4096), "lr": Rule(float, 0, 10, lo_open=True),
+    "backbone_lr_factor": Rule(float, 0, 100), "weight_decay": Rule(float, 0, 10),
+    "optimizer": Rule(str, choices=("adam", "adamw")), "warmup_epochs": Rule(float, 0, 10_000),
+    "freeze_epochs": Rule(int, 0, 10_000), "label_smoothing": Rule(float, 0, 1, hi_open=True),
+    "class_weights": Rule(bool), "balanced_sampler": Rule(bool), "augment": Rule(bool), "hflip": Rule(bool),
+    "blur_prob": Rule(float, 0, 1), "patience": Rule(int, 1, 10_000), "keep_last": Rule(int, 0, 10_000),
+    "tta": Rule(int, 1, 64), "half_checkpoint": Rule(bool), "target_sensitivity": Rule(float, 0, 1, True, True),
+    "max_train_batches": Rule(int, 1, 10**9, optional=True),
+}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _rule(key: str) -> Rule:
+    if key in RULES:
+        return RULES[key]
+    default = {f.name: f.default for f in fields(Recipe) + fields(RunConfig)}.get(key)
+    kind = type(default) if isinstance(default, (bool, int, float, str)) else object
+    return Rule(kind, optional=default is None)
+
+
+def check_value(key: str, value, where: str = "config"):
+    """``value`` converted to the key's type and checked against its rule; ConfigError naming key and value."""
+    rule = _rule(key)
+    if value is None:
+        if rule.optional:
+            return None
+        raise ConfigError(f"{where}: {key} must be given a value (null is not allowed)")
+    v = _convert(value, rule.kind)
+    if v is None:
+        raise ConfigError(f"{where}: {key}={value!r} is not a valid {rule.kind.__name__}")
+    problem = _bounds_problem(v, rule)
+    if problem:
+        raise ConfigError(f"{where}: {key}={value!r} {problem}")
+    return v
+
+
+def _convert(value, kind):
+    """value as ``kind`` or None when it is not one (no silent truncation, no NaN, no bool posing as a number)."""
+    if kind is object:
+        return value if isinstance(value, (str, int, float, bool)) else None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        return True if text in _TRUE else False if text in _FALSE else None
+    if isinstance(value, (bool, list, dict, tuple, set)):
+        return None
+    if kind is str:
+        return str(value) if isinstance(value, (str, int)) else None
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if not isinstance(number, (int, float)) or not math.isfinite(number):
+            return None
+        if kind is int:
+            return int(number) if float(number).is_integer() else None
+        return float(number)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _bounds_problem(v, rule: Rule) -> str | None:
+    if rule.choices and v not in rule.choices:
+        return f"must be one of {', '.join(map(str, rule.choices))}"
+    if rule.lo is not None and (v <= rule.lo if rule.lo_open else v < rule.lo):
+        return f"must be {'>' if rule.lo_open else '>='} {rule.lo}"
+    if rule.hi is not None and (v >= rule.hi if rule.hi_open else v > rule.hi):
+        return f"must be {'<' if rule.hi_open else '<='} {rule.hi}"
+    return rule.check(v) if rule.check else None
 
 
 def load_file(path: str | Path) -> dict:
@@ -92,40 +206,43 @@ def load_file(path: str | Path) -> dict:
 
 
 def build(file_values: dict, flag_values: dict) -> RunConfig:
-    """Merge file and flags (flags win) into a RunConfig; unknown keys are an error, not silently ignored."""
+    """Merge file and flags (flags win) into a RunConfig; unknown keys are an error, not silently ignored.
+
+    Every value is type- and bounds-checked here, before any work starts."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
     unknown = set(merged) - RUN_KEYS - RECIPE_KEYS
     if unknown:
-        raise ConfigError(f"unknown config keys: {sorted(unknown)}; known: {sorted(RUN_KEYS | RECIPE_KEYS)}")
-    recipe = _typed_recipe(Recipe(), {k: v for k, v in merged.items() if k in RECIPE_KEYS}, "defaults")
-    run = {k: v for k, v in merged.items() if k in RUN_KEYS}
-    models = run.get("models", RunConfig.models)
-    if isinstance(models, str):
-        models = [m.strip() for m in models.split(",") if m.strip()]
-    run["models"] = tuple(models)
+        raise ConfigError(f"unknown config keys: {sorted(map(str, unknown))}; known: {sorted(RUN_KEYS | RECIPE_KEYS)}")
+    recipe = _typed_recipe(Recipe(), {k: v for k, v in merged.items() if k in RECIPE_KEYS}, "config")
+    run = {k: check_value(k, v) for k, v in merged.items() if k in RUN_KEYS - {"models", "ensembles"}}
+    run["models"] = _models(merged.get("models", RunConfig.models))
+    run["ensembles"] = _ensembles(merged.get("ensembles", ()))
     return RunConfig(**run, recipe=recipe)
 
 
+def _models(models) -> tuple:
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    if not isinstance(models, (list, tuple)) or not models:
+        raise ConfigError(f"models: expected a non-empty list of names or mappings, got {models!r}")
+    return tuple(models)
+
+
+def _ensembles(items) -> tuple:
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"ensembles: expected a list of {{name: ..., members: [...]}}, got {items!r}")
+    for item in items:
+        members = item.get("members") if isinstance(item, dict) else None
+        if (not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) for m in members)
+                or set(item) - {"name", "members"}):
+            raise ConfigError(f"ensembles: each item needs 'name' and 'members' (two or more model names), "
+                              f"got {item!r}")
+        check_value("name", item.get("name"), "ensembles")
+    return tuple(items)
+
+
 def _typed_recipe(base: Recipe, values: dict, where: str) -> Recipe:
-    out = {}
-    for f in fields(Recipe):
-        if f.name not in values:
-            continue
-        v, default = values[f.name], getattr(Recipe(), f.name)
-        try:
-            if v is None:
-                out[f.name] = None
-            elif isinstance(default, bool):
-                out[f.name] = v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on")
-            elif f.name in ("input_size", "max_train_batches"):
-                out[f.name] = int(v)
-            elif isinstance(default, (int, float)):
-                out[f.name] = type(default)(v)
-            else:
-                out[f.name] = v
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {f.name}={v!r} is not a valid {type(default).__name__}") from None
-    return replace(base, **out)
+    return replace(base, **{k: check_value(k, v, where) for k, v in values.items() if k in RECIPE_KEYS})
 
 
 def entries(cfg: RunConfig) -> list[Recipe]:
@@ -150,3 +267,54 @@ def entries(cfg: RunConfig) -> list[Recipe]:
 
 def as_dict(cfg: RunConfig) -> dict:
     return asdict(cfg)
+
+
+# --- command-line guards: nothing a command writes may replace what another wrote --------------------------------
+
+RESERVED_SPLITS = ("train", "val", "test", "official_val", "excluded")  # the run's own splits
+
+
+def check_new_split(run, name: str, *, force: bool = False) -> None:
+    """``evaluate --split-name``: a usable name, never one of the run's own splits, and not an earlier evaluation
+    unless ``force`` (replacing predictions that a report may already quote)."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"--split-name {name!r} {problem}")
+    if name.lower() in RESERVED_SPLITS:
+        raise ConfigError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
+                          "its predictions and metrics would be replaced; choose another name, e.g. external")
+    taken = [m.name for m in run.models if (m.dir / f"predictions_{name}.csv").exists()]
+    if taken and not force:
+        raise ConfigError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
+                          "replace it, or choose another --split-name")
+
+
+def check_ensemble_name(run, name: str) -> None:
+    """``ensemble --name``: a usable folder name that is free or already an ensemble (never a trained model)."""
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"--name {name!r} {problem}")
+    folder = run.dir / name
+    if folder.exists():
+        try:
+            existing = read_json(folder / "config.json")
+        except ArtifactError:
+            existing = {}
+        if not is_ensemble(existing):
+            raise ConfigError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
+                              "choose another name")
+
+
+def check_resume(run_dir: Path, samples) -> None:
+    """``train --resume``: the run must exist and every image of its recorded split must still be there."""
+    if not (run_dir / "run.json").is_file():
+        raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
+                          "start a new run")
+    recorded = read_csv(run_dir / "split.csv", ["path", "split"])
+    root = read_json(run_dir / "run.json").get("data_root")
+    present = {stored_path(s.path, root) for s in samples}  # split.csv paths are relative to the data root
+    used = recorded[recorded["split"] != "excluded"]
+    gone = [p for p in used["path"].astype(str) if p not in present]
+    if gone:
+        raise DataError(f"--resume: {len(gone)} of the {len(used)} images this run was split on are gone from the "
+                        f"data folder (e.g. {gone[0]}); restore them, or start a new run")

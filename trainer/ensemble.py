@@ -13,13 +13,7 @@ import numpy as np
 import pandas as pd
 
 from core import metrics
-from core.artifacts import ArtifactError, ModelArtifacts, ModelWriter, Run
-
-ARCH = "ensemble"
-
-
-def is_ensemble(config: dict) -> bool:
-    return config.get("arch") == ARCH
+from core.artifacts import ENSEMBLE_ARCH, ArtifactError, ModelArtifacts, ModelWriter, Run
 
 
 def mean_predictions(run: Run, members: list[str], split: str) -> pd.DataFrame:
@@ -45,7 +39,7 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
     if "val" not in splits:
         raise ArtifactError(f"ensemble {name!r}: members have no shared validation predictions")
     writer = ModelWriter(run.dir, name)
-    writer.config({"name": name, "arch": ARCH, "members": members, "input_size": None,
+    writer.config({"name": name, "arch": ENSEMBLE_ARCH, "members": members, "input_size": None,
                    "pretrained": all(c.get("pretrained") for c in configs),
                    "params": int(sum(c.get("params", 0) for c in configs)),
                    "target_sensitivity": target_sensitivity})
@@ -63,9 +57,6 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
 
 
 def score_split(run: Run, name: str, members: list[str], split: str, thresholds: dict) -> dict:
+    """Write the ensemble's predictions and metrics on one split its members have scored."""
     df = mean_predictions(run, members, split)
-    writer = ModelWriter(run.dir, name)
-    writer.predictions(split, df["path"], df["label"], df["probability"])
-    m = metrics.evaluate_split(df["label"], df["probability"], thresholds, split=split)
-    writer.metrics(split, m)
-    return m
+    return ModelWriter(run.dir, name).score(split, df["path"], df["label"], df["probability"], thresholds)

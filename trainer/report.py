@@ -6,16 +6,19 @@ checks that the README and the artifacts agree, so no number in the README is ty
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
+from core import summary
 from core.artifacts import ArtifactError, Run
+from core.metrics import HEADLINE_RULE
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+def _pct(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
 def _duration(seconds: float) -> str:
@@ -23,31 +26,29 @@ def _duration(seconds: float) -> str:
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
-def rows(run: Run, split: str) -> list[dict]:
-    out = []
-    for art in run.models:
-        try:
-            cfg, st, m = art.config, art.status(), art.metrics(split)
-        except ArtifactError:
-            continue  # unfinished or broken models are not in the table
-        if st.get("state") != "finished":
-            continue
-        at = m["at"]["youden"]
-        hist_epochs = st.get("epoch") or 0
-        out.append({
-            "model": art.name, "arch": cfg.get("arch"), "input": cfg.get("input_size"),
-            "pretrained": "ImageNet" if cfg.get("pretrained") else "scratch",
-            "epochs": f"{st.get('best_epoch', '–')}/{hist_epochs}" if cfg.get("arch") != "ensemble" else "–",
-            "seconds": float(st.get("train_seconds") or 0.0), "params": int(cfg.get("params") or 0),
-            "auc": m["auc"], "ci": m["auc_ci"], "acc": at["accuracy"], "sens": at["sensitivity"],
-            "spec": at["specificity"], "n": m["n"],
-        })
-    return out
+def headline(m: dict) -> str:
+    """One line of a split's figures (a metrics_<split>.json) at the headline operating point, chosen on validation."""
+    at = m["at"][HEADLINE_RULE]
+    return (f"{m['split']} n={m['n']} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  "
+            f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f}  "
+            f"at val-chosen threshold {at['threshold']:.3f}")
+
+
+def _cells(r: dict) -> str:
+    """One markdown table line of a ``core.summary`` row."""
+    auc = "–" if math.isnan(r["auc"]) else f"{r['auc']:.4f} [{r['auc_ci'][0]:.4f}, {r['auc_ci'][1]:.4f}]"
+    size = "–" if r["input_size"] is None else f"{r['input_size']} px"
+    best = "–" if r["best_epoch"] is None else r["best_epoch"]
+    epochs = "–" if r["ensemble"] else f"{best}/{r['epoch'] or 0}"
+    seconds = 0.0 if math.isnan(r["train_seconds"]) else r["train_seconds"]
+    params = 0.0 if math.isnan(r["params"]) else r["params"]
+    return (f"| {r['model']} | {r['weights']} | {size} | {epochs} | {_duration(seconds)} | {params / 1e6:.2f} M | "
+            f"{auc} | {_pct(r['accuracy'])} | {_pct(r['sensitivity'])} | {_pct(r['specificity'])} |")
 
 
 def table(run: Run, split: str = "test") -> str:
     """Markdown table of every finished model of ``run`` on ``split`` at its validation-chosen threshold."""
-    rs = rows(run, split)
+    rs = summary.run_rows(run, split, finished_only=True)
     if not rs:
         raise ArtifactError(f"{run.dir}: no finished model has metrics for split {split!r}")
     lines = [f"Split `{split}` of run `{run.id}` ({rs[0]['n']} images); threshold chosen on validation "
@@ -55,12 +56,8 @@ def table(run: Run, split: str = "test") -> str:
              "| model | weights | input | epochs | train time | params | AUC [95% CI] | accuracy | sensitivity "
              "| specificity |",
              "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
-    for r in rs:
-        auc = "–" if r["auc"] is None else f"{r['auc']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]"
-        size = "–" if r["input"] is None else f"{r['input']} px"
-        lines.append(f"| {r['model']} | {r['pretrained']} | {size} | {r['epochs']} | {_duration(r['seconds'])} | "
-                     f"{r['params'] / 1e6:.2f} M | {auc} | {_pct(r['acc'])} | {_pct(r['sens'])} | {_pct(r['spec'])} |")
-    total = sum(r["seconds"] for r in rs if r["arch"] != "ensemble")
+    lines += [_cells(r) for r in rs]
+    total = sum(r["train_seconds"] for r in rs if not r["ensemble"] and not math.isnan(r["train_seconds"]))
     lines += ["", f"Total training time of these models: {_duration(total)}."]
     return "\n".join(lines)
 

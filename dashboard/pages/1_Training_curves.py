@@ -1,91 +1,118 @@
 """Training curves: per-epoch loss, accuracy, AUC, learning rate and epoch time from history.csv.
 
-Train solid, validation dashed, several models overlaid, EMA smoothing, best epoch (max val AUC) starred, and
-the generalisation gap on its own chart. While a selected model is training, the charts refresh on their own.
+Train solid, validation dashed, EMA smoothing, best epoch (max val AUC) starred, the generalisation gap on its
+own chart. A few models are overlaid; many get one small chart each (small multiples), so a dozen stay readable.
+While a chosen model is training, the charts refresh on their own. Ensembles train nothing and have no curves.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashboard` and `core` import
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import streamlit as st  # noqa: E402
-
-from dashboard import figures, tables  # noqa: E402
-from dashboard.common import CITATION, cached_history, guard, page, select_run  # noqa: E402
+from core import summary
+from dashboard import figures, tables
+from dashboard.common import cached_history, choose_models, compared_run, footer, guard, start, stop
 
 REFRESH_SECONDS = 5
+OVERLAY_MAX = 5  # more models than this: one small chart per model by default
+LAYOUTS = ("overlaid", "one chart per model")
+GRID_METRICS = {"loss": ([("train_loss", "train"), ("val_loss", "val")], "cross-entropy"),
+                "accuracy": ([("train_acc", "train"), ("val_acc", "val")], "accuracy"),
+                "validation AUC": ([("val_auc", "val")], "AUC")}
 
-page("Training curves")
-st.title("Training curves")
 
-run = select_run()
-if run is not None:
-    names = [m.name for m in run.models]
-    colors = figures.model_colors(names)
-    c1, c2 = st.columns([3, 1])
-    chosen = c1.multiselect("Models", names, default=names, key="curves_models")
-    smoothing = c2.slider("Smoothing (EMA weight)", 0.0, 0.95, 0.0, 0.05, key="curves_smoothing",
-                          help="0 = raw values; higher = smoother (TensorBoard-style exponential moving average)")
+def statuses(chosen) -> dict[str, dict]:
+    out = {}
+    for e in chosen:
+        try:
+            out[e.label] = e.model.status()
+        except Exception:  # shown by the guard in curves()
+            pass
+    return out
 
-    def statuses() -> dict[str, dict]:
-        out = {}
-        for name in chosen:
-            try:
-                out[name] = run.model(name).status()
-            except Exception:  # shown by the guard below
-                pass
-        return out
 
-    live = any(tables.status_label(s) == "running" for s in statuses().values())
+def overlaid(histories: dict, smoothing: float, colors: dict) -> None:
+    kw = dict(smoothing=smoothing, colors=colors)
+    left, right = st.columns(2)
+    left.plotly_chart(figures.history_figure(histories, [("train_loss", "train"), ("val_loss", "val")],
+                                             title="Loss", y_title="cross-entropy", **kw), key="curves_loss")
+    right.plotly_chart(figures.history_figure(histories, [("train_acc", "train"), ("val_acc", "val")],
+                                              title="Accuracy", y_title="accuracy", **kw), key="curves_acc")
+    left.plotly_chart(figures.history_figure(histories, [("val_auc", "val")], y_title="AUC",
+                                             title="Validation AUC (★ best epoch)", **kw), key="curves_auc")
+    right.plotly_chart(figures.gap_figure(histories, **kw, height=340), key="curves_gap")
 
-    @st.fragment(run_every=REFRESH_SECONDS if live else None)
-    def curves() -> None:
-        stat = statuses()
-        for name, s in stat.items():
-            if s.get("state") in ("running", "pending") or tables.status_label(s) == "stale":
-                st.info(tables.progress_line(name, s))
-        if live and not any(tables.status_label(s) == "running" for s in stat.values()):
-            st.rerun()  # training just ended: stop refreshing
-        histories = {}
-        for name in chosen:
-            m = run.model(name)
-            with guard(f"{name}: status.json"):
-                if name not in stat:
-                    m.status()
-            with guard(f"{name}: history.csv"):
-                h = tables.checked_history(cached_history(m), str(m.dir / "history.csv"))
-                if h.empty:
-                    st.info(f"{name}: no finished epoch yet.")
-                else:
-                    histories[name] = h
-        if not histories:
-            if chosen:
-                st.info("No training history to show yet.")
-            return
-        kw = dict(smoothing=smoothing, colors=colors)
+
+def small_multiples(histories: dict, smoothing: float, colors: dict) -> None:
+    metric = st.segmented_control("Metric", list(GRID_METRICS), default="loss", key="curves_grid_metric") or "loss"
+    series, y_title = GRID_METRICS[metric]
+    st.plotly_chart(figures.history_grid(histories, series, title=metric.capitalize(), y_title=y_title,
+                                         smoothing=smoothing, colors=colors), key="curves_grid")
+
+
+def extras(histories: dict, colors: dict) -> None:
+    with st.expander("Learning rate and seconds per epoch"):
         left, right = st.columns(2)
-        left.plotly_chart(figures.history_figure(histories, [("train_loss", "train"), ("val_loss", "val")],
-                                                 title="Loss", y_title="cross-entropy", **kw), key="curves_loss")
-        right.plotly_chart(figures.history_figure(histories, [("train_acc", "train"), ("val_acc", "val")],
-                                                  title="Accuracy", y_title="accuracy", **kw), key="curves_acc")
-        left.plotly_chart(figures.history_figure(histories, [("val_auc", "val")], y_title="AUC",
-                                                 title="Validation AUC (★ best epoch)", **kw), key="curves_auc")
-        right.plotly_chart(figures.gap_figure(histories, **kw, height=340), key="curves_gap")
-        left.plotly_chart(figures.history_figure(histories, [("lr", "train")], title="Learning rate",
-                                                 y_title="lr", smoothing=0.0, colors=colors, mark_best=False,
-                                                 log_y=True, height=280), key="curves_lr")
+        left.plotly_chart(figures.history_figure(histories, [("lr", "train")], title="Learning rate", y_title="lr",
+                                                 colors=colors, mark_best=False, log_y=True, height=280),
+                          key="curves_lr")
         right.plotly_chart(figures.history_figure(histories, [("seconds", "train")], title="Seconds per epoch",
-                                                  y_title="s", smoothing=0.0, colors=colors, mark_best=False,
-                                                  height=280), key="curves_seconds")
-        best = {n: tables.best_epoch(h) for n, h in histories.items()}
-        st.caption("Best epoch (max validation AUC, the checkpoint kept): "
-                   + ", ".join(f"{n} → {b}" for n, b in best.items())
-                   + (f" · refreshing every {REFRESH_SECONDS} s while training" if live else ""))
+                                                  y_title="s", colors=colors, mark_best=False, height=280),
+                           key="curves_seconds")
 
-    curves()
 
-st.divider()
-st.caption(CITATION)
+run = start("Training curves")
+compare = compared_run(run)
+chosen = choose_models(run, compare)
+st.title("Training curves")
+ensembles = [e for e in chosen if e.model.is_ensemble]
+trained = [e for e in chosen if not e.model.is_ensemble]
+if ensembles:
+    st.caption(f"{', '.join(e.label for e in ensembles)}: an ensemble averages its members' outputs and trains "
+               "nothing itself, so it has no curves here.")
+if not trained:
+    stop("Choose one or more trained models (not only ensembles) in the sidebar.")
+
+c1, c2 = st.columns([2, 2])
+auto = LAYOUTS[0] if len(trained) <= OVERLAY_MAX else LAYOUTS[1]
+layout = c1.segmented_control("Layout", LAYOUTS, default=auto, key=f"curves_layout_{auto}",  # new default: new key
+                              help=f"more than {OVERLAY_MAX} models: one chart per model by default")
+smoothing = c2.slider("Smoothing (EMA weight)", 0.0, 0.95, 0.0, 0.05, key="curves_smoothing",
+                      help="0 = raw values; higher = smoother (TensorBoard-style exponential moving average)")
+live = any(summary.state_of(s) == "running" for s in statuses(trained).values())
+
+
+@st.fragment(run_every=REFRESH_SECONDS if live else None)
+def curves() -> None:
+    stat = statuses(trained)
+    for name, s in stat.items():
+        if s.get("state") in ("running", "pending") or summary.state_of(s) == "stale":
+            st.info(tables.progress_line(name, s))
+    if live and not any(summary.state_of(s) == "running" for s in stat.values()):
+        st.rerun()  # training just ended: stop refreshing
+    histories = {}
+    for e in trained:
+        with guard(f"{e.label}: status.json"):
+            if e.label not in stat:
+                e.model.status()
+        with guard(f"{e.label}: history.csv"):
+            h = tables.checked_history(cached_history(e.model), str(e.model.dir / "history.csv"))
+            if h.empty:
+                st.info(f"{e.label}: no finished epoch yet.")
+            else:
+                histories[e.label] = h
+    if not histories:
+        st.info("No training history to show yet.")
+        return
+    colors = {e.label: e.color for e in trained}
+    if layout == LAYOUTS[1]:
+        small_multiples(histories, smoothing, colors)
+    else:
+        overlaid(histories, smoothing, colors)
+    extras(histories, colors)
+    best = {n: tables.best_epoch(h) for n, h in histories.items()}
+    st.caption("Best epoch (max validation AUC, the checkpoint kept): "
+               + ", ".join(f"{n} → {b}" for n, b in best.items())
+               + (f" · refreshing every {REFRESH_SECONDS} s while training" if live else ""))
+
+
+curves()
+footer()

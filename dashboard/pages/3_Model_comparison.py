@@ -5,84 +5,79 @@ from the confusion counts at the validation-chosen threshold. The paired test ma
 models are compared on exactly the same images.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashboard` and `core` import
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from core.data import sort_splits
+from dashboard import figures, tables
+from dashboard.common import (cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start,
+                              stop)
 
-import streamlit as st  # noqa: E402
-
-from dashboard import figures, tables  # noqa: E402
-from dashboard.common import CITATION, cached_metrics, cached_predictions, guard, page, select_run  # noqa: E402
-
-page("Model comparison")
+run = start("Model comparison")
+compare = compared_run(run)
+chosen = choose_models(run, compare)
 st.title("Model comparison")
+splits = sort_splits(s for e in chosen for s in e.model.splits())
+if not chosen:
+    stop("Choose one or more models in the sidebar.")
+if not splits:
+    stop(f"None of the chosen models of run `{run.id}` has predictions yet.")
+colors = {e.label: e.color for e in chosen}
+c1, _ = st.columns([1, 3])
+split = c1.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cmp_split")
+if split == "val":
+    st.warning(tables.VAL_WARNING)
 
-run = select_run()
-if run is not None:
-    models = run.models
-    names = [m.name for m in models]
-    colors = figures.model_colors(names)
-    splits = tables.sort_splits(s for m in models for s in m.splits())
-    if not splits:
-        st.info(f"No model of run `{run.id}` has predictions yet.")
-    else:
-        c1, c2 = st.columns([3, 1])
-        chosen = c1.multiselect("Models", names, default=names, key="cmp_models")
-        split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cmp_split")
+metrics, preds = {}, {}
+for e in chosen:
+    if split not in e.model.splits():
+        st.info(f"{e.label}: no predictions for split `{split}` (yet).")
+        continue
+    with guard(f"{e.label}: metrics_{split}.json"):
+        metrics[e.label] = cached_metrics(e.model, split)
+    with guard(f"{e.label}: predictions_{split}.csv"):
+        preds[e.label] = cached_predictions(e.model, split)
 
-        metrics, preds = {}, {}
-        for name in chosen:
-            m = run.model(name)
-            if split not in m.splits():
-                st.info(f"{name}: no predictions for split `{split}` (yet).")
-                continue
-            with guard(f"{name}: metrics_{split}.json"):
-                metrics[name] = cached_metrics(m, split)
-            with guard(f"{name}: predictions_{split}.csv"):
-                preds[name] = cached_predictions(m, split)
+if not metrics:
+    stop("No metrics to compare for the chosen models and split.")
+long = tables.comparison_long(metrics)
+st.plotly_chart(figures.comparison_bars(long, colors=colors), key="cmp_bars")
+st.caption("AUC: 95% stratified bootstrap interval from the metrics file. Accuracy, sensitivity, "
+           "specificity: 95% Wilson intervals at the threshold chosen on validation (Youden J). F1 is "
+           "not a simple proportion, so it has no interval here.")
 
-        if not metrics:
-            st.info("No metrics to compare for the chosen models and split.")
-        else:
-            long = tables.comparison_long(metrics)
-            st.plotly_chart(figures.comparison_bars(long, colors=colors), key="cmp_bars")
-            st.caption("AUC: 95% stratified bootstrap interval from the metrics file. Accuracy, sensitivity, "
-                       "specificity: 95% Wilson intervals at the threshold chosen on validation (Youden J). F1 is "
-                       "not a simple proportion, so it has no interval here.")
+aucs = {n: m.get("auc") for n, m in metrics.items()}
+delong = tables.delong_vs_best(preds, aucs)
+table = tables.comparison_table(long, delong)
+st.subheader("Table (click a column to sort)")
+st.caption("ΔAUC: this model's AUC minus the best one's. differs?: DeLong p < 0.05 against the best model. "
+           "Sensitivity and specificity at the threshold chosen on validation; accuracy is in the chart above.")
+st.container(key="cmp_table").dataframe(
+    table, hide_index=True, placeholder="–", height="content",
+    column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("AUC", "accuracy", "sensitivity",
+                                                                             "specificity", "F1", "ΔAUC",
+                                                                             "DeLong p")})
 
-            aucs = {n: m.get("auc") for n, m in metrics.items()}
-            delong = tables.delong_vs_best(preds, aucs)
-            table = tables.comparison_table(long, delong)
-            st.subheader("Table (click a column to sort)")
-            st.container(key="cmp_table").dataframe(table, hide_index=True, placeholder="–",
-                         column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                        for c in ("AUC", "accuracy", "sensitivity", "specificity", "F1",
-                                                  "ΔAUC vs best", "DeLong p")})
+st.subheader("Is the difference real? DeLong's paired test against the best model")
+if len(delong):
+    best = delong["vs"].iloc[0]
+    st.container(key="cmp_delong").dataframe(
+        delong, hide_index=True, placeholder="–", height="content",
+        column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("AUC", "AUC best", "ΔAUC", "z",
+                                                                                 "p-value")})
+    real = delong[delong["p < 0.05"]]["model"].tolist()
+    same = delong[~delong["p < 0.05"]]["model"].tolist()
+    lines = [f"Best AUC on **{split}**: **{best}**."]
+    if real:
+        lines.append(f"Significantly lower (p < 0.05): {', '.join(real)}.")
+    if same:
+        lines.append(f"Not distinguishable from {best} on these images (p ≥ 0.05): {', '.join(same)}.")
+    st.markdown(" ".join(lines))
+    st.caption("Two-sided DeLong test for correlated ROC AUCs on the images both models scored "
+               "(matched by path). Several comparisons at once: treat p-values near 0.05 with care.")
+    if len(preds) > 2:
+        with st.expander("Every pair"):
+            st.plotly_chart(figures.pvalue_heatmap(tables.delong_all_pairs(preds)), key="cmp_pairs")
+elif len(preds) < 2:
+    st.info("Choose at least two models with predictions to test differences.")
 
-            st.subheader("Is the difference real? DeLong's paired test against the best model")
-            if len(delong):
-                best = delong["vs"].iloc[0]
-                st.container(key="cmp_delong").dataframe(delong, hide_index=True, placeholder="–",
-                             column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                            for c in ("AUC", "AUC best", "ΔAUC", "z", "p-value")})
-                real = delong[delong["p < 0.05"]]["model"].tolist()
-                same = delong[~delong["p < 0.05"]]["model"].tolist()
-                lines = [f"Best AUC on **{split}**: **{best}**."]
-                if real:
-                    lines.append(f"Significantly lower (p < 0.05): {', '.join(real)}.")
-                if same:
-                    lines.append(f"Not distinguishable from {best} on these images (p ≥ 0.05): {', '.join(same)}.")
-                st.markdown(" ".join(lines))
-                st.caption("Two-sided DeLong test for correlated ROC AUCs on the images both models scored "
-                           "(matched by path). Several comparisons at once: treat p-values near 0.05 with care.")
-                if len(preds) > 2:
-                    with st.expander("Every pair"):
-                        st.plotly_chart(figures.pvalue_heatmap(tables.delong_all_pairs(preds)), key="cmp_pairs")
-            elif len(preds) < 2:
-                st.info("Choose at least two models with predictions to test differences.")
-
-st.divider()
-st.caption(CITATION)
+footer()

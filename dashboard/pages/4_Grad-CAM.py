@@ -4,45 +4,36 @@ Uploads stay in memory (bytes go straight to ``core.images``); preprocessing is 
 once per process and locked while a map is computed (``dashboard.explain``).
 """
 
-import sys
 from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from core import calibration, faithfulness  # noqa: E402
-from core.artifacts import ArtifactError  # noqa: E402
-from core.cams import CAM_METHODS  # noqa: E402
-from core.images import ImageError  # noqa: E402
-from core.labels import CLASSES, POSITIVE  # noqa: E402
-from dashboard import explain as ex  # noqa: E402
-from dashboard.common import guard, page, select_run  # noqa: E402
+from core import calibration, faithfulness
+from core.artifacts import ArtifactError
+from core.cams import CAM_METHODS
+from core.images import ImageError
+from core.labels import CLASSES, POSITIVE
+from dashboard import explain as ex
+from dashboard.common import footer, guard, start, stop
 
 MAX_IMAGES = 8
 MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
 PER_ROW = 3  # film + maps per row: about 350 px each at 1440 px
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
 
-page("Grad-CAM")
+run = start("Grad-CAM")
 st.title("Grad-CAM: where the models look")
 st.caption("Class activation maps of the run's trained models on your films or on films of the run's test split. "
            "Warm colours mark the regions that raised the chosen class's score. A map shows what a model used, "
            "not whether it was right. Probabilities are calibrated on validation (temperature scaling). "
            "**Research use only — not for diagnosis.**")
 
-run = select_run()
-if run is None:
-    st.stop()
-
 names: list[str] = []
 with guard(f"Run {run.id}"):
     names = [m.name for m in run.models]
 if not names:
     st.warning(f"Run `{run.id}` has no trained models yet.")
-    st.stop()
+    stop()
 
 st.sidebar.header("Grad-CAM")
 chosen = st.sidebar.multiselect("Models (side by side)", names, default=names[: min(2, len(names))],
@@ -108,11 +99,11 @@ items = [(f.name, f.getvalue(), None) for f in uploads]  # (name, bytes or path,
 items += [(Path(p).name, test_rows[p][0], test_rows[p][1]) for p in picked]
 if not chosen:
     st.info("Choose at least one model in the sidebar.")
-    st.stop()
+    stop()
 if not items:
     st.info("Upload one or more chest X-rays, or pick films of the test split, to see each model's prediction and "
             "its class activation map.")
-    st.stop()
+    stop()
 if len(items) > MAX_IMAGES:
     st.warning(f"{len(items)} films chosen; showing the first {MAX_IMAGES} to keep the page responsive.")
     items = items[:MAX_IMAGES]
@@ -202,3 +193,5 @@ for i, (name, source, truth) in enumerate(items):
                     continue
                 with guard(f"{model_name} on {name}"):
                     show_model(model_name, image, key=f"cam-{i}-{model_name}")
+
+footer()

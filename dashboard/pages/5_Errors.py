@@ -4,43 +4,34 @@ Counts come from ``predictions_<split>.csv`` at a threshold chosen on validation
 PNEUMONIA, as everywhere). CAMs need the film files; without them the page shows the tables only.
 """
 
-import sys
 from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from core import calibration  # noqa: E402
-from core.artifacts import ArtifactError  # noqa: E402
-from core.cams import CAM_METHODS  # noqa: E402
-from core.images import ImageError  # noqa: E402
-from core.labels import CLASSES, POSITIVE  # noqa: E402
-from dashboard import explain as ex  # noqa: E402
-from dashboard.common import guard, page, select_run  # noqa: E402
+from core import calibration
+from core.artifacts import ArtifactError
+from core.cams import CAM_METHODS
+from core.images import ImageError
+from core.labels import CLASSES, POSITIVE
+from dashboard import explain as ex
+from dashboard.common import footer, guard, start, stop
 
 RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
 THUMB_SIDE = 512
 
-page("Errors")
+run = start("Errors")
 st.title("Errors: false positives and false negatives")
 st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first, "
            "each as the plain film beside its map. Probabilities are calibrated on validation when the run has a "
            "calibration. **Research use only — not for diagnosis.**")
-
-run = select_run()
-if run is None:
-    st.stop()
 names: list[str] = []
 with guard(f"Run {run.id}"):
     names = [m.name for m in run.models]
 if not names:
     st.warning(f"Run `{run.id}` has no trained models yet.")
-    st.stop()
+    stop()
 
 st.sidebar.header("Errors")
 model_name = st.sidebar.selectbox("Model", names, key="err_model")
@@ -50,7 +41,7 @@ with guard(model_name):
     splits = ma.splits()
 if not splits:
     st.warning(f"{model_name} has no predictions yet (the trainer writes them after the last epoch).")
-    st.stop()
+    stop()
 split = st.sidebar.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="err_split")
 rule = st.sidebar.selectbox("Threshold (chosen on validation)", list(RULES), format_func=RULES.get, key="err_rule")
 per_kind = st.sidebar.slider("Films per kind", 1, 24, 4, key="err_n")
@@ -69,7 +60,7 @@ with guard(f"{model_name}, {split} split"):
     preds = ma.predictions(split)
     threshold = ma.threshold(rule)
 if preds is None or threshold is None:
-    st.stop()
+    stop()
 
 fp, fn = ex.errors_of(preds, threshold)
 temperature = None
@@ -152,3 +143,5 @@ for kind, rows, what in (("False positives", fp, "NORMAL films the model called 
     if cm is not None:
         with st.spinner(f"{method} for {len(top)} films…"):
             gallery(top, kind)
+
+footer()

@@ -4,37 +4,28 @@ Bins, ECE and Brier come from metrics_<split>.json; for a split without them the
 predictions_<split>.csv with ``core.metrics`` (the same functions the trainer used).
 """
 
-import sys
-from pathlib import Path
+import pandas as pd
+import streamlit as st
 
-ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashboard` and `core` import
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from core import calibration
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+from dashboard import figures, tables
+from dashboard.common import cached_metrics, cached_predictions, choose_models, footer, guard, start
 
-from core import calibration  # noqa: E402
-
-from dashboard import figures, tables  # noqa: E402
-from dashboard.common import CITATION, cached_metrics, cached_predictions, guard, page, select_run  # noqa: E402
-
-page("Calibration")
+run = start("Calibration")
+chosen_entries = choose_models(run)
 st.title("Calibration")
-
-run = select_run()
 if run is not None:
     models = run.models
-    names = [m.name for m in models]
-    colors = figures.model_colors(names)
+    colors = {e.label: e.color for e in chosen_entries}
     splits = tables.sort_splits(s for m in models for s in m.splits())
     if not splits:
         st.info(f"No model of run `{run.id}` has predictions yet.")
     else:
-        c1, c2, c3 = st.columns([3, 1, 1])
-        chosen = c1.multiselect("Models", names, default=names, key="cal_models")
+        c1, c2 = st.columns([3, 1])
+        chosen = [e.label for e in chosen_entries]
         split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cal_split")
-        use_cal = c3.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
+        use_cal = c1.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
                            help="calibrated: temperature scaling fitted on validation (python -m trainer explain)")
 
         bins, rows, preds = {}, [], {}
@@ -104,5 +95,4 @@ if run is not None:
             else:
                 st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
 
-st.divider()
-st.caption(CITATION)
+footer()

@@ -1,37 +1,28 @@
 """Consensus: one film, every chosen model: calibrated probabilities, labels at validation thresholds, agreement,
 and the maps side by side on the shared scale; the case exports as one self-contained HTML file and a CSV table."""
 
-import sys
 from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from core import calibration, faithfulness  # noqa: E402
-from core.artifacts import ArtifactError  # noqa: E402
-from core.cams import CAM_METHODS, GRADIENT_FREE  # noqa: E402
-from core.images import ImageError  # noqa: E402
-from core.labels import CLASSES, POSITIVE  # noqa: E402
-from dashboard import consensus as cs  # noqa: E402
-from dashboard import explain as ex  # noqa: E402
-from dashboard.common import CITATION, NOTICE, guard, page, select_run  # noqa: E402
+from core import calibration, faithfulness
+from core.artifacts import ArtifactError
+from core.cams import CAM_METHODS, GRADIENT_FREE
+from core.images import ImageError
+from core.labels import CLASSES, POSITIVE
+from dashboard import consensus as cs
+from dashboard import explain as ex
+from dashboard.common import CITATION, NOTICE, footer, guard, start, stop
 
 DEFAULT_MODELS = 4
 PER_ROW = 3
 ALPHA = 0.45
 
-page("Consensus")
+run = start("Consensus")
 st.title("One film, every model")
 st.caption("What each chosen model says about one film: its calibrated P(PNEUMONIA), its label at the threshold "
            "chosen on validation, and where it looks, all maps on the same colour scale. "
            "**Research use only — not for diagnosis.**")
-
-run = select_run()
-if run is None:
-    st.stop()
 
 
 def _val_auc(m) -> float:
@@ -47,7 +38,7 @@ with guard(f"Run {run.id}"):
             and not m.config.get("members")]
 if not nets:
     st.warning(f"Run `{run.id}` has no trained model with a network yet.")
-    st.stop()
+    stop()
 names = [m.name for m in nets]
 best = [m.name for m in sorted(nets, key=_val_auc, reverse=True)[:DEFAULT_MODELS]]
 
@@ -78,17 +69,17 @@ elif picked:
     name, source, truth = Path(picked).name, test_rows[picked][0], test_rows[picked][1]
 else:
     st.info("Upload a chest X-ray or pick a test film to see what every chosen model says about it.")
-    st.stop()
+    stop()
 if not chosen:
     st.info("Choose at least one model in the sidebar.")
-    st.stop()
+    stop()
 
 image = ex.DecodedImage(source, name)
 try:
     film = image.display()
 except ImageError as e:
     st.error(f"Could not read {name}: {e}")
-    st.stop()
+    stop()
 
 sanity = None
 with guard("faithfulness figures"):
@@ -119,7 +110,7 @@ with st.spinner(f"{method} for {len(chosen)} models…"):
         with guard(model_name):
             verdicts.append(verdict(model_name))
 if not verdicts:
-    st.stop()
+    stop()
 
 k, n = cs.agreement(verdicts)
 c = st.columns(3)
@@ -159,5 +150,4 @@ d1.download_button("Download report (HTML)", report.encode("utf-8"), file_name=f
                    help="one self-contained file: film, maps with colour bars, probabilities, figures, notice")
 d2.download_button("Download table (CSV)", cs.table_csv(verdicts), file_name=f"{Path(name).stem}_models.csv",
                    mime="text/csv", key="con_csv", on_click="ignore")
-st.divider()
-st.caption(CITATION)
+footer()

@@ -1,20 +1,15 @@
 """Faithfulness: can a model's map be trusted? ROAD and the model-randomisation sanity check, per model and CAM
 method, from the figures stored by ``python -m trainer faithfulness`` (nothing is computed here)."""
 
-import sys
 from pathlib import Path
 
-_REPO = str(Path(__file__).resolve().parents[2])
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+from core import faithfulness
+from dashboard.common import footer, guard, start, stop
 
-from core import faithfulness  # noqa: E402
-from dashboard.common import CITATION, guard, page, select_run  # noqa: E402
-
-page("Faithfulness")
+run = start("Faithfulness")
 st.title("Faithfulness: can these maps be trusted?")
 st.caption("Two checks per model and CAM method on a fixed sample of test films, computed once by "
            "`python -m trainer faithfulness` and read here. **ROAD** (Rong et al. 2022, pytorch-grad-cam's "
@@ -24,17 +19,13 @@ st.caption("Two checks per model and CAM method on a fixed sample of test films,
            "output depends on. **Sanity check** (Adebayo et al. 2018): re-initialise the model's top layer and "
            "compute the map again; if it barely changes (Spearman rank correlation above the limit), the map "
            "shows the image's structure, not the model's decision.")
-
-run = select_run()
-if run is None:
-    st.stop()
 figures = None
 with guard(f"{run.id}: {faithfulness.FAITHFULNESS_FILE}"):
     figures = faithfulness.read(run.dir)
 if not figures or not figures.get("models"):
     st.info(f"Run `{run.id}` has no faithfulness figures yet. Compute them once (minutes on a CPU):\n\n"
             f"```\npython -m trainer faithfulness --run {run.dir} --n 4\n```")
-    st.stop()
+    stop()
 
 rows = []
 for model, methods in figures["models"].items():
@@ -71,5 +62,4 @@ if not fails.empty:
 st.caption(f"{figures.get('sanity', '')}. ROAD: {figures.get('road', '')}. Films: a fixed random sample of the "
            f"test split (seed {figures.get('seed', '?')}), the same for every method of a model; with this few "
            "films, differences of a few hundredths are noise. Score-CAM is left out (minutes per film on a CPU).")
-st.divider()
-st.caption(CITATION)
+footer()

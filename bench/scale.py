@@ -1,0 +1,215 @@
+"""Scale benchmark: ``python -m bench.scale [--films 50000] [--ddp] [--steps cpu|cuda] [--work DIR] [--json FILE]``
+
+Cache build (``core.cache.load_or_build``, the sharded parallel fill of ``core/cache_build.py``) on a synthetic
+flat folder of ``--films`` grayscale JPEG films of ``--film-px`` pixels, generated on the fly into a temporary
+folder (never committed; removed afterwards unless ``--keep``). Reported: images/s of the build, and peak
+resident memory of the building process (getrusage), of its largest worker and of the whole process tree (both
+sampled every 0.1 s with psutil; memory-mapped cache pages count in them, so they are upper bounds).
+
+``--steps DEVICE`` adds training images/s of mobilenet_v2 and resnet50 at 224 px (the trainer's own loop on
+random films): float32, and on CUDA the mixed precision the trainer picks, so one GPU can be set against this CPU.
+
+``--ddp`` adds the training throughput of ``small_cnn`` on a real subset of kermany224 through the real
+trainer: one process (``python -m trainer train``, 2 threads) vs two gloo processes (``torchrun
+--nproc_per_node 2 -m trainer train``, 1 thread each), images/s of the training epochs as timed in history.csv.
+
+The CPU is shared with other jobs, so the load average before and after is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench import KERMANY224, REPO
+
+
+def _films(args: tuple[str, int, int, int]) -> int:
+    """Write films ``start..stop`` of a flat NORMAL/PNEUMONIA folder: smooth random shapes plus noise."""
+    from PIL import Image
+
+    root, start, stop, px = args
+    rng = np.random.default_rng(start)
+    yy, xx = np.mgrid[0:px, 0:px] / px
+    for i in range(start, stop):
+        label = "PNEUMONIA" if i % 2 else "NORMAL"
+        cx, cy, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.1, 0.3)]
+        img = 90 + 80 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2) + rng.normal(0, 12, (px, px))
+        name = f"person{i}_bacteria_{i}.jpeg" if label == "PNEUMONIA" else f"IM-{i:06d}-0001.jpeg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(Path(root) / label / name, quality=85)
+    return stop - start
+
+
+def make_folder(root: Path, n: int, px: int, workers: int) -> float:
+    """Generate the synthetic folder; returns seconds."""
+    start = time.perf_counter()
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+    chunks = [(str(root), a, min(n, a + 1000), px) for a in range(0, n, 1000)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_films, chunks))
+    return time.perf_counter() - start
+
+
+class PeakTree(threading.Thread):
+    """Samples the summed RSS of this process and its descendants until stopped; keeps the peak."""
+
+    def __init__(self, every: float = 0.1):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.me, self.every, self.halt = psutil.Process(), every, threading.Event()
+        self.peak = self.peak_child = 0
+
+    def run(self):
+        import psutil
+
+        while not self.halt.is_set():
+            total = 0
+            for p in [self.me, *self.me.children(recursive=True)]:
+                try:
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                total += rss
+                if p is not self.me:
+                    self.peak_child = max(self.peak_child, rss)
+            self.peak = max(self.peak, total)
+            time.sleep(self.every)
+
+
+def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
+    from core import data
+    from core.cache import load_or_build
+
+    t0 = time.perf_counter()
+    samples = data.scan(folder).samples
+    scan_s = time.perf_counter() - t0
+    sampler = PeakTree()
+    sampler.start()
+    t0 = time.perf_counter()
+    cache = load_or_build(samples, size, root=work / "cache", workers=workers)
+    build_s = time.perf_counter() - t0
+    sampler.halt.set()
+    sampler.join()
+    mb = 1024  # ru_maxrss is in KiB on Linux
+    return {"films": len(samples), "size": size, "workers": workers, "scan_seconds": round(scan_s, 1),
+            "build_seconds": round(build_s, 1), "images_per_second": round(len(samples) / build_s, 1),
+            "failures": len(cache.failures), "cache_gib": round(cache.images.nbytes / 2**30, 2),
+            "peak_rss_parent_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mb),
+            "peak_rss_largest_worker_mib": round(sampler.peak_child / 2**20),
+            "peak_rss_tree_mib": round(sampler.peak / 2**20)}
+
+
+def _train(launcher: list[str], run: str, work: Path, threads: int, subset: int, epochs: int) -> dict:
+    """One trainer run of small_cnn; images/s over its training epochs (history.csv's seconds)."""
+    cmd = [*launcher, "train", "--data", str(KERMANY224), "--models", "small_cnn", "--subset", str(subset),
+           "--epochs", str(epochs), "--input-size", "128", "--run", run, "--artifacts", str(work / "artifacts"),
+           "--cache-dir", str(work / "train-cache"), "--threads", str(threads), "--seed", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "CXR_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-3000:]}")
+    import pandas as pd
+
+    split = pd.read_csv(work / "artifacts" / run / "split.csv")
+    history = pd.read_csv(work / "artifacts" / run / "small_cnn" / "history.csv")
+    n_train = int((split["split"] == "train").sum())
+    seconds = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]  # epoch 1 warms up
+    return {"n_train": n_train, "epoch_seconds": [round(float(s), 2) for s in history["seconds"]],
+            "images_per_second": round(n_train / float(np.median(seconds)), 1), "wall_seconds": round(wall, 1),
+            "val_auc_last": round(float(history["val_auc"].iloc[-1]), 4)}
+
+
+def bench_ddp(work: Path, subset: int = 300, epochs: int = 3) -> dict:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "trainer", "--"]
+    single = _train([sys.executable, "-m", "trainer"], "one", work, 2, subset, epochs)
+    double = _train(torchrun, "two", work, 1, subset, epochs)
+    return {"one_process_2_threads": single, "two_processes_1_thread": double,
+            "speedup": round(double["images_per_second"] / single["images_per_second"], 2)}
+
+
+def bench_steps(device: str, archs=("mobilenet_v2", "resnet50"), size: int = 224, batch: int = 32,
+                warmup: int = 1, steps: int = 3) -> dict:
+    """Training images/s of the trainer's own epoch loop (batch + step) at ``size`` px on random films:
+    float32, and on CUDA also the mixed precision ``core.accel`` chooses (bfloat16, or float16 + GradScaler)."""
+    import torch
+
+    from core.accel import choose
+    from core.models import create_model, get_spec
+    from trainer.config import Recipe
+    from trainer.train import make_fit, train_one_epoch
+
+    n = batch * (warmup + steps)
+    images = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+    labels = np.arange(n) % 2
+    out = {}
+    for arch in archs:
+        for amp in ([False, True] if torch.device(device).type == "cuda" else [False]):
+            torch.manual_seed(0)
+            accel = choose(device, amp=amp)
+            model, _ = create_model(arch, pretrained=False, input_size=size)
+            recipe = Recipe(name=arch, arch=arch, epochs=1, batch_size=batch, max_train_batches=warmup + steps)
+            fit = make_fit(accel.prepare(model), get_spec(arch), recipe, labels, accel.device)
+            fit.accel, fit.scaler = accel, accel.scaler()
+            stats = train_one_epoch(fit, images, np.arange(n), labels, seed=0, epoch=1)
+            seconds = sum(stats.data_seconds[warmup:]) + sum(stats.step_seconds[warmup:])
+            mode = accel.describe()["mixed precision"] if amp else "float32"
+            out[f"{arch} {size}px {mode}"] = round(batch * steps / seconds, 1)
+    return {"device": str(choose(device).device), "threads": torch.get_num_threads(), "images_per_second": out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--films", type=int, default=50_000, help="0: skip the cache build")
+    p.add_argument("--film-px", type=int, default=256, help="side of each synthetic film")
+    p.add_argument("--size", type=int, default=224, help="cache size (the models' input)")
+    p.add_argument("--workers", type=int, default=None, help="cache-building processes (default: as the trainer)")
+    p.add_argument("--ddp", action="store_true", help="also time 1-process vs 2-process training")
+    p.add_argument("--steps", metavar="DEVICE", help="also time training steps of mobilenet_v2 and resnet50 at "
+                   "224 px on DEVICE (cpu, cuda): float32, and mixed precision on CUDA")
+    p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument("--keep", action="store_true", help="keep the synthetic folder and cache")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    args = p.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="cxr-scale-"))
+    workers = args.workers or min(8, os.cpu_count() or 1)
+    result = {"load_average_before": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count()}
+    try:
+        if args.films:
+            result["generate_seconds"] = round(make_folder(work / "films", args.films, args.film_px, workers), 1)
+            result["cache_build"] = bench_cache(work / "films", work, args.size, workers)
+        if args.ddp:
+            result["ddp"] = bench_ddp(work)
+        if args.steps:
+            result["steps"] = bench_steps(args.steps)
+    finally:
+        result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""One writer per run folder: an exclusive ``flock`` on ``<run>/.lock`` while a command writes the run.
+
+Two ``train --run same`` at once would interleave their checkpoints, predictions and metrics and both exit 0.
+The lock is held by the open file, so the kernel releases it when the process dies, even on ``kill -9``: a
+stale lock cannot block anyone. Where ``fcntl`` does not exist (Windows) no lock is taken.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.artifacts import ArtifactError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_NAME = ".lock"
+
+
+class RunLocked(ArtifactError):
+    """Another process is writing this run folder; the message names it."""
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, what: str = "write"):
+    """Hold the run folder's lock for the ``with`` block, or raise ``RunLocked`` at once (never wait)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
+                raise RunLocked(f"{run_dir} is being written by another process ({holder}); wait for it to end, "
+                                "or use another run name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

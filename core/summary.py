@@ -1,0 +1,88 @@
+"""One row of results per model: the README's results table and the dashboard's leaderboard both use it.
+
+A row holds a model's facts (architecture, weights, size, epochs, training time) and its figures on one split at
+one operating point chosen on validation (``core.metrics.HEADLINE_RULE`` unless asked otherwise). Missing or
+unreadable files give ``None`` / NaN fields, never an exception, so a broken model still gets its row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from core.artifacts import ArtifactError, ModelArtifacts, Run, is_ensemble
+from core.metrics import HEADLINE_RULE
+
+
+def _num(x) -> float:
+    """A JSON number, or NaN for null / missing / junk."""
+    try:
+        return float(x) if x is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def state_of(status: dict | None) -> str:
+    """``finished``, ``running``, ``stale`` (running, but the heartbeat stopped), ``failed``... or ``unknown``."""
+    if not status:
+        return "unknown"
+    state = str(status.get("state", "unknown"))
+    return "stale" if state == "running" and status.get("stale") else state
+
+
+def weights_label(config: dict | None) -> str:
+    """``ImageNet`` when the network started from pretrained weights, else ``scratch`` (``–`` when unknown)."""
+    if not config:
+        return "–"
+    return "ImageNet" if config.get("pretrained") else "scratch"
+
+
+def train_seconds(status: dict | None, history: pd.DataFrame | None = None) -> float:
+    """``train_seconds`` from status.json when the trainer recorded it, else the sum of per-epoch seconds."""
+    if status and status.get("train_seconds") is not None:
+        return _num(status["train_seconds"])
+    if history is not None and "seconds" in history and len(history):
+        return float(pd.to_numeric(history["seconds"], errors="coerce").sum())
+    return math.nan
+
+
+def model_row(name: str, config: dict | None, status: dict | None, metrics: dict | None,
+              history: pd.DataFrame | None = None, rule: str = HEADLINE_RULE) -> dict:
+    """The results row of one model from its parsed files (each ``None`` when unreadable)."""
+    cfg, st, m = config or {}, status or {}, metrics or {}
+    at = (m.get("at") or {}).get(rule) or {}
+    ci = list(m.get("auc_ci") or [None, None]) + [None, None]
+    return {
+        "model": name, "arch": cfg.get("arch"), "state": state_of(status), "ensemble": is_ensemble(cfg),
+        "weights": weights_label(config), "weights_source": cfg.get("weights_source") or "",
+        "input_size": cfg.get("input_size"), "params": _num(cfg.get("params")),
+        "best_epoch": st.get("best_epoch"), "epoch": st.get("epoch"), "epochs": st.get("epochs"),
+        "train_seconds": train_seconds(status, history),
+        "split": m.get("split"), "n": m.get("n"), "rule": rule,
+        "auc": _num(m.get("auc")), "auc_ci": (_num(ci[0]), _num(ci[1])), "threshold": _num(at.get("threshold")),
+        "accuracy": _num(at.get("accuracy")), "sensitivity": _num(at.get("sensitivity")),
+        "specificity": _num(at.get("specificity")), "f1": _num(at.get("f1")),
+    }
+
+
+def _read(read):
+    try:
+        return read()
+    except ArtifactError:
+        return None
+
+
+def read_row(art: ModelArtifacts, split: str, rule: str = HEADLINE_RULE) -> dict:
+    """``model_row`` of one model of a run, read from its folder; history is read only when status lacks time."""
+    status = _read(art.status)
+    history = _read(art.history) if (status or {}).get("train_seconds") is None else None
+    return model_row(art.name, _read(lambda: art.config), status, _read(lambda: art.metrics(split)), history, rule)
+
+
+def run_rows(run: Run, split: str, *, finished_only: bool = False, rule: str = HEADLINE_RULE) -> list[dict]:
+    """One row per model of ``run`` in the run's order; ``finished_only`` keeps finished models with figures."""
+    rows = [read_row(art, split, rule) for art in run.models]
+    if finished_only:
+        rows = [r for r in rows if r["state"] == "finished" and r["n"] is not None]
+    return rows

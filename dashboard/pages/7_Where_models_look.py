@@ -1,0 +1,95 @@
+"""Where models look: per model, how much of its heatmap lies inside the lung fields, over a split, ranked.
+
+Figures come from ``<run>/<model>/lung_focus_<split>.csv`` written by ``python -m trainer focus`` (core/focus.py
+defines lung focus and border mass; core/lungs.py the lung model). Nothing is computed here, so the page is instant.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashboard` and `core` import
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.artifacts import ArtifactError, read_json
+from core.focus import FLAG_BELOW, focus_splits, ranking, read_focus
+from core.lungs import METRICS
+from dashboard.common import CITATION, guard, page, select_run
+
+page("Where models look")
+st.title("Where models look")
+st.markdown(
+    "A heatmap is only worth reading if it points at the lungs. **Lung focus** is the share of a map's weight that "
+    "lies inside the lung fields; **border mass** is the share on the image border (where the burned-in "
+    "\"R\" / \"A-P\" markers and labels sit) or outside the body. A model whose maps mostly fall outside the "
+    "lungs may have learned a shortcut (markers, film edges, positioning) instead of the disease: its maps are "
+    f"flagged when lung focus is below {FLAG_BELOW:.0%}. Models are ranked by their median lung focus, best first.")
+
+
+def lung_model_line() -> str:
+    try:
+        m = read_json(METRICS)
+        o = m["heldout"]["overall"]
+        return (f"Lung fields come from the project's lung model (MobileNetV2 U-Net, `lungmodel/`): held-out "
+                f"Dice {o['dice']:.3f}, IoU {o['iou']:.3f} on {o['n']} films never used in its training.")
+    except (ArtifactError, KeyError, TypeError):
+        return "The lung model's held-out figures are missing (lungmodel/metrics.json)."
+
+
+def focus_figure(df, order, method: str) -> go.Figure:
+    """Horizontal box per model (every film a dot), best model on top; the flag line at FLAG_BELOW."""
+    fig = go.Figure()
+    for name in reversed(order):
+        t = df[(df["model"] == name) & (df["method"] == method)]
+        fig.add_trace(go.Box(x=t["lung_focus"], name=name, boxpoints="all", jitter=0.4, pointpos=0,
+                             marker={"size": 4, "opacity": 0.5}, line={"width": 1.5}, showlegend=False,
+                             hovertext=t["path"].map(lambda p: Path(str(p)).name), boxmean=False))
+    fig.add_vline(x=FLAG_BELOW, line_dash="dash", line_color="firebrick",
+                  annotation_text="flag: most evidence outside the lungs", annotation_position="top left")
+    fig.update_layout(height=max(320, 46 * len(order) + 120), margin={"l": 10, "r": 10, "t": 40, "b": 40},
+                      xaxis={"title": "lung focus (share of the map inside the lung fields)", "range": [0, 1],
+                             "tickformat": ".0%"}, title=f"{method}: lung focus per film")
+    return fig
+
+
+run = select_run()
+if run is not None:
+    splits = focus_splits(run)
+    if not splits:
+        st.info(f"No lung-focus figures in run `{run.id}` yet. Compute them (a few minutes on a CPU):\n\n"
+                f"```\npython -m trainer focus --run {run.dir} --split test --n 120\n```")
+    else:
+        c1, c2 = st.columns(2)
+        split = c1.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="wl_split")
+        with guard(f"lung focus on {split}"):
+            df, problems = read_focus(run, split)
+            methods = sorted(df["method"].dropna().unique())
+            if not methods:
+                st.info(f"No model of run `{run.id}` has lung-focus figures for `{split}`.")
+            else:
+                method = c2.selectbox("CAM method", methods,
+                                      index=methods.index("Grad-CAM") if "Grad-CAM" in methods else 0, key="wl_m")
+                table = ranking(df, method)
+                best, worst = table.iloc[0], table.iloc[-1]
+                st.markdown(
+                    f"**{best['model']}** looks at the lungs most (median lung focus {best['median lung focus']:.0%}"
+                    f"); **{worst['model']}** least ({worst['median lung focus']:.0%}). "
+                    f"{(table['median lung focus'] < FLAG_BELOW).sum()} of {len(table)} models put most of a "
+                    "typical map outside the lungs.")
+                st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
+                st.container(key="wl_table").dataframe(
+                    table, hide_index=True,
+                    column_config={c: st.column_config.NumberColumn(format="percent") for c in
+                                   ("median lung focus", "q25", "q75", "median border mass", "flagged")})
+                st.caption(f"n = films per model ({split} split, the same seeded sample for every model); "
+                           "flagged = share of that model's maps with lung focus under "
+                           f"{FLAG_BELOW:.0%}. Maps target PNEUMONIA. " + lung_model_line())
+                skipped = {k: v for k, v in problems.items() if run.model(k).config.get("members") is None}
+                if skipped:
+                    st.caption("Not shown: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
+
+st.divider()
+st.caption(CITATION)

@@ -1,0 +1,202 @@
+"""Scaling out: core.distributed (real gloo process groups), the sharded cache build, the GPU path (skipped
+without CUDA), and DDP training through torchrun (docs/scaling.md)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from core import accel, cache_build, distributed
+from core.cache import load_or_build
+from core.data import scan
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ batch split, by arithmetic
+
+
+@pytest.mark.parametrize("size,batch_len", [(2, 32), (2, 7), (3, 10), (4, 3)])
+def test_rank_parts_cover_the_single_process_batch(size, batch_len):
+    batch = np.arange(100, 100 + batch_len)
+    parts = [distributed.rank_part(batch, distributed.World(r, size)) for r in range(size)]
+    assert all(len(p) >= 1 for p in parts)  # every rank steps, even on a last batch smaller than the world
+    if batch_len >= size:
+        assert sorted(np.concatenate(parts).tolist()) == batch.tolist()  # each image once, none added
+        # DDP averages the ranks' gradients: with the scale, that average is the whole batch's mean
+        losses = np.random.default_rng(0).normal(size=batch_len)
+        scaled = [distributed.loss_scale(len(p), batch_len, distributed.World(r, size)) * losses[p - 100].mean()
+                  for r, p in enumerate(parts)]
+        assert np.mean(scaled) == pytest.approx(losses.mean())
+
+
+def test_world_of_one_changes_nothing():
+    batch = np.arange(9)
+    assert distributed.rank_part(batch) is batch
+    assert distributed.loss_scale(9, 9) == 1.0
+    assert distributed.shard(5).tolist() == [0, 1, 2, 3, 4]
+    values = np.array([0.1, 0.2])
+    assert distributed.gather(values, 2) is values
+    assert distributed.epoch_seed(3, 2) == 3 * 100003 + 2  # the single-process trainer's augmentation seed
+    assert distributed.is_main() and not distributed.world().enabled
+
+
+# ---------------------------------------------------------------------------------- real 2-process gloo group
+
+
+def _two_ranks(rank: int, port: int, n: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    w, device = distributed.init("cpu")
+    try:
+        assert (w.rank, w.size, w.backend, device.type) == (rank, 2, "gloo", "cpu")
+        # gather puts every rank's shard back in the original order
+        full = np.linspace(0, 1, n).astype(np.float32)
+        mine = distributed.shard(n)
+        assert np.array_equal(distributed.gather(full[mine], n), full)
+
+        # one DDP step on each rank's part of a batch gives the single-process gradient of the whole batch
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 2)
+        x, y = torch.randn(n, 4), torch.randint(0, 2, (n,))
+        ref = torch.nn.Linear(4, 2)
+        ref.load_state_dict(net.state_dict())
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        ddp = distributed.wrap(net, device)
+        part = torch.from_numpy(distributed.rank_part(np.arange(n)))
+        loss = torch.nn.functional.cross_entropy(ddp(x[part]), y[part]) * distributed.loss_scale(len(part), n)
+        loss.backward()
+        torch.testing.assert_close(net.weight.grad, ref.weight.grad)
+        assert distributed.unwrap(ddp) is net
+
+        # unfreezing a layer after DDP was built: rewrap builds a new DDP that averages that layer's gradients too
+        two = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        frozen = distributed.rewrap(two, device, lambda m: m[0].requires_grad_(False))
+        thawed = distributed.rewrap(frozen, device, lambda m: m[0].requires_grad_(True))
+        assert thawed is not frozen and distributed.unwrap(thawed) is two
+        assert distributed.rewrap(thawed, device, lambda m: None) is thawed
+        thawed(torch.randn(5, 4) * (rank + 1)).sum().backward()  # different data on each rank
+        grad_sum = float(two[0].weight.grad.sum())
+        assert np.allclose(distributed.gather(np.array([grad_sum]), 2), grad_sum)  # same on both ranks
+        assert distributed.sum_across([1.0, float(rank)]) == [2.0, 1.0]
+
+        # batch-norm statistics differ per rank until synced from rank 0
+        bn = torch.nn.BatchNorm1d(3)
+        bn.running_mean.fill_(float(rank + 1))
+        distributed.sync_buffers(bn)
+        assert torch.all(bn.running_mean == 1.0)
+
+        # artifacts are written by rank 0 only
+        class Writer:
+            dir = "somewhere"
+
+            def status(self, *a, **k):
+                return "written"
+
+        written = distributed.main_writer(Writer()).status("running")
+        assert written == ("written" if rank == 0 else None)
+        assert distributed.main_writer(Writer()).dir == "somewhere"
+    finally:
+        distributed.shutdown()
+
+
+def test_two_gloo_processes_split_batches_and_gather_in_order():
+    mp.spawn(_two_ranks, args=(_free_port(), 11), nprocs=2, join=True)
+
+
+# ------------------------------------------------------------------------------------------ sharded cache build
+
+
+def _folder(root, n, broken=()):
+    for i in range(n):
+        label = "PNEUMONIA" if i % 2 else "NORMAL"
+        path = root / label / f"film{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if i in broken:
+            path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        else:
+            Image.fromarray(np.full((40, 30), i, dtype=np.uint8)).save(path)
+    return scan(root).samples
+
+
+def test_sharded_build_equals_the_serial_build(tmp_path):
+    samples = _folder(tmp_path / "films", 60, broken={7, 31})
+    serial = load_or_build(samples, 24, root=tmp_path / "serial", workers=1)
+    path = tmp_path / "sharded.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(samples), 24, 24)).flush()
+    seen = []
+    ok, failures = cache_build.fill(path, [s.path for s in samples], 24, workers=2, shard_rows=7,
+                                    progress=lambda done, total: seen.append((done, total)))
+    assert np.array_equal(np.load(path), np.asarray(serial.images))
+    assert ok.tolist() == serial.ok.tolist() and ok.sum() == 58
+    assert [p for p, _ in failures] == [p for p, _ in serial.failures]  # same files, same (row) order
+    assert seen[-1] == (60, 60) and len(seen) == 9  # one report per shard of 7 rows
+
+
+def test_parallel_cache_through_load_or_build(tmp_path):
+    samples = _folder(tmp_path / "films", 40, broken={3})
+    cache = load_or_build(samples, 16, root=tmp_path / "cache", workers=2)
+    path_of = {os.path.basename(s.path): s.path for s in samples}
+    assert cache.ok.sum() == 39 and [p for p, _ in cache.failures] == [path_of["film003.png"]]
+    row = cache.index_of()[path_of["film010.png"]]
+    assert int(cache.images[row].mean()) == 10  # film i is filled with the value i
+
+
+def test_manifest_with_patient_ids_and_extra_label_columns(tmp_path):
+    """NIH/CheXpert-style lists: a "Patient ID" column, 1.0/0.0 labels, and finding columns that are ignored."""
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    (tmp_path / "list.csv").write_text(
+        "Path,Patient ID,Sex,Effusion,Atelectasis,label\n"
+        "a.png,p17,F,1.0,,1.0\n"
+        "b.png,p17,F,0.0,1.0,0.0\n"
+        "c.png,p18,M,,,PNEUMONIA\n")
+    got = {os.path.basename(s.path): (s.label, s.patient_id) for s in scan(tmp_path / "list.csv").samples}
+    assert got == {"a.png": (1, "p17"), "b.png": (0, "p17"), "c.png": (1, "p18")}
+
+
+# ------------------------------------------------------------------------------------------------- GPU path
+
+
+def test_cpu_choice_is_float32_without_pinning():
+    a = accel.choose("cpu")
+    assert a.device.type == "cpu" and a.amp_dtype is None and not a.needs_scaler and not a.pin_memory
+    assert not a.scaler().is_enabled()
+    x = torch.ones(2, 3)
+    assert a.to_device(x).device.type == "cpu"
+    with a.autocast():
+        assert torch.mm(x, x.T).dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_cuda_path_trains_with_amp_channels_last_and_pinned_memory():
+    from core.models import create_model
+
+    a = accel.choose("cuda")
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert a.amp_dtype == expected and a.needs_scaler == (expected == torch.float16) and a.pin_memory
+    model, _ = create_model("small_cnn", pretrained=False, input_size=64)
+    model = a.prepare(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = a.scaler()
+    x = a.to_device(torch.rand(8, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    y = a.to_device(torch.randint(0, 2, (8,)))
+    with a.autocast():
+        logits = model(x)
+    assert logits.dtype == expected
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.isfinite(loss)
