@@ -156,6 +156,7 @@ def _capture_raw(cam, into: list, calls=None) -> None:
 
 REFERENCE_PERCENTILE = 99.0  # of a model's raw maps over validation films: the value drawn as full colour
 NO_EVIDENCE = 0.05  # below this share of the reference a pixel gets no colour at all
+FADE_IN = 0.25  # above it, opacity grows over this much of the scale: weak evidence stays faint
 STRETCHED_UNITS = "contrast-stretched: relative within this film only, colours not comparable between films"
 REFERENCE_FILE = "cam_reference.json"  # in each model's folder: {"methods": {method: {class name: value}}, ...}
 
@@ -193,7 +194,7 @@ def on_shared_scale(raw: np.ndarray, reference: float, probability: float = 1.0)
 
 
 def shared_units(target_name: str, model_name: str, method: str) -> str:
-    return (f"{method} evidence for {target_name} × calibrated P({target_name}), relative to {model_name}'s "
+    return (f"{method} evidence for {target_name} times calibrated P({target_name}), relative to {model_name}'s "
             "validation reference")
 
 
@@ -204,9 +205,9 @@ def _colors(values01: np.ndarray) -> np.ndarray:
 def _blend(gray_uint8: np.ndarray, heatmap: np.ndarray, alpha: float, transparent_below: float) -> np.ndarray:
     h, w = gray_uint8.shape[:2]
     heat = np.clip(cv2.resize(np.asarray(heatmap, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
-    # no colour below the threshold, then a short ramp, so weak evidence fades in instead of a hard edge
-    weight = alpha * np.clip((heat - transparent_below) / max(transparent_below, 1e-6), 0, 1) \
-        if transparent_below > 0 else np.full_like(heat, alpha)
+    # no colour below the threshold, then a ramp, so weak evidence stays faint and the film stays readable
+    weight = alpha * np.clip((heat - transparent_below) / FADE_IN, 0, 1) if transparent_below > 0 \
+        else np.full_like(heat, alpha)
     base = gray_uint8 if gray_uint8.ndim == 3 else np.repeat(gray_uint8[..., None], 3, axis=2)
     mixed = (1 - weight[..., None]) * base.astype(np.float32) + weight[..., None] * _colors(heat).astype(np.float32)
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
@@ -216,7 +217,7 @@ def colour_bar(width: int, units: str, transparent_below: float = NO_EVIDENCE) -
     """A horizontal colour bar (RGB uint8, ``width`` wide) with ticks 0, 0.5, 1 (the reference) and its units written under it."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font_px = max(11, min(18, width // 40))
+    font_px = max(11, width // 24)  # relative to the width: the image is usually shown smaller than its pixels
     font = ImageFont.load_default(size=font_px)
     pad, bar_h = font_px // 2 + 2, max(10, font_px)
     lines = _wrap(units, font, width - 2 * pad)

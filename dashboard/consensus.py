@@ -61,13 +61,13 @@ def _fmt(x, pct=False) -> str:
 def table(verdicts: list[Verdict]) -> pd.DataFrame:
     rows = []
     for v in verdicts:
-        row = {"model": v.model, "P(PNEUMONIA)": round(v.p_shown, 4), "calibrated": v.calibrated,
-               "raw P": round(v.p_raw, 4), "threshold (validation)": round(v.threshold_shown, 4), "label": v.label}
+        row = {"model": v.model, "P(PNEUMONIA)": round(v.p_shown, 4), "raw P": round(v.p_raw, 4),
+               "threshold": round(v.threshold_shown, 4), "label": v.label}
         for split in ("test", "official_val"):
             f = v.figures.get(split, {})
             row[f"{split} AUC"] = f.get("auc")
-            row[f"{split} sensitivity"] = f.get("sensitivity")
-            row[f"{split} specificity"] = f.get("specificity")
+            row[f"{split} sens."] = f.get("sensitivity")
+            row[f"{split} spec."] = f.get("specificity")
         rows.append(row)
     return pd.DataFrame(rows)
 

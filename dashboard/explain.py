@@ -37,6 +37,7 @@ from core.inference import LoadedModel, load_trained, predict_loaded
 from core.labels import CLASSES, POSITIVE
 
 DISPLAY_SIDE = 768  # longest side of the film under an overlay (and of the downloadable PNG)
+MIN_OVERLAY_SIDE = 512  # smaller films are enlarged to this before the overlay and its colour bar are drawn
 HEATMAP_CACHE_ENTRIES = 256
 MODEL_CACHE_ENTRIES = 12
 
@@ -251,8 +252,24 @@ def overlay_image(gray_display: np.ndarray, view: MapView, alpha: float) -> np.n
     """The map (model-input grid) stretched over the whole film, with its colour bar: the model saw the film
     squashed to a square, so stretching the square map back onto the film puts each cell where it came from.
     Contrast-stretched maps colour every pixel (no "no evidence" level exists on a per-film scale)."""
+    h, w = gray_display.shape[:2]
+    if max(h, w) < MIN_OVERLAY_SIDE:  # small films (224 px copies): enlarge, so the colour bar's text is sharp
+        scale = MIN_OVERLAY_SIDE / max(h, w)
+        size = (round(w * scale), round(h * scale))
+        gray_display = np.asarray(Image.fromarray(gray_display).resize(size, Image.Resampling.BILINEAR))
     return overlay(gray_display, view.values, float(alpha), view.units,
                    transparent_below=NO_EVIDENCE if view.shared else 0.0)
+
+
+def lung_focus(gray_display: np.ndarray, result: Explanation):
+    """Where the map's evidence lies on this film (``core.focus``: lung focus, border mass, a plain-words flag);
+    ``None`` when this checkout has no lung-model weights."""
+    from core import lungs
+    from core.focus import film_focus
+
+    if not lungs.WEIGHTS.is_file():
+        return None
+    return film_focus(gray_display, result.raw if result.raw is not None else result.heatmap)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -143,6 +143,10 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     p, thr = result.probability, thresholds[name]
     temperature = calibration.read_temperature(ma)
     on_scale = (lambda v: v) if temperature is None else (lambda v: float(calibration.calibrate(v, temperature)))
+    view = ex.map_view(result, ma.dir, name, scale, temperature)
+    rgb = ex.overlay_image(image.display(), view, alpha)
+    when = "cached" if result.cached else f"{result.seconds:.2f} s"
+    st.image(rgb, caption=f"{method} of {CLASSES[target]} · {when}", width="stretch")  # level with the film
     st.metric(f"P({CLASSES[POSITIVE]})", f"{on_scale(p):.3f}",
               help="calibrated: temperature scaling fitted on validation" if temperature else "raw model output")
     if isinstance(thr, str):
@@ -150,12 +154,11 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     else:
         st.markdown(f"Label at the validation-chosen threshold {on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
     st.caption(f"calibrated on validation (raw {p:.3f})" if temperature else "raw (this run has no calibration)")
-    view = ex.map_view(result, ma.dir, name, scale, temperature)
-    rgb = ex.overlay_image(image.display(), view, alpha)
-    when = "cached" if result.cached else f"{result.seconds:.2f} s"
-    st.image(rgb, caption=f"{method} of {CLASSES[target]} · {when}", width="stretch")
     if view.note:
         st.info(view.note)
+    with guard(f"lung focus of {name}"):
+        if (focus := ex.lung_focus(image.display(), result)) is not None:
+            (st.warning if focus.flagged else st.caption)(focus.caption())
     if (rho := faithfulness.failing(sanity, name, method)) is not None:
         st.warning(f"{method} fails the randomisation sanity check for {name}: re-initialising its top layer "
                    f"leaves the map nearly unchanged (rank correlation {rho:.2f}), so this map shows the film's "

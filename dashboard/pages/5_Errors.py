@@ -44,7 +44,7 @@ if not splits:
     stop()
 split = st.sidebar.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="err_split")
 rule = st.sidebar.selectbox("Threshold (chosen on validation)", list(RULES), format_func=RULES.get, key="err_rule")
-per_kind = st.sidebar.slider("Films per kind", 1, 24, 4, key="err_n")
+per_kind = st.sidebar.slider("Films per kind", 1, 24, 2, key="err_n")
 show_cams = st.sidebar.toggle("Show CAMs", value=True, key="err_cams")
 # Score-CAM (one forward pass per feature channel, minutes per film on a CPU) is left to the Grad-CAM page.
 GALLERY_METHODS = [m for m in CAM_METHODS if m != "Score-CAM"]
@@ -123,6 +123,8 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
                 st.image(rgb, caption=f"{method} of PNEUMONIA", width="stretch")
                 if view.note:
                     st.caption(view.note)
+                if (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
+                    (st.warning if focus.flagged else st.caption)(focus.caption())
 
 
 for kind, rows, what in (("False positives", fp, "NORMAL films the model called PNEUMONIA, highest probability first"),

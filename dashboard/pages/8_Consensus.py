@@ -95,6 +95,8 @@ def verdict(model_name: str) -> cs.Verdict:
     thr = ma.threshold("youden")
     view = ex.map_view(result, ma.dir, model_name, ex.SHARED, t)
     notes = [view.note] if view.note else []
+    if (focus := ex.lung_focus(film, result)) is not None:
+        notes.append(focus.caption())
     if (rho := faithfulness.failing(sanity, model_name, method)) is not None:
         notes.append(f"{method} failed the randomisation sanity check for this model (rho {rho:.2f}).")
     return cs.Verdict(model=model_name, p_raw=result.probability, p_shown=scale(result.probability),
