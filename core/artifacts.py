@@ -385,7 +385,8 @@ class ModelArtifacts:
 
     def splits(self) -> list[str]:
         """Splits that have predictions, in ``core.data.sort_splits`` order (val, test, then the others)."""
-        return sort_splits(p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
+        names = (p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
+        return sort_splits(n for n in names if name_problem(n) is None)  # a file name is no place for markup
 
     def predictions(self, split: str) -> pd.DataFrame:
         """path, label (0/1), probability ([0, 1]); one row per image: a repeated path would count twice."""

@@ -294,6 +294,26 @@ def _add_report(sub) -> None:
     r.set_defaults(func=cmd_report)
 
 
+def cmd_shift(args) -> int:
+    from trainer.shift import shift_run, table
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None
+    result = shift_run(args.run, shifts=shifts, limit=args.limit, cache_dir=args.cache_dir, workers=args.workers,
+                       command=_command(args.argv))
+    print(table(result, args.rule))
+    return 0
+
+
+def _add_shift(sub) -> None:
+    h = sub.add_parser("shift", help="score every model of a run under synthetic shifts of its test split")
+    h.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    h.add_argument("--shifts", help="comma-separated names from core/shift.py (default: all)")
+    h.add_argument("--limit", type=int, help="score a fixed random subset of this many test images (quick look)")
+    h.add_argument("--rule", help="print the table at this validation threshold rule (default: each model's own)")
+    h.add_argument("--cache-dir")
+    h.add_argument("--workers", type=int)
+    h.set_defaults(func=cmd_shift)
+
+
 def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="score every model of a run on another data set")
     e.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
@@ -303,6 +323,18 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
     e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_export(args) -> int:
+    from trainer.export import export_run
+    return export_run(args.run, [m.strip() for m in (args.models or "").split(",") if m.strip()])
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="write each model's ONNX graph beside its best checkpoint")
+    x.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    x.add_argument("--models", help="comma-separated model names (default: all)")
+    x.set_defaults(func=cmd_export)
 
 
 def _add_lungs_and_focus(sub) -> None:
@@ -319,7 +351,8 @@ def _add_explain(sub) -> None:
 
 
 # One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
-COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_lungs_and_focus, _add_explain]
+COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
+            _add_lungs_and_focus, _add_explain]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -58,6 +58,14 @@ class Recipe:
     half_checkpoint: bool = False  # store best.safetensors as float16
     target_sensitivity: float = 0.95
     max_train_batches: int | None = None  # cap per epoch: for quick runs only
+    # robust-recipe keys (docs/recipes.md); each default leaves training as it was
+    preprocess: str = "none"  # none | equalize | clahe: intensity standardisation, also applied at inference
+    crop_area_min: float = 1.0  # < 1: random-resized crops covering [crop_area_min, 1] of the film
+    photometric_scale: float = 1.0  # multiplies the brightness/contrast/gamma augmentation ranges
+    noise_std: float = 0.0  # > 0: Gaussian noise augmentation, std up to this (pixel units)
+    ema_decay: float = 0.0  # > 0: keep, validate and save an exponential moving average of the weights
+    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha) weights
+    threshold_rule: str = "youden"  # headline operating point: youden | sens<target%> | default
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,11 @@ RULES: dict[str, Rule] = {
     "blur_prob": Rule(float, 0, 1), "patience": Rule(int, 1, 10_000), "keep_last": Rule(int, 0, 10_000),
     "tta": Rule(int, 1, 64), "half_checkpoint": Rule(bool), "target_sensitivity": Rule(float, 0, 1, True, True),
     "max_train_batches": Rule(int, 1, 10**9, optional=True),
+    "preprocess": Rule(str, choices=("none", "equalize", "clahe")),  # = core.transforms.PREPROCESS
+    "crop_area_min": Rule(float, 0.05, 1), "photometric_scale": Rule(float, 0, 4), "noise_std": Rule(float, 0, 0.5),
+    "ema_decay": Rule(float, 0, 1, hi_open=True), "mixup_alpha": Rule(float, 0, 10),
+    "threshold_rule": Rule(str, check=lambda v: None if re.fullmatch(r"youden|default|sens\d{1,2}", v) else
+                           "is not a threshold rule: use youden, default or sens<NN> (e.g. sens95)"),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

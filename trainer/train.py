@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from core import metrics
@@ -27,6 +26,7 @@ from core.models import ModelSpec, count_params, create_model, get_spec, input_s
 from core.transforms import AugmentConfig, augment, normalize, to_float
 from trainer.config import Recipe
 from trainer.prepare import SplitData
+from trainer.robust import WeightAverage, mixed_loss, mixup
 
 HEARTBEAT_SECONDS = 10  # status.json refresh within an epoch, for a live ETA on the dashboard
 
@@ -85,10 +85,16 @@ class Fit:
     class_weights: torch.Tensor | None
     aug: AugmentConfig
     steps_per_epoch: int
+    ema: WeightAverage | None = None  # recipe ema_decay > 0: the averaged weights are validated and kept
 
     @property
     def use_amp(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are validated, checkpointed and scored: the average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, device: torch.device) -> Fit:
@@ -102,7 +108,9 @@ def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, d
                                                                int(recipe.warmup_epochs * steps)))
     return Fit(model, spec, recipe, device, opt, sched, torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
                _class_weights(train_labels, recipe, device),
-               AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob), steps)
+               AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob, crop_area_min=recipe.crop_area_min,
+                             noise_std=recipe.noise_std).scaled(recipe.photometric_scale), steps,
+               WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None)
 
 
 @dataclass
@@ -130,19 +138,23 @@ def _batch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, idx: np.ndarr
     y = torch.from_numpy(labels[idx][np.argsort(rows[idx], kind="stable")])
     if fit.recipe.augment:
         x = augment(x, fit.aug, gen)
-    return normalize(x, fit.spec.mean, fit.spec.std).to(fit.device, non_blocking=True), y.to(fit.device)
+    x = normalize(x, fit.spec.mean, fit.spec.std, fit.recipe.preprocess)
+    return x.to(fit.device, non_blocking=True), y.to(fit.device)
 
 
-def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None) -> tuple[float, int]:
     """One optimiser step; returns the batch's mean loss and its number of correct predictions."""
+    x, y_mix, lam = mixup(x, y, fit.recipe.mixup_alpha, gen)
     with torch.autocast(fit.device.type, enabled=fit.use_amp):
         logits = fit.model(x)
-        loss = F.cross_entropy(logits.float(), y, weight=fit.class_weights, label_smoothing=fit.recipe.label_smoothing)
+        loss = mixed_loss(logits.float(), y, y_mix, lam, fit.class_weights, fit.recipe.label_smoothing)
     fit.opt.zero_grad(set_to_none=True)
     fit.scaler.scale(loss).backward()
     fit.scaler.step(fit.opt)
     fit.scaler.update()
     fit.sched.step()
+    if fit.ema is not None:
+        fit.ema.update(fit.model)
     return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
 
@@ -157,7 +169,7 @@ def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, s
         t0 = clock()
         x, y = _batch(fit, images, rows, labels, order[b * bs:(b + 1) * bs], gen)
         t1 = clock()
-        loss, correct = _step(fit, x, y)
+        loss, correct = _step(fit, x, y, gen)
         stats.data_seconds.append(t1 - t0)
         stats.step_seconds.append(clock() - t1)
         stats.loss_sum, stats.correct, stats.seen = stats.loss_sum + loss * len(y), stats.correct + correct, \
@@ -167,9 +179,11 @@ def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, s
     return stats
 
 
-def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64) -> tuple[float, np.ndarray]:
+def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64,
+                  preprocess="none") -> tuple[float, np.ndarray]:
     """Validation loss (unweighted) and probabilities."""
-    probs = predict_probabilities(model, images, mean, std, batch_size=batch_size, device=device, indices=rows)
+    probs = predict_probabilities(model, images, mean, std, batch_size=batch_size, device=device, indices=rows,
+                                  preprocess=preprocess)
     p = np.clip(probs, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return loss, probs
@@ -239,6 +253,8 @@ def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     fit.opt.load_state_dict(state["optimizer"])
     fit.sched.load_state_dict(state["scheduler"])
     fit.scaler.load_state_dict(state["scaler"])
+    if fit.ema is not None and "ema" in state:
+        fit.ema.load_state_dict(state["ema"])
     log(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
     return Progress.from_state(state)
 
@@ -246,9 +262,11 @@ def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
 def _save_epoch(fit: Fit, progress: Progress, ckpt_dir: Path, improved: bool) -> None:
     """best.safetensors when improved; last.pt (and the last ``keep_last`` epoch_NNN.pt) always."""
     if improved:
-        save_best(fit.model, ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
+        save_best(fit.scored, ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
     state = {"model": fit.model.state_dict(), "optimizer": fit.opt.state_dict(), "scheduler": fit.sched.state_dict(),
              "scaler": fit.scaler.state_dict(), **progress.state()}
+    if fit.ema is not None:
+        state["ema"] = fit.ema.state_dict()
     if fit.recipe.keep_last > 0:
         save_resume(ckpt_dir / f"epoch_{progress.epoch:03d}.pt", state)
         prune_epochs(ckpt_dir, fit.recipe.keep_last)
@@ -291,7 +309,8 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
     train, val = data["train"], data["val"]
     stats = train_one_epoch(fit, images, train.rows, train.labels, seed=seed, epoch=epoch, on_batch=on_batch)
     bar.close()
-    val_loss, val_p = evaluate_loss(fit.model, images, val.rows, val.labels, fit.spec.mean, fit.spec.std, fit.device)
+    val_loss, val_p = evaluate_loss(fit.scored, images, val.rows, val.labels, fit.spec.mean, fit.spec.std, fit.device,
+                                    preprocess=recipe.preprocess)
     seconds = time.perf_counter() - t0
     improved = progress.record({
         "epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val_loss,
@@ -329,7 +348,7 @@ def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, Split
     load_best(model, writer.dir / "checkpoints" / "best.safetensors")
     spec = get_spec(recipe.arch)
     probs = {split: predict_probabilities(model, cache.images, spec.mean, spec.std, device=device,
-                                          indices=d.rows, tta=recipe.tta)
+                                          indices=d.rows, tta=recipe.tta, preprocess=recipe.preprocess)
              for split, d in data.items() if split != "train" and len(d.rows) > 0}
     val = data["val"]
     thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity)
