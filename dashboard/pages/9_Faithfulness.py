@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core import faithfulness
+from core.cams import CAM_METHODS
 from dashboard.common import footer, guard, start, stop
 
 run = start("Faithfulness")
@@ -44,12 +45,13 @@ c[3].metric("ROAD percentiles", ", ".join(str(p) for p in figures.get("road_perc
 left, right = st.columns(2)
 with left:
     st.subheader("ROAD (higher is better)")
-    road = df.pivot(index="model", columns="method", values="ROAD")
+    order = [m for m in CAM_METHODS if m in set(df["method"])]
+    road = df.pivot(index="model", columns="method", values="ROAD")[order]
     st.dataframe(road.style.format("{:+.3f}").background_gradient(cmap="RdYlGn", axis=None, vmin=-0.2, vmax=0.2),
                  width="stretch", height=40 + 35 * len(road))
 with right:
     st.subheader(f"Sanity: rank correlation after re-initialising the head (fails above {limit})")
-    rho = df.pivot(index="model", columns="method", values="sanity rho")
+    rho = df.pivot(index="model", columns="method", values="sanity rho")[order]
     st.dataframe(rho.style.format("{:.2f}").background_gradient(cmap="RdYlGn_r", axis=None, vmin=0, vmax=1),
                  width="stretch", height=40 + 35 * len(rho))
 
@@ -61,5 +63,7 @@ if not fails.empty:
                + ". The Grad-CAM page marks these combinations.")
 st.caption(f"{figures.get('sanity', '')}. ROAD: {figures.get('road', '')}. Films: a fixed random sample of the "
            f"test split (seed {figures.get('seed', '?')}), the same for every method of a model; with this few "
-           "films, differences of a few hundredths are noise. Score-CAM is left out (minutes per film on a CPU).")
+           "films, differences of a few hundredths are noise. A model sure of its answer (P near 1) barely moves when "
+           "half the film is imputed, so its ROAD stays near 0 whatever the map: compare methods within a model. "
+           "Score-CAM is left out (minutes per film on a CPU).")
 footer()
