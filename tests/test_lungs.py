@@ -220,5 +220,5 @@ def test_where_models_look_page_ranks_models_by_median_lung_focus(focus_run, mon
     expected = ranking(df, "Grad-CAM")
     shown = at.dataframe[0].value
     assert list(shown["model"]) == list(expected["model"])
-    assert shown["median lung focus"].tolist() == pytest.approx(expected["median lung focus"].tolist())
+    assert (shown["median lung focus"] / 100).tolist() == pytest.approx(expected["median lung focus"].tolist())
     assert any("held-out Dice" in c.value for c in at.caption)

@@ -1,7 +1,8 @@
 """``python -m trainer focus``: where each model of a run looks, measured as lung focus (core/focus.py).
 
-For a fixed, seeded sample of ``--n`` films of one split (the same films for every model), each model's CAM for
-PNEUMONIA is computed (``core.cams.explain``), and its lung focus and border mass are measured against the film's
+For a fixed, seeded sample of ``--n`` films of one split (the same films for every model), each model's raw CAM
+for PNEUMONIA is computed (``core.cams.raw_maps``: before any per-image stretching, as the Grad-CAM page measures
+it), and its lung focus and border mass are measured against the film's
 lung mask (the committed lung model, core/lungs.py) and body mask. Films are taken at ``MASK_SIZE`` px, the size of
 the Kermany 224 copy; each map is resized to it.
 
@@ -68,34 +69,45 @@ def sample_films(run: Run, split: str, n: int, seed: int, data_root: Path | None
     return table.dropna(subset=["file"]).reset_index(drop=True)
 
 
-def film_masks(films: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(lung mask, body mask) per film at MASK_SIZE px, computed once for all models."""
+def film_masks(films: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
+    """(lung mask, body mask) per film at MASK_SIZE px, computed once for all models; unreadable films dropped."""
     from core.lungs import lung_mask
-    out = []
-    for f in films["file"]:
-        gray = load_for_model(f, MASK_SIZE)
+    keep, out = [], []
+    for i, f in enumerate(films["file"]):
+        try:
+            gray = load_for_model(f, MASK_SIZE)
+        except ImageError as e:
+            print(f"warning: skipped {f}: {e}")
+            continue
         lungs = lung_mask(gray)
+        keep.append(i)
         out.append((lungs, body_mask(gray, lungs)))
-    return out
+    return films.iloc[keep].reset_index(drop=True), out
 
 
-def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: list[str]) -> list[dict]:
-    """One row per film and method: lung focus and border mass of the model's PNEUMONIA map."""
-    from core.cams import explain
+def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: list[str],
+                batch: int = 16) -> list[dict]:
+    """One row per film and method: lung focus and border mass of the model's raw PNEUMONIA map (the map the
+    Grad-CAM page measures), computed in batches; gradient methods share one forward and backward pass."""
+    from core.cams import GRADIENT_FREE, raw_maps, raw_maps_many
     from core.inference import load_trained
     loaded = load_trained(artifacts)
+    grad_methods = [m for m in methods if m not in GRADIENT_FREE]
     rows = []
-    for (_, film), (lungs, body) in zip(films.iterrows(), masks):
-        try:
-            x = loaded.inputs(load_for_model(film["file"], loaded.input_size)[None])
-        except ImageError as e:
-            print(f"   skipped {film['path']}: {e}")
-            continue
-        for method in methods:
-            focus = map_focus(explain(loaded.model, loaded.spec, x, method, target=POSITIVE), lungs, body)
-            rows.append({"path": film["path"], "label": int(film["label"]), "method": method,
-                         "lung_focus": round(focus.lung_focus, 5), "border_mass": round(focus.border_mass, 5),
-                         "lung_fraction": round(float(lungs.mean()), 5)})
+    for start in range(0, len(films), batch):
+        chunk = films.iloc[start:start + batch]
+        x = loaded.inputs(np.stack([load_for_model(f, loaded.input_size) for f in chunk["file"]]))
+        maps = raw_maps_many(loaded.model, loaded.spec, x, grad_methods, target=POSITIVE) if grad_methods else {}
+        for m in methods:
+            if m in GRADIENT_FREE:
+                maps[m] = raw_maps(loaded.model, loaded.spec, x, m, target=POSITIVE)
+        for i, (_, film) in enumerate(chunk.iterrows()):
+            lungs, body = masks[start + i]
+            for m in methods:
+                focus = map_focus(maps[m][i], lungs, body)
+                rows.append({"path": film["path"], "label": int(film["label"]), "method": m,
+                             "lung_focus": round(focus.lung_focus, 5), "border_mass": round(focus.border_mass, 5),
+                             "lung_fraction": round(float(lungs.mean()), 5)})
     return rows
 
 
@@ -142,7 +154,7 @@ def markdown_table(run_: Run, split: str) -> str:
         cells = [f"{tables[m].loc[model, 'median lung focus']:.0%}" if model in tables[m].index else "–"
                  for m in methods]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {row['flagged']:.0%} | "
-                     f"{row['median border mass']:.0%} | {row['n']} |")
+                     f"{row['median border mass']:.0%} | {int(row['n'])} |")
     uniform = df["lung_fraction"].median()
     lines.append(f"\nA uniform map would score {uniform:.0%} (the median share of these films inside the lungs).")
     return "\n".join(lines)
@@ -161,7 +173,7 @@ def run(args) -> int:
     data_root = Path(args.data_root) if args.data_root else None
     films = sample_films(run_, args.split, args.n, args.seed, data_root)
     t0 = time.time()
-    masks = film_masks(films)
+    films, masks = film_masks(films)
     print(f"{len(films)} films of {args.split}: lung masks in {time.time() - t0:.0f}s")
     for name in names:
         artifacts = run_.model(name)
