@@ -87,7 +87,7 @@ def run(ctx: Ctx) -> dict:
                 model(x)
 
         slow = method_name == "Score-CAM"
-        reps = 1 if backend == "torch" else ctx.reps(1, 3) if slow else ctx.reps(5, 20)
+        reps = 1 if backend == "torch" else ctx.reps(1, 2) if slow else ctx.reps(5, 20)
 
         def cam():
             with _backend(backend):
