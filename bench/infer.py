@@ -6,7 +6,8 @@ eval mode, channels-last, as ``core.inference.load_trained`` prepares a model). 
 * ``evaluate (onnx)``: what ``trainer evaluate`` runs now (``predict_probabilities`` on cached uint8 images through
   the model's ONNX Runtime session: to_float -> normalize -> ONNX Runtime -> softmax), one view;
 * ``evaluate (torch)``: the same path on eager torch (``CXR_BACKEND=torch``);
-* ``compiled``: the bare forward pass of ``torch.compile(model)`` (compiled once, before timing; full mode, ``COMPILED_MODELS`` only);
+* ``compiled``: the bare forward pass of ``torch.compile(model)`` (compiled once, before timing; full mode,
+  ``COMPILED_MODELS`` only);
 * ``evaluate (onnx), TTA=5``: five views in one batch, against one view on the same backend.
 
 Ratios are medians of per-round ratios (throughput over eager bare; for TTA, time over one view's time).
