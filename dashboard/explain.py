@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from core.labels import CLASSES, POSITIVE
 
 DISPLAY_SIDE = 768  # longest side of the film under an overlay (and of the downloadable PNG)
 HEATMAP_CACHE_ENTRIES = 256
+DECODED_CACHE_ENTRIES = 12  # films kept decoded across reruns and sessions (each holds its source bytes)
 MODEL_CACHE_ENTRIES = 12
 
 
@@ -194,6 +196,28 @@ class DecodedImage:
         return self._display
 
 
+_DECODED = _LRU(DECODED_CACHE_ENTRIES)
+
+
+def decoded(source, name: str) -> DecodedImage:
+    """The ``DecodedImage`` of ``source``, shared while its content is unchanged: a rerun (a slider moved) or
+    another session showing the same film reuses its decodes instead of paying for them again. Uploads (bytes)
+    are keyed by a hash of their content, files by path, size and modification time."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        key = ("bytes", hashlib.sha256(source).hexdigest(), name)
+    else:
+        try:
+            st = os.stat(source)
+        except OSError:
+            return DecodedImage(source, name)  # the loader reports the problem
+        key = ("file", str(source), st.st_size, st.st_mtime_ns, name)
+    image = _DECODED.get(key)
+    if image is None:
+        image = DecodedImage(source, name)
+        _DECODED.put(key, image)
+    return image
+
+
 def overlay_image(gray_display: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.ndarray:
     """The heatmap (model-input grid) stretched over the whole film: the model saw the film squashed to a square,
     so stretching the square map back onto the film puts each cell where it came from."""
@@ -222,6 +246,7 @@ def resolve_image_path(path: str, run: Run | None = None) -> Path | None:
 
 
 def data_root_of(run: Run) -> str:
+    """The run's data root as recorded (text from run.json: pages show it through ``plain``)."""
     try:
         return str(run.info.get("data_root") or "?")
     except ArtifactError:

@@ -14,7 +14,7 @@ from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, start, stop
+from dashboard.common import footer, guard, plain, start, stop
 
 RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
 GALLERY_COLUMNS = 3
@@ -74,7 +74,7 @@ have_files = any(v is not None for v in resolved.values())
 cm = None
 if show_cams and not shown.empty:
     if not have_files:
-        st.info(f"The data folder (`{ex.data_root_of(run)}`) is absent on this machine, so no CAMs can be drawn: "
+        st.info(f"The data folder ({plain(ex.data_root_of(run))}) is absent on this machine, so no CAMs can be drawn: "
                 "showing the tables only.")
     else:
         try:
@@ -93,15 +93,15 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
             label = f"{name} · true {CLASSES[int(row.label)]} · p={row.probability:.3f}"
             path = resolved.get(row.path)
             if path is None:
-                st.caption(f"{label}: file not on this machine")
+                st.caption(f"{plain(label)}: file not on this machine")  # the name comes from a predictions file
                 continue
             with guard(f"{model_name} on {name}"):
-                image = ex.DecodedImage(path, name)
+                image = ex.decoded(path, name)
                 try:
                     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
                     rgb = ex.overlay_image(image.display(THUMB_SIDE), result.heatmap, alpha)
                 except ImageError as e:
-                    st.error(f"Cannot read {name}: {e}")
+                    st.error(f"Cannot read {plain(name)}: {plain(e)}")
                     continue
                 st.image(rgb, caption=label, width="stretch")
 
