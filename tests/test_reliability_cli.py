@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import KERMANY224, need
+from test_reliability import run_capped
+
 from core.locks import run_lock
 from trainer.cli import main
-from test_reliability import run_capped
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_DATA, EXIT_CONFIG = 2, 3
