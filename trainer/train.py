@@ -9,6 +9,7 @@ and test are scored once. ``train_one_epoch`` is the one batch loop: the trainin
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -246,6 +247,33 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
     return make_fit(model, spec, recipe, data["train"].labels, device), winfo.pretrained
 
 
+def rng_state() -> dict:
+    """The global RNG states (torch, CUDA, numpy, python) for the resume file: dropout and anything else drawing
+    from them continue exactly where an uninterrupted run would be. Batch order and augmentation need nothing
+    stored: their generators are seeded from (seed, epoch) at the start of every epoch."""
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "python": random.getstate()}
+
+
+def restore_rng_state(state: dict | None) -> None:
+    """Undo ``rng_state``; a resume file written before RNG states were stored restores nothing."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                               "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    random.setstate(state["python"])
+
+
 def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     """Load last.pt into the model, optimiser, schedule and scaler; returns where training stood."""
     state = load_resume(last)
@@ -255,6 +283,7 @@ def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     fit.scaler.load_state_dict(state["scaler"])
     if fit.ema is not None and "ema" in state:
         fit.ema.load_state_dict(state["ema"])
+    restore_rng_state(state.get("rng"))
     log(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
     return Progress.from_state(state)
 
@@ -264,7 +293,7 @@ def _save_epoch(fit: Fit, progress: Progress, ckpt_dir: Path, improved: bool) ->
     if improved:
         save_best(fit.scored, ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
     state = {"model": fit.model.state_dict(), "optimizer": fit.opt.state_dict(), "scheduler": fit.sched.state_dict(),
-             "scaler": fit.scaler.state_dict(), **progress.state()}
+             "scaler": fit.scaler.state_dict(), "rng": rng_state(), **progress.state()}
     if fit.ema is not None:
         state["ema"] = fit.ema.state_dict()
     if fit.recipe.keep_last > 0:
