@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
@@ -233,3 +234,10 @@ def is_peer_failure(error: BaseException) -> bool:
     text = str(error).lower()
     return isinstance(error, RuntimeError) and any(
         w in text for w in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))
+
+
+def peer_failure_message(error: BaseException) -> str:
+    """What status.json says when another process went away: the reason without gloo's source path and advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
+    text = text.split(". This is typically")[0].rstrip(".")
+    return f"another training process stopped ({text or type(error).__name__}); continue with --resume"

@@ -51,6 +51,15 @@ def test_world_of_one_changes_nothing():
     assert distributed.is_main() and not distributed.world().enabled
 
 
+def test_peer_failure_is_told_apart_and_said_briefly():
+    gloo = RuntimeError("[/src/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:28575: Connection reset by "
+                        "peer. This is typically caused by a remote worker hanging or bugs in the application.")
+    assert distributed.is_peer_failure(gloo) and not distributed.is_peer_failure(ValueError("bad recipe"))
+    assert distributed.peer_failure_message(gloo) == ("another training process stopped (Read error "
+                                                      "[127.0.0.1]:28575: Connection reset by peer); "
+                                                      "continue with --resume")
+
+
 # ---------------------------------------------------------------------------------- real 2-process gloo group
 
 
