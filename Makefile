@@ -1,8 +1,9 @@
-# The README's commands. `make demo` sets up and opens the dashboard; `make test` sets up and runs the tests.
+# The README's commands. `make demo` sets up and opens the dashboard; `make test` sets up, lints (ruff) and runs
+# the tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-dev test test-all demo train bench bench-quick results-table
+.PHONY: setup setup-dev lint test test-all demo train bench bench-quick results-table
 
 setup:
 	bash scripts/setup.sh
@@ -10,10 +11,13 @@ setup:
 setup-dev:
 	bash scripts/setup.sh --dev
 
-test: setup-dev
+lint: setup-dev
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
-test-all: setup-dev
+test-all: lint
 	$(PY) -m pytest -q --run-slow
 
 demo: setup

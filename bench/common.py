@@ -21,9 +21,9 @@ def lineup_recipes() -> dict:
 
 
 def recipe_size(recipe) -> int:
-    from core.models import get_spec
+    from core.models import input_size_for
 
-    return int(recipe.input_size or get_spec(recipe.arch).input_size)
+    return input_size_for(recipe.arch, recipe.input_size)
 
 
 def fixed_samples(n: int):

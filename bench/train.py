@@ -1,11 +1,11 @@
 """Training: images/s of the trainer's own step per model at its lineup input size, the share of step time spent
-on the batch (fetch + to_float + augment + normalize, timed separately in the same loop), and peak memory.
+on the batch (fetch + to_float + augment + normalize), and peak memory.
 
 Each model runs in its own subprocess (``python -m bench.train ARCH ...``) so that its RSS high-water mark
-(``resource.getrusage``) is its own. The loop is trainer/train.py's: channels-last model, AdamW with the
-trainer's parameter groups and schedule, class-weighted cross-entropy with the recipe's label smoothing,
-``zero_grad`` / backward / step / scheduler step, the loss read back every step. Models are built without
-ImageNet weights (the weights do not change the cost) and with every layer trainable (the main stage).
+(``resource.getrusage``) is its own. The loop is the trainer's own ``trainer.train.train_one_epoch`` (with
+``make_fit``: channels-last model, the recipe's optimiser, parameter groups, schedule, class-weighted loss),
+which times the batch and the model step of every batch. Models are built without ImageNet weights (the
+weights do not change the cost) and with every layer trainable (the main stage).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from bench import REPO
 from bench.report import check, figure
@@ -26,77 +25,48 @@ N_IMAGES = 256
 
 def worker(arch: str, warmup: int, steps: int, work: str) -> dict:
     import resource
+    from dataclasses import replace
     from pathlib import Path
 
     import numpy as np
     import psutil
     import torch
-    import torch.nn.functional as F
 
-    from bench.common import fixed_cache, lineup_recipes, recipe_size
-    from core.models import create_model, get_spec
-    from core.transforms import AugmentConfig, augment, normalize, to_float
-    from trainer.train import _class_weights, _lr_lambda, _param_groups
+    from bench.common import fixed_cache, lineup_recipes
+    from core.models import create_model, get_spec, input_size_for
+    from trainer.train import make_fit, train_one_epoch
 
     torch.set_num_threads(2)
     rss_start = psutil.Process().memory_info().rss
-    recipe = lineup_recipes()[arch]
-    size = recipe_size(recipe)
+    total = warmup + steps
+    recipe = replace(lineup_recipes()[arch], max_train_batches=total)
+    size = input_size_for(recipe.arch, recipe.input_size)
     cache, labels = fixed_cache(N_IMAGES, size, Path(work))
-    train_rows = np.arange(len(labels))
-    device = torch.device("cpu")
-    spec = get_spec(arch)
     torch.manual_seed(0)
     model, _ = create_model(arch, pretrained=False, input_size=size)
-    model.to(device, memory_format=torch.channels_last)
-    model.train()
-    opt = torch.optim.AdamW(_param_groups(model, spec, recipe), weight_decay=recipe.weight_decay)
-    total = warmup + steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, 1))
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    class_w = _class_weights(labels, recipe, device)
-    aug = AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob)
-    gen = torch.Generator().manual_seed(0)
-    bs = recipe.batch_size
-    order = np.concatenate([np.random.default_rng([0, e]).permutation(len(train_rows))
-                            for e in range(total * bs // len(train_rows) + 1)])
-    t_data, t_step = [], []
-    clock = time.perf_counter
-    for b in range(total):
-        t0 = clock()
-        idx = order[b * bs:(b + 1) * bs]
-        x = to_float(torch.from_numpy(cache.images[np.sort(train_rows[idx])]))
-        y = torch.from_numpy(labels[idx][np.argsort(train_rows[idx], kind="stable")])
-        if recipe.augment:
-            x = augment(x, aug, gen)
-        x, y = normalize(x, spec.mean, spec.std).to(device, non_blocking=True), y.to(device)
-        t1 = clock()
-        with torch.autocast(device.type, enabled=False):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=class_w, label_smoothing=recipe.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        float(loss.detach()), int((logits.argmax(1) == y).sum())
-        t2 = clock()
-        if b >= warmup:
-            t_data.append(t1 - t0)
-            t_step.append(t2 - t1)
+    model.to(torch.device("cpu"), memory_format=torch.channels_last)
+    fit = make_fit(model, get_spec(arch), recipe, labels, torch.device("cpu"))
+    rows, t_data, t_step, epoch = np.arange(len(labels)), [], [], 0
+    while len(t_step) < total:  # the trainer's own epoch loop, as many epochs as the batches need
+        epoch += 1
+        stats = train_one_epoch(fit, cache.images, rows, labels, seed=0, epoch=epoch)
+        t_data += stats.data_seconds
+        t_step += stats.step_seconds
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return {"arch": arch, "size": size, "batch_size": bs, "augment": recipe.augment, "data_s": t_data,
-            "model_s": t_step, "rss_start_mb": rss_start / 2**20, "peak_rss_mb": peak / 2**20,
-            "threads": torch.get_num_threads()}
+    return {"arch": arch, "size": size, "batch_size": recipe.batch_size, "augment": recipe.augment,
+            "data_s": t_data[warmup:total], "model_s": t_step[warmup:total], "rss_start_mb": rss_start / 2**20,
+            "peak_rss_mb": peak / 2**20, "threads": torch.get_num_threads()}
 
 
 def run(ctx: Ctx) -> dict:
-    from bench.common import fixed_cache, lineup_recipes, recipe_size
+    from bench.common import fixed_cache, lineup_recipes
+    from core.models import input_size_for
 
     recipes = lineup_recipes()
     archs = [a for a in recipes if a in QUICK_MODELS] if ctx.quick else list(recipes)
     warmup, steps = ctx.reps(1, 2), ctx.reps(2, 6)
-    for size in sorted({recipe_size(recipes[a]) for a in archs}):  # build outside the timed subprocesses
+    # caches are built here, outside the timed subprocesses
+    for size in sorted({input_size_for(a, recipes[a].input_size) for a in archs}):
         fixed_cache(N_IMAGES, size, ctx.work)
     figures, checks, raw = [], [], {}
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}

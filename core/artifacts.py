@@ -1,9 +1,9 @@
 """Reading and writing the artifacts folder: the contract between trainer and dashboard (docs/artifacts.md).
 
 Writes are atomic (temporary file in the same folder, fsync, ``os.replace``): a reader sees the old file or
-the new one, never half of one, and a killed trainer leaves a consistent run. Reads never raise on a bad
-file: the reader records an ``ArtifactError`` for that file and carries on, so one broken model cannot take
-a whole dashboard page down.
+the new one, never half of one, and a killed trainer leaves a consistent run. Every read problem (missing,
+torn, malformed) is an ``ArtifactError`` naming the file, never a bare parser error, so a caller can show that
+one model's problem and carry on with the others. Image paths are stored relative to the data root.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.data import sort_splits
-from core.metrics import HEADLINE_RULE
+from core.metrics import HEADLINE_RULE, evaluate_split
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ STALE_AFTER_SECONDS = 600
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 PREDICTION_COLUMNS = ["path", "label", "probability"]
 SPLIT_COLUMNS = ["path", "label", "patient_id", "split"]
+SKIPPED_COLUMNS = ["path", "reason"]
 
 
 ENSEMBLE_ARCH = "ensemble"  # config.json "arch" of an ensemble: no network, the mean of its "members"
@@ -123,11 +125,29 @@ def write_csv(path: str | Path, rows, columns: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-class ModelWriter:
-    """Writes one model's folder inside a run."""
+def data_folder(data_root: str | Path) -> Path:
+    """The folder stored image paths are relative to: the data folder, or a CSV manifest's own folder."""
+    root = Path(data_root).expanduser()
+    return root.parent if root.suffix.lower() == ".csv" else root
 
-    def __init__(self, run_dir: str | Path, name: str):
+
+def stored_path(path: str | Path, data_root: str | Path | None) -> str:
+    """How an image path is written into an artifact: relative to the data root (portable to another machine),
+    as given when it lies outside it (a manifest may list files anywhere)."""
+    if data_root is None:
+        return str(path)
+    try:
+        return Path(path).absolute().relative_to(data_folder(data_root).absolute()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class ModelWriter:
+    """Writes one model's folder inside a run; image paths are stored relative to ``data_root`` when given."""
+
+    def __init__(self, run_dir: str | Path, name: str, data_root: str | Path | None = None):
         self.dir = Path(run_dir) / name
+        self.data_root = data_root
         (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     def config(self, config: dict) -> None:
@@ -142,12 +162,58 @@ class ModelWriter:
     def predictions(self, split: str, paths, labels, probabilities) -> None:
         # repr() round-trips a float exactly, so counts recomputed from this file at a threshold (itself one
         # of these probabilities) equal the ones in metrics_<split>.json
-        rows = [{"path": a, "label": int(b), "probability": repr(float(c))}
+        rows = [{"path": stored_path(a, self.data_root), "label": int(b), "probability": repr(float(c))}
                 for a, b, c in zip(paths, labels, probabilities)]
         write_csv(self.dir / f"predictions_{split}.csv", rows, PREDICTION_COLUMNS)
 
     def metrics(self, split: str, metrics: dict) -> None:
         write_json(self.dir / f"metrics_{split}.json", metrics)
+
+    def score(self, split: str, paths, labels, probabilities, thresholds: dict) -> dict:
+        """Write a split's predictions and its metrics at ``thresholds`` (chosen on validation); return the metrics.
+
+        The one place where scored probabilities become artifacts: training, ``evaluate`` and ensembles use it.
+        """
+        self.predictions(split, paths, labels, probabilities)
+        m = evaluate_split(np.asarray(labels), np.asarray(probabilities), thresholds, split=split)
+        self.metrics(split, m)
+        return m
+
+
+class RunWriter:
+    """Writes a run's own files: run.json, split.csv and skipped.csv (docs/artifacts.md).
+
+    ``data_root`` is kept as the user gave it (relative stays relative), and image paths are stored relative
+    to it, so a run copied to another machine finds its films under that machine's copy of the data.
+    """
+
+    def __init__(self, run_dir: str | Path, data_root: str | Path):
+        self.dir = Path(run_dir)
+        self.data_root = str(data_root)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def model(self, name: str) -> ModelWriter:
+        return ModelWriter(self.dir, name, self.data_root)
+
+    def split(self, samples) -> None:
+        """One row per sample (``core.data.Sample``): path, label, patient_id, split."""
+        write_csv(self.dir / "split.csv", [{"path": stored_path(s.path, self.data_root), "label": s.label,
+                                            "patient_id": s.patient_id, "split": s.split} for s in samples],
+                  SPLIT_COLUMNS)
+
+    def skipped(self, skipped: list[tuple[str, str]]) -> None:
+        write_csv(self.dir / "skipped.csv", [{"path": stored_path(p, self.data_root), "reason": r}
+                                             for p, r in skipped], SKIPPED_COLUMNS)
+
+    def info(self, **facts) -> None:
+        """Write run.json; ``created`` survives a resume, ``updated`` is now."""
+        try:
+            created = read_json(self.dir / "run.json").get("created")
+        except ArtifactError:
+            created = None
+        write_json(self.dir / "run.json", {"schema_version": SCHEMA_VERSION, "run_id": self.dir.name,
+                                           "created": created or now_iso(), "updated": now_iso(),
+                                           "data_root": self.data_root, **facts})
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -258,9 +324,10 @@ CONFIG_FIELDS = {
             and all(_number(x) and x > 0 for x in v)),
 }
 STATUS_FIELDS = {
-    "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL, "epoch": COUNT, "epochs": COUNT, "batch": COUNT,
-    "batches": COUNT, "best_epoch": COUNT, "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL,
-    "train_seconds": NUMBER_OR_NULL, "early_stopped": BOOL,
+    "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL,
+    "epoch": COUNT, "epochs": COUNT, "batch": COUNT, "batches": COUNT, "best_epoch": COUNT,
+    "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL, "train_seconds": NUMBER_OR_NULL,
+    "early_stopped": BOOL,
 }
 METRICS_FIELDS = {
     "split": TEXT, "n": COUNT, "n_pos": COUNT, "n_neg": COUNT, "auc": NUMBER_OR_NULL, "brier": NUMBER_OR_NULL,
@@ -281,7 +348,6 @@ class ModelArtifacts:
 
     run_dir: Path
     name: str
-    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -319,7 +385,8 @@ class ModelArtifacts:
 
     def splits(self) -> list[str]:
         """Splits that have predictions, in ``core.data.sort_splits`` order (val, test, then the others)."""
-        return sort_splits(p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
+        names = (p.stem.removeprefix("predictions_") for p in self.dir.glob("predictions_*.csv"))
+        return sort_splits(n for n in names if name_problem(n) is None)  # a file name is no place for markup
 
     def predictions(self, split: str) -> pd.DataFrame:
         """path, label (0/1), probability ([0, 1]); one row per image: a repeated path would count twice."""
@@ -378,7 +445,7 @@ class Run:
 
     def skipped(self) -> pd.DataFrame:
         path = self.dir / "skipped.csv"
-        return read_csv(path, ["path", "reason"]) if path.exists() else pd.DataFrame(columns=["path", "reason"])
+        return read_csv(path, SKIPPED_COLUMNS) if path.exists() else pd.DataFrame(columns=SKIPPED_COLUMNS)
 
     @cached_property
     def models(self) -> list[ModelArtifacts]:
@@ -392,52 +459,57 @@ class Run:
 
     def _info_ok(self) -> bool:
         try:
-            self.info
-            return True
+            return isinstance(self.info, dict)
         except ArtifactError:
             return False
 
-    def locate(self, path: str | Path) -> Path | None:
-        """The image file a split/predictions path names, on this machine, or None when it is not here.
+    def data_dir(self, split: str | None = None) -> Path | None:
+        """The folder the image paths of ``split`` are relative to, resolved on this machine, or None when it is
+        not here or does not look like a data set (``_data_base``: a run.json naming ``/`` must not open the disk).
 
-        Paths are recorded absolute on the training machine. Elsewhere (a fresh clone of a committed run) the
-        part under the run's ``data_root`` is looked for under the data root as the user gave it
-        (``data_root_given``, e.g. ``../shared/data/kermany224``), relative to the working folder or the repo.
-        A run folder may come from anyone, so the file found must resolve (symlinks followed) inside one of
-        ``data_bases()``: never ``/etc/passwd`` or a path that climbs out with ``..``.
+        That is the run's data root, or for a split added by ``trainer evaluate`` the root recorded in its
+        ``evaluated_<split>.json``. Roots are kept as the user gave them; a relative one is looked for from the
+        working folder, from the folder holding the artifacts root (where the trainer ran), and from the repo.
+        """
+        record = self.dir / f"evaluated_{split}.json"
+        try:
+            info = read_json(record, {"data_root": TEXT}) if split and record.exists() else self.info
+        except ArtifactError:
+            return None
+        given = info.get("data_root")
+        if not given:
+            return None
+        here = [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, self.dir.parent.parent / given,
+                                                               REPO / given]
+        return next((b for b in map(_data_base, here) if b is not None), None)
+
+    def locate(self, path: str | Path, split: str | None = None) -> Path | None:
+        """The image file a split.csv/predictions path names, on this machine, or None when it is not here.
+
+        Stored paths are relative to the data root (``data_dir``); an absolute one (a manifest entry outside its
+        folder) is taken as it is. A run folder may come from anyone, so the file found must resolve (symlinks
+        followed) inside one of ``data_bases(split)``: never ``/etc/passwd`` or a path that climbs out with ``..``.
         """
         p = Path(str(path))
-        info = self._info_or_empty()
-        root, given = info.get("data_root"), info.get("data_root_given")
-        candidates = [p]
-        if root and not p.is_absolute():
-            candidates.append(Path(root) / p)
-        elif root and given:
-            try:
-                rel = p.relative_to(root)
-            except ValueError:
-                rel = None
-            if rel is not None:
-                candidates += [b / rel for b in _given_bases(given)]
-        bases = self.data_bases()
-        for c in candidates:
-            try:
-                real = c.resolve()
-                if real.is_file() and any(real.is_relative_to(b) for b in bases):
-                    return real
-            except (OSError, ValueError, RuntimeError):  # unreadable, NUL in the name, symlink loop
-                continue
+        if not p.is_absolute():
+            root = self.data_dir(split)
+            if root is None:
+                return None
+            p = root / p
+        try:
+            real = p.resolve()
+            if real.is_file() and any(real.is_relative_to(b) for b in self.data_bases(split)):
+                return real
+        except (OSError, ValueError, RuntimeError):  # unreadable, NUL in the name, symlink loop
+            pass
         return None
 
-    def data_bases(self) -> list[Path]:
-        """Folders images may be read from: the run's data root where it is on this machine and looks like a data
-        set (class or split folders, or a manifest), plus the user's allow-list (``$CXR_DATA_ALLOW``, folders
+    def data_bases(self, split: str | None = None) -> list[Path]:
+        """Folders images may be read from: the data root of ``split`` where it is on this machine and looks like a
+        data set (class or split folders, or a manifest), plus the user's allow-list (``$CXR_DATA_ALLOW``, folders
         separated by ``os.pathsep``, and ``Run.allow``)."""
-        info = self._info_or_empty()
-        roots = [Path(info["data_root"])] if info.get("data_root") else []
-        if info.get("data_root_given"):
-            roots += _given_bases(info["data_root_given"])
-        bases = [b for b in (_data_base(r) for r in roots) if b is not None]
+        root = self.data_dir(split)
+        bases = [root] if root is not None else []
         allow = [a for a in os.environ.get(ENV_ALLOW, "").split(os.pathsep) if a] + list(self.allow)
         for a in allow:
             try:
@@ -457,10 +529,6 @@ class Run:
             if m.name == name:
                 return m
         raise ArtifactError(f"{self.dir}: no model named {name!r}; has {[m.name for m in self.models]}")
-
-
-def _given_bases(given: str) -> list[Path]:
-    return [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, REPO / given]
 
 
 def _data_base(root: Path) -> Path | None:

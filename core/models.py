@@ -69,6 +69,11 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
+def input_size_for(arch: str, requested: int | None = None) -> int:
+    """The size a model entry sees: the recipe's ``input_size`` when it sets one, else the registry's default."""
+    return int(requested or get_spec(arch).input_size)
+
+
 def list_specs() -> list[ModelSpec]:
     return list(REGISTRY.values())
 

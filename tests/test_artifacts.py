@@ -14,6 +14,7 @@ import pytest
 import core.metrics
 from core import artifacts
 from core.artifacts import ArtifactError, ModelWriter, Run, list_runs
+from core.data import Sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,9 +26,8 @@ def test_metrics_docstring_examples_run():
 def test_killed_writer_leaves_the_old_file(tmp_path):
     target = tmp_path / "metrics_val.json"
     artifacts.write_json(target, {"auc": 0.5})
-    code = ("import sys; sys.path.insert(0, %r); from core.artifacts import atomic_write_bytes;"
-            "atomic_write_bytes(%r, b'x' * 1_500_000_000)") % (str(REPO), str(target))
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    code = f"from core.artifacts import atomic_write_bytes; atomic_write_bytes({str(target)!r}, b'x' * 1_500_000_000)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)  # python -c imports from its working folder
     deadline = time.time() + 60
     while not list(tmp_path.glob(".metrics_val.json.*.tmp")) and time.time() < deadline:
         time.sleep(0.01)
@@ -109,13 +109,21 @@ def test_missing_checkpoint_message(tmp_path):
         Run(run).model("a").best_checkpoint()
 
 
-def test_locate_reroots_paths_of_a_run_trained_elsewhere(tmp_path, monkeypatch):
+def test_locate_finds_relative_paths_under_the_data_root_as_given(tmp_path, monkeypatch):
+    """Stored paths are relative to run.json's data_root, itself kept as the user gave it ("mydata"): found from
+    the working folder, or from the folder that holds the artifacts root when started elsewhere."""
     data = tmp_path / "mydata" / "train" / "NORMAL"
     data.mkdir(parents=True)
     (data / "a.jpeg").write_bytes(b"x")
-    run = tmp_path / "r"
-    artifacts.write_json(run / "run.json", {"data_root": "/elsewhere/kermany", "data_root_given": "mydata"})
+    run = tmp_path / "artifacts" / "r"
+    writer = artifacts.RunWriter(run, "mydata")
+    writer.info(models=[])
+    writer.split([Sample(str(Path("mydata/train/NORMAL/a.jpeg").absolute()), 0, "a", "train")])
     monkeypatch.chdir(tmp_path)
-    assert Run(run).locate("/elsewhere/kermany/train/NORMAL/a.jpeg") == tmp_path / "mydata/train/NORMAL/a.jpeg"
-    assert Run(run).locate("/elsewhere/kermany/train/NORMAL/missing.jpeg") is None
+    stored = Run(run).split_table()["path"].tolist()
+    assert stored == ["train/NORMAL/a.jpeg"] and Run(run).info["data_root"] == "mydata"
+    assert Run(run).locate("train/NORMAL/a.jpeg") == data / "a.jpeg"
+    assert Run(run).locate("train/NORMAL/missing.jpeg") is None
+    monkeypatch.chdir(tmp_path / "mydata")  # elsewhere: found beside the artifacts root instead
+    assert Run(run).locate("train/NORMAL/a.jpeg") == data / "a.jpeg"
     assert Run(run).locate("/somewhere/else/a.jpeg") is None

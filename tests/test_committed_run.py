@@ -1,11 +1,13 @@
 """Every number in the README's results table comes from the committed artifacts."""
 
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from core.artifacts import Run
-from tests.conftest import REPO
+from tests.conftest import REPO, SAMPLE_DATA
 from trainer import report
 
 RUN = REPO / "artifacts" / "kermany-lineup"
@@ -33,30 +35,88 @@ def test_committed_run_is_compact_and_has_no_resume_state():
     assert ignored.returncode == 0, ".gitignore must keep resume checkpoints out of the committed run"
 
 
-def test_every_committed_checkpoint_loads_and_reproduces_its_predictions():
+@pytest.fixture(scope="module")
+def moved_run(tmp_path_factory):
+    """The committed run and the sample films, copied to another directory and used from there, as on a machine
+    where neither lives where it was made. The run's data root is ``../shared/data/kermany224`` as given to the
+    trainer; the sample (a subset of that folder) is put there, beside the copied clone."""
+    if not (RUN / "run.json").exists():
+        pytest.skip("no committed run in artifacts/kermany-lineup")
+    base = tmp_path_factory.mktemp("elsewhere")
+    clone = base / "clone"
+    shutil.copytree(RUN, clone / "artifacts" / RUN.name, ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copytree(SAMPLE_DATA / "kermany224", base / "shared" / "data" / "kermany224")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(clone)  # where a user starts the dashboard
+        yield Run(clone / "artifacts" / RUN.name), base
+
+
+def _located_test_films(run: Run, model: str, base: Path, n: int | None = None):
+    preds = run.model(model).predictions("test")
+    files = [(row, run.locate(row.path)) for row in preds.itertuples()]
+    found = [(row, f) for row, f in files if f is not None]
+    assert all(f.is_relative_to(base) for _, f in found), "a film was found outside the moved copy"
+    return found[:n] if n else found
+
+
+def test_moved_run_stores_no_machine_path_and_finds_its_test_films(moved_run):
+    run, base = moved_run
+    assert run.info["data_root"] == "../shared/data/kermany224"  # as given, not resolved on the training machine
+    for table in [run.split_table(), *(m.predictions(s) for m in run.models for s in m.splits())]:
+        assert not any(Path(p).is_absolute() for p in table["path"])
+    found = _located_test_films(run, "mobilenet_v2", base)
+    sample = {p.relative_to(SAMPLE_DATA / "kermany224").as_posix()
+              for p in (SAMPLE_DATA / "kermany224" / "train").rglob("*.jpeg")}
+    test_in_sample = sample & set(run.model("mobilenet_v2").predictions("test")["path"])
+    assert len(test_in_sample) >= 40 and {row.path for row, _ in found} == test_in_sample
+
+
+def test_moved_run_draws_maps_of_its_test_films(moved_run):
+    """What the Grad-CAM and Errors pages do with a test film: locate it, load it, predict, draw a map."""
+    from core.cams import explain, overlay
+    from core.images import load_for_model, load_xray
+    from core.inference import load_trained
+
+    run, base = moved_run
+    loaded = load_trained(run.model("mobilenet_v2"))
+    for _row, film in _located_test_films(run, "mobilenet_v2", base, n=2):
+        x = loaded.inputs(load_for_model(film, loaded.input_size)[None])
+        heat = explain(loaded.model, loaded.spec, x, "Grad-CAM")
+        assert heat.shape == (loaded.input_size, loaded.input_size) and 0 <= heat.min() < heat.max() <= 1
+        gray = load_xray(film)
+        assert overlay(gray, heat).shape == (*gray.shape, 3)
+
+
+def test_every_committed_checkpoint_loads_and_reproduces_its_predictions(moved_run):
     """The dashboard's loading path (float16 safetensors into the registry's network) gives the trainer's
-    probabilities back, on the original files when they are on this machine."""
+    probabilities back, on the original films (the sample's copies, found through the moved run)."""
     import numpy as np
 
     from core.images import load_for_model
     from core.inference import load_trained, predict_loaded
 
-    if not (RUN / "run.json").exists():
-        pytest.skip("no committed run in artifacts/kermany-lineup")
+    run, base = moved_run
     checked = 0
-    for art in Run(RUN).models:
-        if art.status().get("state") != "finished" or art.config.get("members"):
+    for art in run.models:
+        if art.status().get("state") != "finished" or art.is_ensemble:
             continue
         loaded = load_trained(art)
-        preds = art.predictions("test").head(4)
-        files = [Run(RUN).locate(p) for p in preds["path"]]
-        if None in files:
-            pytest.skip("the run's data folder is not on this machine")
-        batch = np.stack([load_for_model(f, loaded.input_size) for f in files])
-        np.testing.assert_allclose(predict_loaded(loaded, batch), preds["probability"], atol=5e-3)
+        found = _located_test_films(run, art.name, base, n=4)
+        assert len(found) == 4, f"{art.name}: the sample's test films are not found"
+        batch = np.stack([load_for_model(f, loaded.input_size) for _, f in found])
+        np.testing.assert_allclose(predict_loaded(loaded, batch), [row.probability for row, _ in found], atol=5e-3)
         checked += 1
-    if not checked:
-        pytest.skip("no finished model in the committed run yet")
+    assert checked >= 11
+
+
+def test_nothing_committed_holds_a_machine_path():
+    """No absolute path of a machine (the training one's data, a home folder) in any tracked text file."""
+    out = subprocess.run(["git", "grep", "-I", "-l", "-E", r"/work/|/home/[a-z]|/root/|/Users/|C:\\\\Users"],
+                         cwd=REPO, capture_output=True, text=True)
+    if out.returncode not in (0, 1):
+        pytest.skip("not a git checkout")
+    allowed = {"tests/test_committed_run.py"}  # this test's own pattern
+    assert [f for f in out.stdout.split() if f not in allowed] == []
 
 
 def test_summary_rows_agree_with_each_models_files():

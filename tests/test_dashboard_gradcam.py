@@ -208,10 +208,11 @@ def test_errors_of_and_label_at():
 
 def test_resolve_image_path_relative_to_data_root(tiny_run, tmp_path):
     run = _run(tiny_run)
-    absolute = str(run.model("small_cnn").predictions("test")["path"].iloc[0])
-    assert ex.resolve_image_path(absolute, run) == Path(absolute)
-    rel = os.path.relpath(Path(absolute).resolve(), Path(run.info["data_root"]).resolve())
-    assert ex.resolve_image_path(rel, run) is not None
+    rel = str(run.model("small_cnn").predictions("test")["path"].iloc[0])  # stored relative to the data root
+    assert not Path(rel).is_absolute()
+    absolute = Path(run.info["data_root"]) / rel
+    assert ex.resolve_image_path(rel, run) == absolute
+    assert ex.resolve_image_path(str(absolute), run) == absolute
     assert ex.resolve_image_path(str(tmp_path / "nope.jpeg"), run) is None
 
 
@@ -289,7 +290,7 @@ def test_gradcam_page_test_split_pick_matches_core_inference(tiny_run, monkeypat
     assert len(at.image) == 3  # the film + one overlay per model
     assert [m.label for m in at.metric] == ["P(PNEUMONIA)", "P(PNEUMONIA)"]
     for metric, model in zip(at.metric, ["small_cnn", "mobilenet_v2"]):
-        want = _independent_probability(tiny_run, model, path)
+        want = _independent_probability(tiny_run, model, run.locate(path))
         assert metric.value == f"{want:.3f}"
         csv = run.model(model).predictions("test").set_index("path")["probability"][path]
         assert abs(want - csv) < 1e-3  # the trainer's own evaluation saw the same pixels

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from core import metrics
 from core.artifacts import Run
 from core.checkpoints import load_resume
-from core.inference import load_trained, predict_loaded
 from core.images import load_for_model
+from core.inference import load_trained, predict_loaded
 from tests.conftest import FULLRES, KERMANY224, REPO, TINY_MODELS, need
 from trainer.cli import main
 
@@ -70,7 +69,7 @@ def test_best_checkpoint_reproduces_saved_predictions(tiny_run):
     art = Run(tiny_run / "tiny").model("mobilenet_v2")
     loaded = load_trained(art)
     preds = art.predictions("test").head(8)
-    batch = np.stack([load_for_model(p, loaded.input_size) for p in preds["path"]])
+    batch = np.stack([load_for_model(Run(tiny_run / "tiny").locate(p), loaded.input_size) for p in preds["path"]])
     probs = predict_loaded(loaded, batch)
     np.testing.assert_allclose(probs, preds["probability"], atol=2e-3)
 
@@ -115,17 +114,36 @@ def test_resume_after_kill_continues_from_last_finished_epoch(tmp_path):
     assert json.loads((hist.parent / "status.json").read_text())["state"] == "finished"
 
 
+def _default_sigint() -> None:
+    """A job started in the background by a shell ignores SIGINT, and so would its children: Python then never
+    installs its Ctrl-C handler. Restore the default so the trainer sees Ctrl-C however pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    """Ctrl-C once the first batch has run. The run cannot end before the signal lands, however slow this
+    machine is: 1000 epochs with early stopping off (patience above the epoch count) take hours."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(_train_cmd(tmp_path / "a", tmp_path / "cache", "r", epochs=50), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    long_run = tmp_path / "long.yaml"
+    long_run.write_text("patience: 10000\n")
+    proc = subprocess.Popen(_train_cmd(tmp_path / "a", tmp_path / "cache", "r", epochs=1000,
+                                       extra=["--config", str(long_run)]),
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     status = tmp_path / "a" / "r" / "small_cnn" / "status.json"
-    assert _wait_for(status.exists, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    try:
+        # the first batch's heartbeat writes status.json: training is under way
+        assert _wait_for(lambda: status.exists() and json.loads(status.read_text())["state"] == "running", proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
-    assert json.loads(status.read_text())["state"] == "stopped"
+    state = json.loads(status.read_text())
+    assert state["state"] == "stopped" and state["message"].startswith("stopped by the user")
 
 
 def _flat_folder(root: Path) -> Path:
@@ -229,3 +247,15 @@ def test_ensemble_is_the_mean_of_its_members_and_evaluates(tiny_run, tmp_path):
     assert main(["evaluate", "--run", str(run_dir), "--data", str(ext), "--split-name", "ext",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     assert len(Run(run_dir).model("ens").predictions("ext")) == 8
+
+
+def test_package_metadata_names_the_real_packages_and_entry_point():
+    """pyproject.toml's packages are this repo's packages, and `cxr-train` is `python -m trainer`."""
+    import importlib
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = meta["tool"]["setuptools"]["packages"]
+    assert sorted(packages) == sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests")
+    module, func = meta["project"]["scripts"]["cxr-train"].split(":")
+    assert getattr(importlib.import_module(module), func) is main

@@ -9,19 +9,33 @@ import shlex
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from core import data
-from core.artifacts import ArtifactError, ModelWriter, Run, default_root, now_iso, write_csv, write_json, SCHEMA_VERSION
+from core.artifacts import (
+    ArtifactError,
+    ModelArtifacts,
+    ModelWriter,
+    Run,
+    RunWriter,
+    default_root,
+    read_json,
+    stored_path,
+)
+from core.cache import ImageCache
 from core.data import DataError
 from core.labels import CLASSES
+from core.models import input_size_for
 from trainer import config as cfgmod
-from trainer import ensemble
-from trainer.prepare import build_cache, check_usable, prepare, rows_for
+from trainer import ensemble, report
+from trainer.prepare import Prepared, build_cache, check_usable, prepare, split_data
 
 EXIT_DATA, EXIT_CONFIG, EXIT_INTERRUPTED = 2, 3, 130
+SPLIT_RULE = ("val/test carved from train by patient, stratified by label (an existing test/ folder is kept as "
+              "test); the official 16-image val is kept aside as 'official_val', scored only")
 
 
 def _versions() -> dict:
@@ -54,98 +68,78 @@ def _flags(args) -> dict:
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
-def cmd_train(args) -> int:
-    import torch
-    from trainer.train import pick_device, train_entry
+def _load_recipes(args) -> tuple[cfgmod.RunConfig, list[cfgmod.Recipe]]:
+    """The run config (file, then flags) and one recipe per entry; an unknown architecture fails here."""
+    from core.models import get_spec
 
-    file_values = cfgmod.load_file(args.config) if args.config else {}
-    cfg = cfgmod.build(file_values, _flags(args))
+    cfg = cfgmod.build(cfgmod.load_file(args.config) if args.config else {}, _flags(args))
     if not cfg.data:
         raise cfgmod.ConfigError("no data folder: give --data DIR (or 'data:' in --config)")
     recipes = cfgmod.entries(cfg)
-    from core.models import get_spec
-    for r in recipes:  # an unknown architecture fails before any work
+    for r in recipes:
         try:
             get_spec(r.arch)
         except (KeyError, ValueError) as e:
             raise cfgmod.ConfigError(f"model entry {r.name!r}: {e.args[0] if e.args else e}") from None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    root = Path(cfg.artifacts) if cfg.artifacts else default_root()
-    run_id = cfg.run or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = root / run_id
-    if (run_dir / "run.json").exists() and not args.resume:
-        raise cfgmod.ConfigError(f"{run_dir} already exists: add --resume to continue it, or choose another --run")
+    return cfg, recipes
 
+
+def _prepare_run(cfg, recipes, run_dir: Path, resume: bool) -> tuple[Prepared, dict[int, ImageCache]]:
+    """Scan and split the data (the recorded split wins on resume) and cache it at every size the lineup needs."""
     print(f"data: {cfg.data}")
     prepared = prepare(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        subset=cfg.subset)
-    if args.resume and (run_dir / "split.csv").exists():
+    if resume and (run_dir / "split.csv").exists():
         _reuse_split(prepared, Run(run_dir))
     check_usable(prepared)
-    sizes = sorted({r.input_size or get_spec(r.arch).input_size for r in recipes})
+    sizes = sorted({input_size_for(r.arch, r.input_size) for r in recipes})
     caches = {size: build_cache(prepared, size, cache_dir=cfg.cache_dir, workers=cfg.workers) for size in sizes}
     check_usable(prepared)  # files that failed to decode are gone now
+    return prepared, caches
+
+
+def _write_run(writer: RunWriter, cfg, recipes, prepared: Prepared, argv: list[str]) -> None:
+    """split.csv, skipped.csv and run.json, before any model trains."""
     counts = data.split_counts(prepared.samples)
     _print_counts(counts, prepared.skipped)
+    writer.split(prepared.samples)
+    writer.skipped(prepared.skipped)
+    writer.info(data_layout=prepared.layout, data_fingerprint=data.fingerprint(prepared.samples),
+                command=_command(argv), config=cfgmod.as_dict(cfg), versions=_versions(), split_counts=counts,
+                split_rule=SPLIT_RULE, models=[r.name for r in recipes], n_skipped=len(prepared.skipped))
 
-    write_csv(run_dir / "split.csv", [{"path": s.path, "label": s.label, "patient_id": s.patient_id,
-                                       "split": s.split} for s in prepared.samples], ["path", "label", "patient_id", "split"])
-    write_csv(run_dir / "skipped.csv", [{"path": p, "reason": r} for p, r in prepared.skipped], ["path", "reason"])
-    created = Run(run_dir).info.get("created") if (run_dir / "run.json").exists() else None
-    write_json(run_dir / "run.json", {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "created": created or now_iso(),
-        "updated": now_iso(), "data_root": prepared.root, "data_root_given": str(cfg.data),
-        "data_layout": prepared.layout, "data_fingerprint": data.fingerprint(prepared.samples),
-        "command": "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv),
-        "config": cfgmod.as_dict(cfg), "versions": _versions(), "split_counts": counts,
-        "split_rule": "val/test carved from train by patient, stratified by label (an existing test/ folder is "
-                      "kept as test); the official 16-image val is kept aside as 'official_val', scored only",
-        "models": [r.name for r in recipes], "n_skipped": len(prepared.skipped)})
 
+def _command(argv) -> str:
+    return "python -m trainer " + " ".join(shlex.quote(a) for a in argv or [])
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from trainer.train import pick_device
+
+    cfg, recipes = _load_recipes(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_id = cfg.run or time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
+    if (run_dir / "run.json").exists() and not args.resume:
+        raise cfgmod.ConfigError(f"{run_dir} already exists: add --resume to continue it, or choose another --run")
+    prepared, caches = _prepare_run(cfg, recipes, run_dir, args.resume)
+    writer = RunWriter(run_dir, cfg.data)
+    _write_run(writer, cfg, recipes, prepared, args.argv)
     device = pick_device(cfg.device)
     print(f"device: {device}; artifacts: {run_dir}")
-    labels_all = prepared.labels()
-    paths_all = [s.path for s in prepared.samples]
-    failed: list[str] = []
+    failed = []
     for recipe in recipes:
-        writer = ModelWriter(run_dir, recipe.name)
-        if args.resume and _finished(writer):
-            print(f"== {recipe.name}: finished earlier, skipped")
-            continue
-        cache = caches[recipe.input_size or get_spec(recipe.arch).input_size]
-        cache_rows = rows_for(prepared, cache)
-        rows, labels, paths = {}, {}, {}
-        for split in prepared.splits():
-            idx = prepared.indices(split)
-            rows[split], labels[split], paths[split] = cache_rows[idx], labels_all[idx], [paths_all[i] for i in idx]
-        print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs)")
-        try:
-            st = train_entry(recipe, cache, rows, labels, paths, writer, seed=cfg.seed, device=device,
-                             resume=args.resume, weights_dir=args.weights_dir)
-        except KeyboardInterrupt:
-            writer.status("stopped", message="stopped by the user; continue with --resume")
-            print(f"\nstopped. Continue with: python -m trainer train --resume --run {run_id} ... (same flags)",
-                  file=sys.stderr)
+        cache = caches[input_size_for(recipe.arch, recipe.input_size)]
+        outcome = _train_recipe(recipe, writer.model(recipe.name), cache, split_data(prepared, cache), cfg, args,
+                                device)
+        if outcome == "stopped":
             return EXIT_INTERRUPTED
-        except Exception as e:  # one broken entry must not cost the rest of the lineup
-            writer.status("failed", message=f"{type(e).__name__}: {e}")
-            traceback.print_exc()
-            print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        if outcome == "failed":
             failed.append(recipe.name)
-            continue
-        m = Run(run_dir).model(recipe.name).metrics("test")
-        at = m["at"]["youden"]
-        print(f"   test AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  sens {at['sensitivity']:.3f}"
-              f"  spec {at['specificity']:.3f}  at val-chosen threshold {at['threshold']:.3f}"
-              f"  ({st['train_seconds']:.0f}s)")
-    for ens in cfg.ensembles:
-        try:
-            m = ensemble.build(Run(run_dir), ens["name"], list(ens["members"]))
-            print(f"== ensemble {ens['name']} = mean of {', '.join(ens['members'])}: val AUC {m['auc']:.4f}")
-        except (ArtifactError, KeyError, TypeError) as e:
-            print(f"   ensemble {ens!r} not built: {e}", file=sys.stderr)
-            failed.append(str(ens.get("name", ens)) if isinstance(ens, dict) else str(ens))
+    failed += _build_ensembles(run_dir, cfg.ensembles)
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -153,20 +147,63 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cfg, args, device) -> str:
+    """Train one entry: ``finished``, ``skipped`` (finished earlier), ``failed`` or ``stopped`` (Ctrl-C)."""
+    from trainer.train import train_entry
+
+    if args.resume and _finished(writer):
+        print(f"== {recipe.name}: finished earlier, skipped")
+        return "skipped"
+    print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs)")
+    try:
+        st = train_entry(recipe, cache, split_rows, writer, seed=cfg.seed, device=device, resume=args.resume,
+                         weights_dir=args.weights_dir)
+    except KeyboardInterrupt:
+        writer.status("stopped", message="stopped by the user; continue with --resume")
+        print(f"\nstopped. Continue with: python -m trainer train --resume --run {writer.dir.parent.name} ... "
+              "(same flags)", file=sys.stderr)
+        return "stopped"
+    except Exception as e:  # one broken entry must not cost the rest of the lineup
+        writer.status("failed", message=f"{type(e).__name__}: {e}")
+        traceback.print_exc()
+        print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return "failed"
+    test = ModelArtifacts(writer.dir.parent, recipe.name).metrics("test")
+    print(f"   {report.headline(test)}  ({st['train_seconds']:.0f}s)")
+    return "finished"
+
+
+def _build_ensembles(run_dir: Path, ensembles) -> list[str]:
+    """Build the config's ensembles; returns the names of those that could not be built."""
+    failed = []
+    for ens in ensembles:
+        try:
+            m = ensemble.build(Run(run_dir), ens["name"], list(ens["members"]))
+            print(f"== ensemble {ens['name']} = mean of {', '.join(ens['members'])}: val AUC {m['auc']:.4f}")
+        except (ArtifactError, KeyError, TypeError) as e:
+            print(f"   ensemble {ens!r} not built: {e}", file=sys.stderr)
+            failed.append(str(ens.get("name", ens)) if isinstance(ens, dict) else str(ens))
+    return failed
+
+
 def _finished(writer: ModelWriter) -> bool:
     try:
-        from core.artifacts import read_json
         return read_json(writer.dir / "status.json").get("state") == "finished"
     except ArtifactError:
         return False
 
 
-def _reuse_split(prepared, run: Run) -> None:
+def _reuse_split(prepared: Prepared, run: Run) -> None:
     """On resume, the recorded split wins: a changed seed or folder must not move images between splits."""
     table = run.split_table()
     split_of = dict(zip(table["path"], table["split"]))
-    from dataclasses import replace
-    prepared.samples = [replace(s, split=split_of[s.path]) for s in prepared.samples if s.path in split_of]
+    root = run.info.get("data_root")
+    kept = []
+    for s in prepared.samples:
+        key = stored_path(s.path, root)
+        if key in split_of:
+            kept.append(replace(s, split=split_of[key]))
+    prepared.samples = kept
 
 
 def _print_counts(counts: dict, skipped: list) -> None:
@@ -185,7 +222,6 @@ def cmd_ensemble(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from trainer import report
     run = Run(Path(args.run))
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if args.update:
@@ -199,17 +235,16 @@ def cmd_report(args) -> int:
 def cmd_evaluate(args) -> int:
     from trainer.evaluate import evaluate_run
     return evaluate_run(args.run, args.data, split_name=args.split_name, only_split=args.split,
-                        cache_dir=args.cache_dir, workers=args.workers, command=args.argv)
+                        cache_dir=args.cache_dir, workers=args.workers, command=_command(args.argv))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the model lineup and where its ImageNet weights come from")
     m.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
     m.set_defaults(func=cmd_models)
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train models on a data folder and write artifacts")
     t.add_argument("--config", help="YAML/JSON file with the same keys as the flags (flags win)")
     t.add_argument("--data", help="Kermany tree, flat NORMAL/PNEUMONIA folder, or CSV manifest")
@@ -240,18 +275,24 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
     t.set_defaults(func=cmd_train)
 
+
+def _add_ensemble(sub) -> None:
     n = sub.add_parser("ensemble", help="add an ensemble (mean probability) of finished models to a run")
     n.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
     n.add_argument("--members", required=True, help="comma-separated model names of the run")
     n.add_argument("--name", default="ensemble")
     n.set_defaults(func=cmd_ensemble)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="print the results table of a run (or rewrite it in the README)")
     r.add_argument("--run", required=True)
     r.add_argument("--splits", default="test,official_val", help="comma-separated splits, one table each")
     r.add_argument("--update", metavar="README", help="rewrite the table between the results markers of this file")
     r.set_defaults(func=cmd_report)
 
+
+def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="score every model of a run on another data set")
     e.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
     e.add_argument("--data", required=True, help="any supported layout; images the run has never seen")
@@ -261,9 +302,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int)
     e.set_defaults(func=cmd_evaluate)
 
-    from trainer import focus as focus_cmd, lungs as lungs_cmd
-    lungs_cmd.add_parser(sub)
-    focus_cmd.add_parser(sub)
+
+def _add_lungs_and_focus(sub) -> None:
+    from trainer import focus, lungs  # imported when the parser is built: their commands live with their code
+
+    lungs.add_parser(sub)
+    focus.add_parser(sub)
+
+
+# One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
+COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_lungs_and_focus]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 

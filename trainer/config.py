@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from core.artifacts import ArtifactError, name_problem, read_csv, read_json
+from core.artifacts import ArtifactError, is_ensemble, name_problem, read_csv, read_json, stored_path
 from core.data import DataError
 from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
@@ -300,7 +300,7 @@ def check_ensemble_name(run, name: str) -> None:
             existing = read_json(folder / "config.json")
         except ArtifactError:
             existing = {}
-        if existing.get("arch") != "ensemble":
+        if not is_ensemble(existing):
             raise ConfigError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
                               "choose another name")
 
@@ -311,7 +311,8 @@ def check_resume(run_dir: Path, samples) -> None:
         raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
                           "start a new run")
     recorded = read_csv(run_dir / "split.csv", ["path", "split"])
-    present = {s.path for s in samples}
+    root = read_json(run_dir / "run.json").get("data_root")
+    present = {stored_path(s.path, root) for s in samples}  # split.csv paths are relative to the data root
     used = recorded[recorded["split"] != "excluded"]
     gone = [p for p in used["path"].astype(str) if p not in present]
     if gone:

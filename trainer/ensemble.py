@@ -15,6 +15,7 @@ import pandas as pd
 from core import metrics
 from core.artifacts import ENSEMBLE_ARCH, ArtifactError, ModelArtifacts, ModelWriter, Run
 
+
 def mean_predictions(run: Run, members: list[str], split: str) -> pd.DataFrame:
     """path, label, probability: the members' mean, on the images that every member scored."""
     frames = [run.model(m).predictions(split).set_index("path") for m in members]
@@ -56,9 +57,6 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
 
 
 def score_split(run: Run, name: str, members: list[str], split: str, thresholds: dict) -> dict:
+    """Write the ensemble's predictions and metrics on one split its members have scored."""
     df = mean_predictions(run, members, split)
-    writer = ModelWriter(run.dir, name)
-    writer.predictions(split, df["path"], df["label"], df["probability"])
-    m = metrics.evaluate_split(df["label"], df["probability"], thresholds, split=split)
-    writer.metrics(split, m)
-    return m
+    return ModelWriter(run.dir, name).score(split, df["path"], df["label"], df["probability"], thresholds)

@@ -7,18 +7,16 @@ about the new data set moves them. Its predictions and metrics are written into 
 
 from __future__ import annotations
 
-import shlex
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from core import data, metrics
-from core.artifacts import ArtifactError, ModelWriter, Run, now_iso, write_json
+from core import data
+from core.artifacts import ArtifactError, ModelWriter, Run, now_iso, stored_path, write_json
 from core.data import DataError
 from core.inference import load_trained, predict_loaded
-from trainer import ensemble
-from trainer.prepare import build_cache, prepare, rows_for
+from trainer import ensemble, report
+from trainer.prepare import Prepared, build_cache, prepare, rows_for
 
 RESERVED = {"train", "val"}
 
@@ -26,7 +24,7 @@ RESERVED = {"train", "val"}
 def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None = None, cache_dir=None,
                  workers=None, command=None) -> int:
     run = Run(Path(run_dir))
-    run.info  # a missing or broken run.json is an ArtifactError here, before any work
+    _ = run.info  # a missing or broken run.json is an ArtifactError here, before any work
     if split_name in RESERVED or not split_name.replace("_", "").replace("-", "").isalnum():
         raise DataError(f"--split-name {split_name!r}: use letters, digits, '-' or '_', and not train/val "
                         "(val holds the thresholds)")
@@ -42,10 +40,24 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
         print(f"warning: {len(overlap)} of these images were used by the run itself (e.g. {overlap[0]})",
               file=sys.stderr)
 
+    scored = _score_networks(run, prepared, split_name, cache_dir=cache_dir, workers=workers)
+    scored += _score_ensembles(run, split_name)
+    if not scored:
+        raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
+    write_json(run.dir / f"evaluated_{split_name}.json", {
+        "split_name": split_name, "data_root": prepared.root, "layout": prepared.layout, "only_split": only_split,
+        "data_fingerprint": data.fingerprint(prepared.samples), "n": len(prepared.samples),
+        "counts": data.split_counts(prepared.samples),
+        "skipped": [[stored_path(p, prepared.root), why] for p, why in prepared.skipped],
+        "created": now_iso(), "command": command or ""})
+    return 0
+
+
+def _score_networks(run: Run, prepared: Prepared, split_name: str, *, cache_dir, workers) -> int:
+    """Score every finished network of the run on the prepared images; returns how many were scored."""
     scored = 0
-    ensembles = [a for a in run.models if a.is_ensemble]
     for art in run.models:
-        if art in ensembles:
+        if art.is_ensemble:
             continue
         try:
             loaded = load_trained(art)
@@ -55,17 +67,21 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
             continue
         cache = build_cache(prepared, loaded.input_size, cache_dir=cache_dir, workers=workers)
         if not prepared.samples:
-            raise DataError(f"{data_root}: no readable images ({len(prepared.skipped)} skipped)")
-        rows = rows_for(prepared, cache)
-        labels = np.array([s.label for s in prepared.samples])
-        probs = predict_loaded(loaded, cache.images[rows])
-        writer = ModelWriter(run.dir, art.name)
-        writer.predictions(split_name, [s.path for s in prepared.samples], labels, probs)
-        m = metrics.evaluate_split(labels, probs, thresholds, split=split_name)
-        writer.metrics(split_name, m)
-        _report(art.name, m)
+            raise DataError(f"{prepared.root}: no readable images ({len(prepared.skipped)} skipped)")
+        probs = predict_loaded(loaded, cache.images[rows_for(prepared, cache)])
+        writer = ModelWriter(run.dir, art.name, prepared.root)
+        _report(art.name, writer.score(split_name, [s.path for s in prepared.samples], prepared.labels(), probs,
+                                       thresholds))
         scored += 1
-    for art in ensembles:
+    return scored
+
+
+def _score_ensembles(run: Run, split_name: str) -> int:
+    """Score each ensemble from its members' predictions on the new split (run after ``_score_networks``)."""
+    scored = 0
+    for art in run.models:
+        if not art.is_ensemble:
+            continue
         try:
             thresholds = art.metrics("val")["thresholds"]
             m = ensemble.score_split(run, art.name, list(art.config["members"]), split_name, thresholds)
@@ -74,26 +90,18 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
             continue
         _report(art.name, m)
         scored += 1
-    if not scored:
-        raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
-    write_json(run.dir / f"evaluated_{split_name}.json", {
-        "split_name": split_name, "data_root": prepared.root, "layout": prepared.layout, "only_split": only_split,
-        "data_fingerprint": data.fingerprint(prepared.samples), "n": len(prepared.samples),
-        "counts": data.split_counts(prepared.samples), "skipped": prepared.skipped, "created": now_iso(),
-        "command": "python -m trainer " + " ".join(shlex.quote(a) for a in (command or []))})
-    return 0
+    return scored
 
 
 def _report(name: str, m: dict) -> None:
-    at = m["at"]["youden"]
-    print(f"{name:<24} n={m['n']:<5} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}] "
-          f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f} "
-          f"(threshold {at['threshold']:.3f} from val)")
+    print(f"{name:<24} {report.headline(m)}")
 
 
 def _overlap_with_run(run: Run, samples) -> list[str]:
+    """Images of the new data set that the run itself split (compared as real files on this machine)."""
     try:
-        used = set(run.split_table()["path"])
+        table = run.split_table()
     except ArtifactError:
         return []
-    return [s.path for s in samples if s.path in used]
+    used = {os.path.realpath(f) for f in map(run.locate, table["path"]) if f is not None}
+    return [s.path for s in samples if os.path.realpath(s.path) in used]

@@ -6,7 +6,6 @@ import random
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -20,16 +19,14 @@ from core.labels import CLASSES
 class Prepared:
     """The run's samples with splits assigned, and the files that could not be used."""
 
-    root: str
+    root: str  # as the user gave it (artifacts store it so, and image paths relative to it)
     layout: str
     samples: list[Sample]
     skipped: list[tuple[str, str]]
 
     def splits(self) -> list[str]:
-        """Split names in use (not ``excluded``), train/val/test first."""
-        order = {"train": 0, "val": 1, "test": 2}
-        names = {s.split for s in self.samples if s.split and s.split != data.EXCLUDED}
-        return sorted(names, key=lambda n: (order.get(n, 3), n))
+        """Split names in use (not ``excluded``), in ``core.data.sort_splits`` order."""
+        return data.sort_splits(s.split for s in self.samples if s.split and s.split != data.EXCLUDED)
 
     def indices(self, split: str) -> np.ndarray:
         return np.array([i for i, s in enumerate(self.samples) if s.split == split], dtype=int)
@@ -79,7 +76,7 @@ def prepare(root: str, *, seed: int = 0, val_fraction: float = 0.15, test_fracti
         samples = subsample(samples, subset, seed)
     if assign:
         data.check_no_patient_overlap(samples)
-    return Prepared(root=str(Path(root).resolve()), layout=scan.layout, samples=samples, skipped=list(scan.skipped))
+    return Prepared(root=str(root), layout=scan.layout, samples=samples, skipped=list(scan.skipped))
 
 
 def build_cache(prepared: Prepared, size: int, *, cache_dir=None, workers=None, quiet=False) -> ImageCache:
@@ -101,6 +98,25 @@ def rows_for(prepared: Prepared, cache: ImageCache) -> np.ndarray:
     """Row of each (usable) sample in the cache."""
     where = cache.index_of()
     return np.array([where[s.path] for s in prepared.samples], dtype=int)
+
+
+@dataclass
+class SplitData:
+    """One split's images as a model entry sees them: cache rows, labels and the files they came from."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+
+
+def split_data(prepared: Prepared, cache: ImageCache) -> dict[str, SplitData]:
+    """Every split in use, with its rows in ``cache`` (built for the entry's input size)."""
+    rows, labels = rows_for(prepared, cache), prepared.labels()
+    out = {}
+    for split in prepared.splits():
+        idx = prepared.indices(split)
+        out[split] = SplitData(rows[idx], labels[idx], [prepared.samples[i].path for i in idx])
+    return out
 
 
 def check_usable(prepared: Prepared, required=("train", "val", "test")) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core import summary
 from core.artifacts import ArtifactError, Run
+from core.metrics import HEADLINE_RULE
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -23,6 +24,14 @@ def _pct(x: float) -> str:
 def _duration(seconds: float) -> str:
     m = round(seconds / 60)
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def headline(m: dict) -> str:
+    """One line of a split's figures (a metrics_<split>.json) at the headline operating point, chosen on validation."""
+    at = m["at"][HEADLINE_RULE]
+    return (f"{m['split']} n={m['n']} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  "
+            f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f}  "
+            f"at val-chosen threshold {at['threshold']:.3f}")
 
 
 def _cells(r: dict) -> str:

@@ -3,14 +3,15 @@
 Per epoch: train on the cached training images (batch augmentation on tensors), score validation, append a
 row to history.csv, save last.pt (resume state) and, when validation AUC improves, best.safetensors. After the
 last epoch (or early stop) the best weights are reloaded, thresholds are chosen on validation, and validation
-and test are scored once.
+and test are scored once. ``train_one_epoch`` is the one batch loop: the training benchmark calls it too.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,13 +23,12 @@ from core.artifacts import ModelWriter
 from core.cache import ImageCache
 from core.checkpoints import load_best, load_resume, prune_epochs, save_best, save_resume
 from core.inference import predict_probabilities
-from core.models import count_params, create_model, get_spec, set_backbone_trainable
+from core.models import ModelSpec, count_params, create_model, get_spec, input_size_for, set_backbone_trainable
 from core.transforms import AugmentConfig, augment, normalize, to_float
 from trainer.config import Recipe
+from trainer.prepare import SplitData
 
-
-class Stopped(Exception):
-    """Ctrl-C during training: the last finished epoch is saved, ``--resume`` continues from it."""
+HEARTBEAT_SECONDS = 10  # status.json refresh within an epoch, for a live ETA on the dashboard
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -71,6 +71,102 @@ def _class_weights(labels: np.ndarray, recipe: Recipe, device) -> torch.Tensor |
     return torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32, device=device)
 
 
+@dataclass
+class Fit:
+    """A model being trained and what its batch step needs: optimiser, schedule, loss weights, augmentation."""
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    recipe: Recipe
+    device: torch.device
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    class_weights: torch.Tensor | None
+    aug: AugmentConfig
+    steps_per_epoch: int
+
+    @property
+    def use_amp(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, device: torch.device) -> Fit:
+    """Optimiser with the recipe's parameter groups, warmup + cosine schedule over the run, class weights."""
+    opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(_param_groups(model, spec, recipe), weight_decay=recipe.weight_decay)
+    steps = math.ceil(len(train_labels) / recipe.batch_size)
+    if recipe.max_train_batches:
+        steps = min(steps, recipe.max_train_batches)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * recipe.epochs,
+                                                               int(recipe.warmup_epochs * steps)))
+    return Fit(model, spec, recipe, device, opt, sched, torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
+               _class_weights(train_labels, recipe, device),
+               AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob), steps)
+
+
+@dataclass
+class EpochStats:
+    """Running totals of one epoch, and per-batch seconds spent on the batch (data) and on the model (step)."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    data_seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.seen)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(1, self.seen)
+
+
+def _batch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, idx: np.ndarray, gen: torch.Generator):
+    """Cached uint8 rows (read in file order: a memory map likes that) → augmented, normalised input + labels."""
+    x = to_float(torch.from_numpy(images[np.sort(rows[idx])]))
+    y = torch.from_numpy(labels[idx][np.argsort(rows[idx], kind="stable")])
+    if fit.recipe.augment:
+        x = augment(x, fit.aug, gen)
+    return normalize(x, fit.spec.mean, fit.spec.std).to(fit.device, non_blocking=True), y.to(fit.device)
+
+
+def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """One optimiser step; returns the batch's mean loss and its number of correct predictions."""
+    with torch.autocast(fit.device.type, enabled=fit.use_amp):
+        logits = fit.model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=fit.class_weights, label_smoothing=fit.recipe.label_smoothing)
+    fit.opt.zero_grad(set_to_none=True)
+    fit.scaler.scale(loss).backward()
+    fit.scaler.step(fit.opt)
+    fit.scaler.update()
+    fit.sched.step()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
+def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, seed: int, epoch: int,
+                    on_batch=None) -> EpochStats:
+    """One pass over the training rows in the epoch's seeded order; ``on_batch(b, stats)`` after each batch."""
+    fit.model.train()
+    order = _epoch_order(len(rows), labels, fit.recipe, seed, epoch)
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    bs, stats, clock = fit.recipe.batch_size, EpochStats(), time.perf_counter
+    for b in range(fit.steps_per_epoch):
+        t0 = clock()
+        x, y = _batch(fit, images, rows, labels, order[b * bs:(b + 1) * bs], gen)
+        t1 = clock()
+        loss, correct = _step(fit, x, y)
+        stats.data_seconds.append(t1 - t0)
+        stats.step_seconds.append(clock() - t1)
+        stats.loss_sum, stats.correct, stats.seen = stats.loss_sum + loss * len(y), stats.correct + correct, \
+            stats.seen + len(y)
+        if on_batch is not None:
+            on_batch(b, stats)
+    return stats
+
+
 def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64) -> tuple[float, np.ndarray]:
     """Validation loss (unweighted) and probabilities."""
     probs = predict_probabilities(model, images, mean, std, batch_size=batch_size, device=device, indices=rows)
@@ -79,155 +175,169 @@ def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64)
     return loss, probs
 
 
-def train_entry(recipe: Recipe, cache: ImageCache, rows: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                paths: dict[str, list[str]], writer: ModelWriter, *, seed: int, device: torch.device,
-                resume: bool, weights_dir: str | None = None, log=print) -> dict:
-    """Train, select and score one model entry. Returns the final status dict."""
+@dataclass
+class Progress:
+    """Finished epochs and the best one so far: what last.pt carries besides the tensors."""
+
+    history: list[dict] = field(default_factory=list)
+    best_auc: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    def stopped_early(self, patience: int) -> bool:
+        return self.bad_epochs >= patience
+
+    def record(self, row: dict) -> bool:
+        """Append an epoch's history row; returns whether it is the new best (validation AUC, then loss)."""
+        self.history.append(row)
+        auc, loss = row["val_auc"], row["val_loss"]
+        if auc > self.best_auc + 1e-4 or (abs(auc - self.best_auc) <= 1e-4 and loss < self.best_loss):
+            self.best_auc, self.best_loss, self.best_epoch, self.bad_epochs = auc, loss, row["epoch"], 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "history": self.history, "best_auc": self.best_auc,
+                "best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        return cls(list(state["history"]), float(state["best_auc"]), float(state["best_loss"]),
+                   int(state["best_epoch"]), int(state["bad_epochs"]))
+
+
+def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter, *, seed: int,
+                device: torch.device, weights_dir=None, log=print) -> tuple[Fit, bool]:
+    """Build the model (pretrained when asked and available), write config.json; returns it and pretrained."""
     spec = get_spec(recipe.arch)
-    size = recipe.input_size or spec.input_size
+    size = input_size_for(recipe.arch, recipe.input_size)
     torch.manual_seed(seed)
     model, winfo = create_model(recipe.arch, pretrained=recipe.pretrained, weights_path=recipe.weights,
                                 weights_dir=weights_dir, input_size=size)
     if winfo.warning:
         log(f"  WARNING [{recipe.name}]: {winfo.warning}")
     model.to(device, memory_format=torch.channels_last)  # matches core.transforms.normalize's output
-    mean, std = spec.mean, spec.std
-    config = {**asdict(recipe), "input_size": size, "mean": list(mean), "std": list(std),
-              "pretrained": winfo.pretrained, "pretrained_requested": recipe.pretrained,
-              "weights_source": winfo.source, "weights_sha256": winfo.sha256, "weights_warning": winfo.warning,
-              "params": count_params(model), "seed": seed, "device": str(device),
-              "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
-              "n_test": int(len(rows.get("test", [])))}
-    writer.config(config)
+    writer.config({**asdict(recipe), "input_size": size, "mean": list(spec.mean), "std": list(spec.std),
+                   "pretrained": winfo.pretrained, "pretrained_requested": recipe.pretrained,
+                   "weights_source": winfo.source, "weights_sha256": winfo.sha256, "weights_warning": winfo.warning,
+                   "params": count_params(model), "seed": seed, "device": str(device),
+                   **{f"n_{split}": int(len(data[split].rows)) if split in data else 0
+                      for split in ("train", "val", "test")}})
+    return make_fit(model, spec, recipe, data["train"].labels, device), winfo.pretrained
 
-    groups = _param_groups(model, spec, recipe)
-    opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(groups, weight_decay=recipe.weight_decay)
-    train_rows, train_labels = rows["train"], labels["train"]
-    steps_per_epoch = math.ceil(len(train_rows) / recipe.batch_size)
-    if recipe.max_train_batches:
-        steps_per_epoch = min(steps_per_epoch, recipe.max_train_batches)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps_per_epoch * recipe.epochs,
-                                                               int(recipe.warmup_epochs * steps_per_epoch)))
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    class_w = _class_weights(train_labels, recipe, device)
-    aug = AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob)
-    ckpt_dir = writer.dir / "checkpoints"
 
-    history: list[dict] = []
-    start_epoch, best_auc, best_loss, best_epoch, bad_epochs = 1, -1.0, math.inf, 0, 0
-    if resume and (ckpt_dir / "last.pt").exists():
-        state = load_resume(ckpt_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        best_auc, best_loss = float(state["best_auc"]), float(state["best_loss"])
-        best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
-        log(f"  resuming {recipe.name} after epoch {state['epoch']}")
+def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
+    """Load last.pt into the model, optimiser, schedule and scaler; returns where training stood."""
+    state = load_resume(last)
+    fit.model.load_state_dict(state["model"])
+    fit.opt.load_state_dict(state["optimizer"])
+    fit.sched.load_state_dict(state["scheduler"])
+    fit.scaler.load_state_dict(state["scaler"])
+    log(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
+    return Progress.from_state(state)
 
-    frozen_stage = recipe.freeze_epochs > 0 and winfo.pretrained
-    done_early = bad_epochs >= recipe.patience
-    epoch_seconds: list[float] = [h["seconds"] for h in history]
-    for epoch in range(start_epoch, recipe.epochs + 1):
-        if done_early:
+
+def _save_epoch(fit: Fit, progress: Progress, ckpt_dir: Path, improved: bool) -> None:
+    """best.safetensors when improved; last.pt (and the last ``keep_last`` epoch_NNN.pt) always."""
+    if improved:
+        save_best(fit.model, ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
+    state = {"model": fit.model.state_dict(), "optimizer": fit.opt.state_dict(), "scheduler": fit.sched.state_dict(),
+             "scaler": fit.scaler.state_dict(), **progress.state()}
+    if fit.recipe.keep_last > 0:
+        save_resume(ckpt_dir / f"epoch_{progress.epoch:03d}.pt", state)
+        prune_epochs(ckpt_dir, fit.recipe.keep_last)
+    save_resume(ckpt_dir / "last.pt", state)
+
+
+def _heartbeat(writer: ModelWriter, fit: Fit, progress: Progress, epoch: int, t0: float):
+    """An ``on_batch`` hook that refreshes status.json about every HEARTBEAT_SECONDS with a live ETA."""
+    last = [-math.inf]
+    epochs_done = [h["seconds"] for h in progress.history]
+
+    def beat(b: int, _stats) -> None:
+        now, steps = time.perf_counter(), fit.steps_per_epoch
+        if now - last[0] < HEARTBEAT_SECONDS and b + 1 < steps:
+            return
+        last[0] = now
+        per_epoch = np.mean(epochs_done) if epochs_done else (now - t0) / (b + 1) * steps
+        eta = (now - t0) / (b + 1) * (steps - b - 1) + per_epoch * (fit.recipe.epochs - epoch)
+        writer.status("running", epoch=epoch - 1, epochs=fit.recipe.epochs, batch=b + 1, batches=steps,
+                      eta_seconds=float(eta), best_epoch=progress.best_epoch,
+                      best_val_auc=progress.best_auc if progress.best_auc >= 0 else None,
+                      message=f"training epoch {epoch}")
+    return beat
+
+
+def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter, progress: Progress, *,
+              seed: int, epoch: int, frozen: bool, log=print) -> None:
+    """Train one epoch, validate, record it (history, checkpoints, status) and print a line."""
+    recipe, t0 = fit.recipe, time.perf_counter()
+    set_backbone_trainable(fit.model, fit.spec, not frozen)
+    bar = tqdm(total=fit.steps_per_epoch, desc=f"{recipe.name} {epoch}/{recipe.epochs}", unit="batch",
+               leave=False, dynamic_ncols=True, mininterval=1.0)
+    beat = _heartbeat(writer, fit, progress, epoch, t0)
+
+    def on_batch(b: int, stats: EpochStats) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats.loss:.4f}", img_s=f"{stats.seen / (time.perf_counter() - t0):.1f}")
+        beat(b, stats)
+
+    train, val = data["train"], data["val"]
+    stats = train_one_epoch(fit, images, train.rows, train.labels, seed=seed, epoch=epoch, on_batch=on_batch)
+    bar.close()
+    val_loss, val_p = evaluate_loss(fit.model, images, val.rows, val.labels, fit.spec.mean, fit.spec.std, fit.device)
+    seconds = time.perf_counter() - t0
+    improved = progress.record({
+        "epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val_loss,
+        "val_acc": float(np.mean((val_p >= 0.5) == val.labels)), "val_auc": metrics.auc(val.labels, val_p),
+        "lr": fit.opt.param_groups[-1]["lr"], "seconds": round(seconds, 2)})
+    _save_epoch(fit, progress, writer.dir / "checkpoints", improved)
+    writer.history(progress.history)  # after the checkpoints: a row in history means its epoch can be resumed from
+    early = progress.stopped_early(recipe.patience)
+    remaining = 0 if early else recipe.epochs - epoch
+    writer.status("running", epoch=epoch, epochs=recipe.epochs,
+                  eta_seconds=remaining * np.mean([h["seconds"] for h in progress.history]),
+                  best_epoch=progress.best_epoch, best_val_auc=progress.best_auc, message="")
+    log(f"  {recipe.name} epoch {epoch}/{recipe.epochs}: train loss {stats.loss:.4f} val loss {val_loss:.4f} "
+        f"val AUC {progress.history[-1]['val_auc']:.4f} ({seconds:.0f}s)"
+        + (" *best*" if improved else "") + (" early stop" if early else ""))
+
+
+def train_entry(recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], writer: ModelWriter, *, seed: int,
+                device: torch.device, resume: bool, weights_dir: str | None = None, log=print) -> dict:
+    """Train, select and score one model entry. Returns the final status dict."""
+    fit, pretrained = setup_entry(recipe, data, writer, seed=seed, device=device, weights_dir=weights_dir, log=log)
+    last = writer.dir / "checkpoints" / "last.pt"
+    progress = resume_entry(fit, last, log) if resume and last.exists() else Progress()
+    for epoch in range(progress.epoch + 1, recipe.epochs + 1):
+        if progress.stopped_early(recipe.patience):
             break
-        set_backbone_trainable(model, spec, not (frozen_stage and epoch <= recipe.freeze_epochs))
-        model.train()
-        t0 = time.perf_counter()
-        order = _epoch_order(len(train_rows), train_labels, recipe, seed, epoch)
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-        tot_loss, tot_correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{recipe.name} {epoch}/{recipe.epochs}", unit="batch",
-                   leave=False, dynamic_ncols=True, mininterval=1.0)
-        for b in bar:
-            idx = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
-            x = to_float(torch.from_numpy(cache.images[np.sort(train_rows[idx])]))
-            y = torch.from_numpy(train_labels[idx][np.argsort(train_rows[idx], kind="stable")])
-            if recipe.augment:
-                x = augment(x, aug, gen)
-            x, y = normalize(x, mean, std).to(device, non_blocking=True), y.to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=class_w, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            tot_loss += float(loss.detach()) * len(y)
-            tot_correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{tot_loss / seen:.4f}", img_s=f"{rate:.1f}")
-            writer_heartbeat(writer, b, steps_per_epoch, epoch, recipe, epoch_seconds, t0, best_epoch, best_auc)
-        bar.close()
-
-        val_loss, val_p = evaluate_loss(model, cache.images, rows["val"], labels["val"], mean, std, device)
-        val_auc = metrics.auc(labels["val"], val_p)
-        val_acc = float(np.mean((val_p >= 0.5) == labels["val"]))
-        seconds = time.perf_counter() - t0
-        epoch_seconds.append(seconds)
-        history.append({"epoch": epoch, "train_loss": tot_loss / seen, "train_acc": tot_correct / seen,
-                        "val_loss": val_loss, "val_acc": val_acc, "val_auc": val_auc,
-                        "lr": opt.param_groups[-1]["lr"], "seconds": round(seconds, 2)})
-        improved = val_auc > best_auc + 1e-4 or (abs(val_auc - best_auc) <= 1e-4 and val_loss < best_loss)
-        if improved:
-            best_auc, best_loss, best_epoch, bad_epochs = val_auc, val_loss, epoch, 0
-            save_best(model, ckpt_dir / "best.safetensors", half=recipe.half_checkpoint)
-        else:
-            bad_epochs += 1
-        done_early = bad_epochs >= recipe.patience
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "scaler": scaler.state_dict(), "epoch": epoch, "history": history, "best_auc": best_auc,
-                 "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs}
-        if recipe.keep_last > 0:
-            save_resume(ckpt_dir / f"epoch_{epoch:03d}.pt", state)
-            prune_epochs(ckpt_dir, recipe.keep_last)
-        save_resume(ckpt_dir / "last.pt", state)
-        writer.history(history)  # after the checkpoints: a row in history means its epoch can be resumed from
-        remaining = 0 if done_early else recipe.epochs - epoch
-        writer.status("running", epoch=epoch, epochs=recipe.epochs, eta_seconds=remaining * np.mean(epoch_seconds),
-                      best_epoch=best_epoch, best_val_auc=best_auc, message="")
-        log(f"  {recipe.name} epoch {epoch}/{recipe.epochs}: train loss {tot_loss / seen:.4f} "
-            f"val loss {val_loss:.4f} val AUC {val_auc:.4f} ({seconds:.0f}s)"
-            + (" *best*" if improved else "") + (" early stop" if done_early else ""))
-
-    return finish_entry(model, recipe, cache, rows, labels, paths, writer, device, history, best_epoch, best_auc,
-                        early=done_early)
+        frozen = pretrained and epoch <= recipe.freeze_epochs
+        run_epoch(fit, cache.images, data, writer, progress, seed=seed, epoch=epoch, frozen=frozen, log=log)
+    return finish_entry(fit.model, recipe, cache, data, writer, device, progress)
 
 
-def writer_heartbeat(writer, b, steps, epoch, recipe, epoch_seconds, t0, best_epoch, best_auc) -> None:
-    """Refresh status.json about every 10 seconds within an epoch, so the dashboard sees a live ETA."""
-    now = time.perf_counter()
-    last = getattr(writer, "_last_beat", 0.0)
-    if now - last < 10 and b + 1 < steps:
-        return
-    writer._last_beat = now
-    per_epoch = np.mean(epoch_seconds) if epoch_seconds else (now - t0) / (b + 1) * steps
-    eta = (now - t0) / (b + 1) * (steps - b - 1) + per_epoch * (recipe.epochs - epoch)
-    writer.status("running", epoch=epoch - 1, epochs=recipe.epochs, batch=b + 1, batches=steps,
-                  eta_seconds=float(eta), best_epoch=best_epoch, best_val_auc=best_auc if best_auc >= 0 else None,
-                  message=f"training epoch {epoch}")
-
-
-def finish_entry(model, recipe, cache, rows, labels, paths, writer, device, history, best_epoch, best_auc,
-                 early) -> dict:
-    """Reload the best epoch, choose thresholds on validation, score validation and test once."""
+def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], writer: ModelWriter,
+                 device: torch.device, progress: Progress) -> dict:
+    """Reload the best epoch, choose thresholds on validation, score validation and the other splits once."""
     load_best(model, writer.dir / "checkpoints" / "best.safetensors")
     spec = get_spec(recipe.arch)
     probs = {split: predict_probabilities(model, cache.images, spec.mean, spec.std, device=device,
-                                          indices=rows[split], tta=recipe.tta)
-             for split in rows if split != "train" and len(rows[split]) > 0}
-    thresholds = metrics.choose_thresholds(labels["val"], probs["val"], target_sensitivity=recipe.target_sensitivity)
+                                          indices=d.rows, tta=recipe.tta)
+             for split, d in data.items() if split != "train" and len(d.rows) > 0}
+    val = data["val"]
+    thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity)
     for split, p in probs.items():
-        writer.predictions(split, paths[split], labels[split], p)
-        writer.metrics(split, metrics.evaluate_split(labels[split], p, thresholds, split=split))
-    status = {"epoch": len(history), "epochs": recipe.epochs, "best_epoch": best_epoch, "best_val_auc": best_auc,
-              "eta_seconds": 0.0, "early_stopped": bool(early),
-              "train_seconds": float(sum(h["seconds"] for h in history)), "message": ""}
+        writer.score(split, data[split].paths, data[split].labels, p, thresholds)
+    status = {"epoch": progress.epoch, "epochs": recipe.epochs, "best_epoch": progress.best_epoch,
+              "best_val_auc": progress.best_auc, "eta_seconds": 0.0,
+              "early_stopped": progress.stopped_early(recipe.patience),
+              "train_seconds": float(sum(h["seconds"] for h in progress.history)), "message": ""}
     writer.status("finished", **status)
     return status

@@ -1,0 +1,86 @@
+"""Reliability corpus, dashboard side (issue 14): a hostile run folder cannot crash a page or inject markup.
+
+Each case copies a small real run (the committed run's run.json and two models, without checkpoints), damages it,
+opens every results page headless (``streamlit.testing.v1.AppTest``) and checks: no exception, an error naming
+the bad field, and no artifact text rendered as markdown (a remote image in a status message would make every
+viewer's browser fetch it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "artifacts" / "kermany-lineup"
+DASH = REPO / "dashboard"
+PAGES = ["Home.py", "pages/1_Training_curves.py", "pages/2_ROC_PR_confusion.py", "pages/3_Model_comparison.py",
+         "pages/6_Calibration.py"]
+TRACKER = "![t](http://tracker.example/pixel.png)"
+TEXT_ELEMENTS = ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader")
+
+
+@pytest.fixture
+def hostile_root(tmp_path) -> Path:
+    if not (COMMITTED / "run.json").is_file():
+        pytest.skip("committed run not present")
+    run = tmp_path / "artifacts" / "r"
+    run.mkdir(parents=True)
+    shutil.copy(COMMITTED / "run.json", run / "run.json")
+    for name in ("small_cnn", "deep_cnn"):
+        shutil.copytree(COMMITTED / name, run / name, ignore=shutil.ignore_patterns("checkpoints"))
+    return tmp_path / "artifacts"
+
+
+def _edit(path: Path, **changes) -> None:
+    obj = json.loads(path.read_text())
+    obj.update(changes)
+    path.write_text(json.dumps(obj))
+
+
+def _open(page: str, root: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CXR_ARTIFACTS", str(root))
+    at = AppTest.from_file(str(DASH / page), default_timeout=90)
+    at.run(timeout=90)
+    return at
+
+
+def _texts(at: AppTest) -> list[str]:
+    out = []
+    for kind in TEXT_ELEMENTS:
+        out += [str(e.value) for e in at.get(kind)]
+    return out
+
+
+def _no_markup(at: AppTest) -> None:
+    for text in _texts(at):
+        assert "![" not in text and "](http" not in text, text
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_markdown_in_artifacts_is_shown_as_plain_text(hostile_root, monkeypatch, page):
+    run = hostile_root / "r"
+    _edit(run / "run.json", data_root=f"data`{TRACKER}`")
+    _edit(run / "small_cnn" / "status.json", state="failed", message=f"boom {TRACKER}")
+    at = _open(page, hostile_root, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    _no_markup(at)
+
+
+WRONG_TYPES = [("run.json", "models", 5), ("run.json", "split_counts", "x"),
+               ("small_cnn/metrics_test.json", "auc_ci", "x"), ("small_cnn/metrics_val.json", "thresholds", 3),
+               ("small_cnn/config.json", "input_size", 30000), ("small_cnn/status.json", "epoch", "x")]
+
+
+@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("file, key, value", WRONG_TYPES, ids=[f"{f}:{k}" for f, k, _ in WRONG_TYPES])
+def test_wrong_typed_field_is_an_error_on_its_spot_not_a_crash(hostile_root, monkeypatch, page, file, key, value):
+    _edit(hostile_root / "r" / file, **{key: value})
+    at = _open(page, hostile_root, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = " ".join(str(e.value) for e in at.error)
+    assert "Traceback" not in errors and "unexpected" not in errors.lower(), errors
