@@ -178,7 +178,7 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
         st = train_entry(recipe, cache, split_rows, writer, seed=cfg.seed, device=device, resume=args.resume,
                          weights_dir=args.weights_dir, compile=args.compile)
     except KeyboardInterrupt as e:  # Ctrl-C, or torchrun stopping this process (core.distributed.Terminated)
-        writer.status("stopped", message=f"{e or 'stopped by the user'}; continue with --resume")
+        writer.status("stopped", message=f"{str(e) or 'stopped by the user'}; continue with --resume")
         print(f"\nstopped. Continue with: python -m trainer train --resume --run {writer.dir.parent.name} ... "
               "(same flags)", file=sys.stderr)
         return "stopped"
