@@ -14,10 +14,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from core.fast_cams import FastEigenCAM, FastScoreCAM
 from core.labels import POSITIVE
 
 CAM_METHODS: dict[str, type] = {
@@ -26,8 +27,8 @@ CAM_METHODS: dict[str, type] = {
     "HiResCAM": HiResCAM,
     "XGradCAM": XGradCAM,
     "LayerCAM": LayerCAM,
-    "EigenCAM": EigenCAM,
-    "Score-CAM": ScoreCAM,
+    "EigenCAM": FastEigenCAM,  # same maps as pytorch-grad-cam's, faster (core/fast_cams.py)
+    "Score-CAM": FastScoreCAM,
 }
 GRADIENT_FREE = {"EigenCAM", "Score-CAM"}
 SCORE_CAM_BATCH = 64  # Score-CAM runs one masked forward pass per channel; larger batches amortise the overhead

@@ -103,6 +103,15 @@ def shutdown() -> None:
     _WORLD = World()
 
 
+def same_on_all(value):
+    """Rank 0's ``value`` on every rank (a run name made from the clock must not differ between processes)."""
+    if not _WORLD.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if _WORLD.enabled:
         dist.barrier()

@@ -158,6 +158,12 @@ def choose_thresholds(y_val, p_val, *, target_sensitivity: float = 0.95) -> dict
     }
 
 
+def headline_rule(config: dict | None) -> str:
+    """The operating point a model's figures are quoted at: its recipe's ``threshold_rule`` (docs/recipes.md
+    explains why the robust recipes use ``sens95``); ``HEADLINE_RULE`` for runs that predate the key."""
+    return str((config or {}).get("threshold_rule") or HEADLINE_RULE)
+
+
 def brier(y, p) -> float:
     """Mean squared error of the probability: lower is better, 0.25 is a coin toss at 50% prevalence."""
     y, p = _as_arrays(y, p)

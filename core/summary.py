@@ -1,8 +1,8 @@
 """One row of results per model: the README's results table and the dashboard's leaderboard both use it.
 
 A row holds a model's facts (architecture, weights, size, epochs, training time) and its figures on one split at
-one operating point chosen on validation (``core.metrics.HEADLINE_RULE`` unless asked otherwise). Missing or
-unreadable files give ``None`` / NaN fields, never an exception, so a broken model still gets its row.
+one operating point chosen on validation (the model's ``core.metrics.headline_rule`` unless asked otherwise).
+Missing or unreadable files give ``None`` / NaN fields, never an exception, so a broken model still gets its row.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from core.artifacts import ArtifactError, ModelArtifacts, Run, is_ensemble
-from core.metrics import HEADLINE_RULE
+from core.metrics import headline_rule
 
 
 def _num(x) -> float:
@@ -47,10 +47,30 @@ def train_seconds(status: dict | None, history: pd.DataFrame | None = None) -> f
     return math.nan
 
 
+MIN_EPOCHS = 3  # fewer epochs than this: no evidence that training converged
+STILL_FALLING = 0.05  # last epoch's validation loss this far (relative) below every earlier one: still learning
+
+
+def undertrained(status: dict | None, history: pd.DataFrame | None) -> bool | None:
+    """True when a network's training ended before it converged: fewer than ``MIN_EPOCHS`` epochs, or validation
+    loss still clearly falling in the last epoch without an early stop. Its row then compares budgets, not
+    architectures. None when unknown (no history)."""
+    if history is None or "val_loss" not in history or not len(history):
+        return None
+    if (status or {}).get("early_stopped"):
+        return False
+    loss = pd.to_numeric(history["val_loss"], errors="coerce").to_numpy()
+    if len(loss) < MIN_EPOCHS:
+        return True
+    return bool(loss[-1] < (1 - STILL_FALLING) * loss[:-1].min())
+
+
 def model_row(name: str, config: dict | None, status: dict | None, metrics: dict | None,
-              history: pd.DataFrame | None = None, rule: str = HEADLINE_RULE) -> dict:
-    """The results row of one model from its parsed files (each ``None`` when unreadable)."""
+              history: pd.DataFrame | None = None, rule: str | None = None) -> dict:
+    """The results row of one model from its parsed files (each ``None`` when unreadable), at ``rule`` or else
+    the model's own headline rule (``core.metrics.headline_rule``)."""
     cfg, st, m = config or {}, status or {}, metrics or {}
+    rule = rule or headline_rule(cfg)
     at = (m.get("at") or {}).get(rule) or {}
     ci = list(m.get("auc_ci") or [None, None]) + [None, None]
     return {
@@ -59,6 +79,7 @@ def model_row(name: str, config: dict | None, status: dict | None, metrics: dict
         "input_size": cfg.get("input_size"), "params": _num(cfg.get("params")),
         "best_epoch": st.get("best_epoch"), "epoch": st.get("epoch"), "epochs": st.get("epochs"),
         "train_seconds": train_seconds(status, history),
+        "undertrained": None if is_ensemble(cfg) else undertrained(status, history),
         "split": m.get("split"), "n": m.get("n"), "rule": rule,
         "auc": _num(m.get("auc")), "auc_ci": (_num(ci[0]), _num(ci[1])), "threshold": _num(at.get("threshold")),
         "accuracy": _num(at.get("accuracy")), "sensitivity": _num(at.get("sensitivity")),
@@ -73,14 +94,14 @@ def _read(read):
         return None
 
 
-def read_row(art: ModelArtifacts, split: str, rule: str = HEADLINE_RULE) -> dict:
-    """``model_row`` of one model of a run, read from its folder; history is read only when status lacks time."""
+def read_row(art: ModelArtifacts, split: str, rule: str | None = None) -> dict:
+    """``model_row`` of one model of a run, read from its folder (history for networks, never for ensembles)."""
     status = _read(art.status)
-    history = _read(art.history) if (status or {}).get("train_seconds") is None else None
+    history = None if art.is_ensemble else _read(art.history)
     return model_row(art.name, _read(lambda: art.config), status, _read(lambda: art.metrics(split)), history, rule)
 
 
-def run_rows(run: Run, split: str, *, finished_only: bool = False, rule: str = HEADLINE_RULE) -> list[dict]:
+def run_rows(run: Run, split: str, *, finished_only: bool = False, rule: str | None = None) -> list[dict]:
     """One row per model of ``run`` in the run's order; ``finished_only`` keeps finished models with figures."""
     rows = [read_row(art, split, rule) for art in run.models]
     if finished_only:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FULLRES, KERMANY224, REPO, need
+from tests.conftest import DATA, FULLRES, KERMANY224, REPO, need
 
 pytestmark = pytest.mark.browser
 
@@ -26,7 +26,8 @@ def test_quick_bench_runs_every_section(tmp_path):
     need(KERMANY224), need(FULLRES)
     if not Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")).exists():
         pytest.skip("no Chromium for the dashboard section")
-    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--results", str(tmp_path)], cwd=REPO,
+    env = {**os.environ, "CXR_SHARED_DATA": str(DATA)}  # the benchmarks read the data the tests use
+    out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--results", str(tmp_path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     latest = json.loads((tmp_path / "latest.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -28,6 +29,7 @@ from core.artifacts import (
 from core.cache import ImageCache
 from core.data import DataError
 from core.labels import CLASSES
+from core.locks import run_lock
 from core.models import input_size_for
 from trainer import config as cfgmod
 from trainer import ensemble, report
@@ -48,15 +50,18 @@ def _versions() -> dict:
 
 def cmd_models(args) -> int:
     from core.models import count_params, list_specs
-    from core.weights import resolve_weights
+    from core.weights import WeightsError, resolve_weights
     print(f"{'name':<18} {'params':>11} {'input':>5}  ImageNet weights on this machine")
     for spec in list_specs():
         model = spec.build()
         if spec.weights is None:
             where = "none known (trains from scratch)"
         else:
-            _, info = resolve_weights(spec.weights, weights_dir=args.weights_dir, allow_download=False)
-            where = info.source if info.pretrained else "not found here (download when online, else from scratch)"
+            try:
+                _, info = resolve_weights(spec.weights, weights_dir=args.weights_dir, allow_download=False)
+                where = info.source if info.pretrained else "not found here (download when online, else from scratch)"
+            except WeightsError as e:  # a wrong-hash or broken file: say so on its line, list the others
+                where = f"REFUSED: {e}"
         print(f"{spec.name:<18} {count_params(model):>11,} {spec.input_size:>5}  {where}")
     return 0
 
@@ -64,7 +69,8 @@ def cmd_models(args) -> int:
 def _flags(args) -> dict:
     keys = ["data", "run", "artifacts", "models", "seed", "val_fraction", "test_fraction", "subset", "cache_dir",
             "workers", "device", "threads", "epochs", "batch_size", "lr", "input_size", "augment", "pretrained",
-            "freeze_epochs", "label_smoothing", "balanced_sampler", "max_train_batches", "tta", "half_checkpoint"]
+            "freeze_epochs", "label_smoothing", "balanced_sampler", "max_train_batches", "tta", "half_checkpoint",
+            "duplicates"]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -90,8 +96,12 @@ def _prepare_run(cfg, recipes, run_dir: Path, resume: bool) -> tuple[Prepared, d
     prepared = prepare(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        subset=cfg.subset)
     if resume and (run_dir / "split.csv").exists():
+        cfgmod.check_nothing_vanished(run_dir, prepared.samples)
         _reuse_split(prepared, Run(run_dir))
     check_usable(prepared)
+    duplicates = data.check_duplicates(prepared.samples, cfg.duplicates)  # a DataError under "refuse"
+    if duplicates:
+        print(f"warning: {duplicates}", file=sys.stderr)
     sizes = sorted({input_size_for(r.arch, r.input_size) for r in recipes})
     caches = {size: build_cache(prepared, size, cache_dir=cfg.cache_dir, workers=cfg.workers) for size in sizes}
     check_usable(prepared)  # files that failed to decode are gone now
@@ -118,12 +128,18 @@ def cmd_train(args) -> int:
     cfg, recipes = _load_recipes(args)
     world, device = distributed.init(cfg.device)
     try:
-        return _train_all(args, cfg, recipes, world, device)
+        run_id = distributed.same_on_all(cfg.run or time.strftime("run-%Y%m%d-%H%M%S"))
+        run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
+        if args.resume:
+            cfgmod.check_resume(run_dir)
+        # one writer per run folder: under DDP that is rank 0, which holds the lock for all
+        with run_lock(run_dir, _command(args.argv)) if distributed.is_main() else contextlib.nullcontext():
+            return _train_run(args, cfg, recipes, run_dir, world, device)
     finally:
         distributed.shutdown()
 
 
-def _train_all(args, cfg, recipes, world: distributed.World, device) -> int:
+def _train_run(args, cfg, recipes, run_dir: Path, world: distributed.World, device) -> int:
     import torch
 
     if cfg.threads:
@@ -131,8 +147,6 @@ def _train_all(args, cfg, recipes, world: distributed.World, device) -> int:
     if not distributed.is_main():  # one process speaks for the run
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         os.environ["TQDM_DISABLE"] = "1"
-    run_id = cfg.run or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
     if (run_dir / "run.json").exists() and not args.resume:
         raise cfgmod.ConfigError(f"{run_dir} already exists: add --resume to continue it, or choose another --run")
     if world.local_rank != 0:
@@ -246,13 +260,18 @@ def cmd_env(args) -> int:
 
 def cmd_ensemble(args) -> int:
     members = [m.strip() for m in args.members.split(",") if m.strip()]
-    m = ensemble.build(Run(Path(args.run)), args.name, members)
+    run = Run(Path(args.run))
+    _ = run.info  # a missing or broken run is an error before anything is written
+    cfgmod.check_ensemble_name(run, args.name)
+    with run_lock(run.dir, _command(args.argv)):
+        m = ensemble.build(run, args.name, members)
     print(f"ensemble {args.name} = mean of {', '.join(members)}: val AUC {m['auc']:.4f}")
     return 0
 
 
 def cmd_report(args) -> int:
     run = Run(Path(args.run))
+    _ = run.info  # a missing or broken run is an error here (exit 2), not an empty table
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if args.update:
         changed = report.update(args.update, run, splits)
@@ -264,8 +283,13 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from trainer.evaluate import evaluate_run
-    return evaluate_run(args.run, args.data, split_name=args.split_name, only_split=args.split,
-                        cache_dir=args.cache_dir, workers=args.workers, command=_command(args.argv))
+
+    run = Run(Path(args.run))
+    _ = run.info  # a missing or broken run is an error before any work
+    cfgmod.check_new_split(run, args.split_name, force=args.force)
+    with run_lock(run.dir, _command(args.argv)):
+        return evaluate_run(args.run, args.data, split_name=args.split_name, only_split=args.split,
+                            cache_dir=args.cache_dir, workers=args.workers, command=_command(args.argv))
 
 
 def _add_models(sub) -> None:
@@ -309,6 +333,8 @@ def _add_train(sub) -> None:
     t.add_argument("--device", help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (long runs on a GPU)")
+    t.add_argument("--duplicates", choices=["warn", "refuse"],
+                   help="byte-identical files in two splits: warn (default) or refuse to train")
     t.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
     t.set_defaults(func=cmd_train)
 
@@ -329,6 +355,26 @@ def _add_report(sub) -> None:
     r.set_defaults(func=cmd_report)
 
 
+def cmd_shift(args) -> int:
+    from trainer.shift import shift_run, table
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None
+    result = shift_run(args.run, shifts=shifts, limit=args.limit, cache_dir=args.cache_dir, workers=args.workers,
+                       command=_command(args.argv))
+    print(table(result, args.rule))
+    return 0
+
+
+def _add_shift(sub) -> None:
+    h = sub.add_parser("shift", help="score every model of a run under synthetic shifts of its test split")
+    h.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    h.add_argument("--shifts", help="comma-separated names from core/shift.py (default: all)")
+    h.add_argument("--limit", type=int, help="score a fixed random subset of this many test images (quick look)")
+    h.add_argument("--rule", help="print the table at this validation threshold rule (default: each model's own)")
+    h.add_argument("--cache-dir")
+    h.add_argument("--workers", type=int)
+    h.set_defaults(func=cmd_shift)
+
+
 def _add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="score every model of a run on another data set")
     e.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
@@ -337,7 +383,20 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--split", help="only this split of the data set (e.g. test); default: all images")
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
+    e.add_argument("--force", action="store_true", help="replace a split of this name evaluated before")
     e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_export(args) -> int:
+    from trainer.export import export_run
+    return export_run(args.run, [m.strip() for m in (args.models or "").split(",") if m.strip()])
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="write each model's ONNX graph beside its best checkpoint")
+    x.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
+    x.add_argument("--models", help="comma-separated model names (default: all)")
+    x.set_defaults(func=cmd_export)
 
 
 def _add_lungs_and_focus(sub) -> None:
@@ -348,7 +407,8 @@ def _add_lungs_and_focus(sub) -> None:
 
 
 # One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
-COMMANDS = [_add_models, _add_env, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_lungs_and_focus]
+COMMANDS = [_add_models, _add_env, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
+            _add_lungs_and_focus]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -58,6 +58,14 @@ class Recipe:
     half_checkpoint: bool = False  # store best.safetensors as float16
     target_sensitivity: float = 0.95
     max_train_batches: int | None = None  # cap per epoch: for quick runs only
+    # robust-recipe keys (docs/recipes.md); each default leaves training as it was
+    preprocess: str = "none"  # none | equalize | clahe: intensity standardisation, also applied at inference
+    crop_area_min: float = 1.0  # < 1: random-resized crops covering [crop_area_min, 1] of the film
+    photometric_scale: float = 1.0  # multiplies the brightness/contrast/gamma augmentation ranges
+    noise_std: float = 0.0  # > 0: Gaussian noise augmentation, std up to this (pixel units)
+    ema_decay: float = 0.0  # > 0: keep, validate and save an exponential moving average of the weights
+    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha) weights
+    threshold_rule: str = "youden"  # headline operating point: youden | sens<target%> | default
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,11 @@ RULES: dict[str, Rule] = {
     "blur_prob": Rule(float, 0, 1), "patience": Rule(int, 1, 10_000), "keep_last": Rule(int, 0, 10_000),
     "tta": Rule(int, 1, 64), "half_checkpoint": Rule(bool), "target_sensitivity": Rule(float, 0, 1, True, True),
     "max_train_batches": Rule(int, 1, 10**9, optional=True),
+    "preprocess": Rule(str, choices=("none", "equalize", "clahe")),  # = core.transforms.PREPROCESS
+    "crop_area_min": Rule(float, 0.05, 1), "photometric_scale": Rule(float, 0, 4), "noise_std": Rule(float, 0, 0.5),
+    "ema_decay": Rule(float, 0, 1, hi_open=True), "mixup_alpha": Rule(float, 0, 10),
+    "threshold_rule": Rule(str, check=lambda v: None if re.fullmatch(r"youden|default|sens\d{1,2}", v) else
+                           "is not a threshold rule: use youden, default or sens<NN> (e.g. sens95)"),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -270,6 +283,8 @@ def as_dict(cfg: RunConfig) -> dict:
 
 
 # --- command-line guards: nothing a command writes may replace what another wrote --------------------------------
+# A name that cannot be a name is a ConfigError (exit 3); a name that would replace existing artifacts is an
+# ArtifactError (exit 2), like any other conflict with what is on disk.
 
 RESERVED_SPLITS = ("train", "val", "test", "official_val", "excluded")  # the run's own splits
 
@@ -281,11 +296,11 @@ def check_new_split(run, name: str, *, force: bool = False) -> None:
     if problem:
         raise ConfigError(f"--split-name {name!r} {problem}")
     if name.lower() in RESERVED_SPLITS:
-        raise ConfigError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
+        raise ArtifactError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
                           "its predictions and metrics would be replaced; choose another name, e.g. external")
     taken = [m.name for m in run.models if (m.dir / f"predictions_{name}.csv").exists()]
     if taken and not force:
-        raise ConfigError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
+        raise ArtifactError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
                           "replace it, or choose another --split-name")
 
 
@@ -301,15 +316,19 @@ def check_ensemble_name(run, name: str) -> None:
         except ArtifactError:
             existing = {}
         if not is_ensemble(existing):
-            raise ConfigError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
+            raise ArtifactError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
                               "choose another name")
 
 
-def check_resume(run_dir: Path, samples) -> None:
-    """``train --resume``: the run must exist and every image of its recorded split must still be there."""
+def check_resume(run_dir: Path) -> None:
+    """``train --resume`` needs a run to resume: silently starting a new one would hide a typo in --run."""
     if not (run_dir / "run.json").is_file():
         raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
                           "start a new run")
+
+
+def check_nothing_vanished(run_dir: Path, samples) -> None:
+    """``train --resume``: every image of the recorded split must still be in the data folder."""
     recorded = read_csv(run_dir / "split.csv", ["path", "split"])
     root = read_json(run_dir / "run.json").get("data_root")
     present = {stored_path(s.path, root) for s in samples}  # split.csv paths are relative to the data root

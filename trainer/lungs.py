@@ -201,7 +201,7 @@ def run(args) -> int:
     rows, summary = evaluate(model, data, held_df)
     write_csv(out.parent / "heldout.csv", rows, ["source", "stem", "group", "dice", "iou"])
     write_json(out.parent / "metrics.json", {
-        "created": now_iso(), "command": "python -m trainer lungs " + " ".join(shlex.quote(a) for a in args.argv),
+        "created": now_iso(), "command": "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv),
         "weights": out.name, "input_size": args.size, "seed": args.seed, "heldout_fraction": args.heldout_fraction,
         "epochs": args.epochs, "n_train": len(train_df), "heldout": summary,
         "heldout_groups": sorted(held_df["group"].unique().tolist())})

@@ -10,7 +10,7 @@ import math
 import re
 from pathlib import Path
 
-from core import summary
+from core import metrics, summary
 from core.artifacts import ArtifactError, Run
 from core.metrics import HEADLINE_RULE
 
@@ -39,7 +39,7 @@ def _cells(r: dict) -> str:
     auc = "–" if math.isnan(r["auc"]) else f"{r['auc']:.4f} [{r['auc_ci'][0]:.4f}, {r['auc_ci'][1]:.4f}]"
     size = "–" if r["input_size"] is None else f"{r['input_size']} px"
     best = "–" if r["best_epoch"] is None else r["best_epoch"]
-    epochs = "–" if r["ensemble"] else f"{best}/{r['epoch'] or 0}"
+    epochs = "–" if r["ensemble"] else f"{best}/{r['epoch'] or 0}" + (" †" if r["undertrained"] else "")
     seconds = 0.0 if math.isnan(r["train_seconds"]) else r["train_seconds"]
     params = 0.0 if math.isnan(r["params"]) else r["params"]
     return (f"| {r['model']} | {r['weights']} | {size} | {epochs} | {_duration(seconds)} | {params / 1e6:.2f} M | "
@@ -51,14 +51,19 @@ def table(run: Run, split: str = "test") -> str:
     rs = summary.run_rows(run, split, finished_only=True)
     if not rs:
         raise ArtifactError(f"{run.dir}: no finished model has metrics for split {split!r}")
-    lines = [f"Split `{split}` of run `{run.id}` ({rs[0]['n']} images); threshold chosen on validation "
-             "(Youden's J). Epochs: best/trained. Time: this machine (2 CPU cores).", "",
+    rules = sorted({r["rule"] for r in rs})
+    rule = metrics.rule_label(rules[0]) if len(rules) == 1 else "each model's own rule: " + ", ".join(rules)
+    lines = [f"Split `{split}` of run `{run.id}` ({rs[0]['n']} images); threshold chosen on validation by "
+             f"rule: {rule}. Epochs: best/trained. Time: this machine (2 CPU cores).", "",
              "| model | weights | input | epochs | train time | params | AUC [95% CI] | accuracy | sensitivity "
              "| specificity |",
              "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     lines += [_cells(r) for r in rs]
     total = sum(r["train_seconds"] for r in rs if not r["ensemble"] and not math.isnan(r["train_seconds"]))
     lines += ["", f"Total training time of these models: {_duration(total)}."]
+    if any(r["undertrained"] for r in rs):
+        lines[-1] += (f" † under-trained: fewer than {summary.MIN_EPOCHS} epochs, or validation loss still falling "
+                      "in the last epoch; the row compares a training budget, not an architecture.")
     return "\n".join(lines)
 
 

@@ -9,13 +9,13 @@ and test are scored once. ``train_one_epoch`` is the one batch loop: the trainin
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from core import distributed, metrics
@@ -28,6 +28,7 @@ from core.models import ModelSpec, count_params, create_model, get_spec, input_s
 from core.transforms import AugmentConfig, augment, normalize, to_float
 from trainer.config import Recipe
 from trainer.prepare import SplitData
+from trainer.robust import WeightAverage, mixed_loss, mixup
 
 HEARTBEAT_SECONDS = 10  # status.json refresh within an epoch, for a live ETA on the dashboard
 
@@ -80,7 +81,13 @@ class Fit:
     class_weights: torch.Tensor | None
     aug: AugmentConfig
     steps_per_epoch: int
-    accel: Accel  # mixed precision, pinned copies, torch.compile (core/accel.py)
+    ema: WeightAverage | None = None  # recipe ema_decay > 0: the averaged weights are validated and kept
+    accel: Accel = field(default_factory=lambda: choose("cpu"))  # mixed precision, pinned copies, compile
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights that are validated, checkpointed and scored: the average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, device: torch.device,
@@ -95,7 +102,9 @@ def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, d
                                                                int(recipe.warmup_epochs * steps)))
     accel = choose(str(device), compile=compile)
     return Fit(model, spec, recipe, device, opt, sched, accel.scaler(), _class_weights(train_labels, recipe, device),
-               AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob), steps, accel)
+               AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob, crop_area_min=recipe.crop_area_min,
+                             noise_std=recipe.noise_std).scaled(recipe.photometric_scale), steps,
+               WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, accel)
 
 
 @dataclass
@@ -123,21 +132,26 @@ def _batch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, idx: np.ndarr
     y = torch.from_numpy(labels[idx][np.argsort(rows[idx], kind="stable")])
     if fit.recipe.augment:
         x = augment(x, fit.aug, gen)
-    return fit.accel.to_device(normalize(x, fit.spec.mean, fit.spec.std)), fit.accel.to_device(y)
+    x = normalize(x, fit.spec.mean, fit.spec.std, fit.recipe.preprocess)
+    return fit.accel.to_device(x), fit.accel.to_device(y)
 
 
-def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> tuple[float, int]:
+def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
+          scale: float = 1.0) -> tuple[float, int]:
     """One optimiser step; returns the batch's mean loss and its number of correct predictions.
 
     ``scale`` multiplies the loss that is backpropagated (``core.distributed.loss_scale``)."""
+    x, y_mix, lam = mixup(x, y, fit.recipe.mixup_alpha, gen)
     with fit.accel.autocast():
         logits = fit.model(x)
-        loss = F.cross_entropy(logits.float(), y, weight=fit.class_weights, label_smoothing=fit.recipe.label_smoothing)
+        loss = mixed_loss(logits.float(), y, y_mix, lam, fit.class_weights, fit.recipe.label_smoothing)
     fit.opt.zero_grad(set_to_none=True)
     fit.scaler.scale(loss * scale).backward()
     fit.scaler.step(fit.opt)
     fit.scaler.update()
     fit.sched.step()
+    if fit.ema is not None:
+        fit.ema.update(distributed.unwrap(fit.model))
     return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
 
@@ -154,7 +168,7 @@ def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, s
         part = distributed.rank_part(batch)  # the whole batch in one process; this rank's share under DDP
         x, y = _batch(fit, images, rows, labels, part, gen)
         t1 = clock()
-        loss, correct = _step(fit, x, y, distributed.loss_scale(len(part), len(batch)))
+        loss, correct = _step(fit, x, y, gen, distributed.loss_scale(len(part), len(batch)))
         stats.data_seconds.append(t1 - t0)
         stats.step_seconds.append(clock() - t1)
         stats.loss_sum, stats.correct, stats.seen = stats.loss_sum + loss * len(y), stats.correct + correct, \
@@ -165,19 +179,21 @@ def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, s
     return stats
 
 
-def probabilities(model, images, rows, mean, std, device, *, tta: int = 1, batch_size: int = 64) -> np.ndarray:
+def probabilities(model, images, rows, mean, std, device, *, tta: int = 1, batch_size: int = 64,
+                  preprocess: str = "none") -> np.ndarray:
     """P(PNEUMONIA) of ``rows``; under DDP each rank scores its share and all get the whole array, in order."""
     net = distributed.unwrap(model)  # the bare module: DDP's forward would wait for the other ranks
     distributed.sync_buffers(net)
     mine = np.asarray(rows)[distributed.shard(len(rows))]
     local = predict_probabilities(net, images, mean, std, batch_size=batch_size, device=device, indices=mine,
-                                  tta=tta)
+                                  tta=tta, preprocess=preprocess)
     return distributed.gather(local, len(rows))
 
 
-def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64) -> tuple[float, np.ndarray]:
+def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64,
+                  preprocess="none") -> tuple[float, np.ndarray]:
     """Validation loss (unweighted) and probabilities."""
-    probs = probabilities(model, images, rows, mean, std, device, batch_size=batch_size)
+    probs = probabilities(model, images, rows, mean, std, device, batch_size=batch_size, preprocess=preprocess)
     p = np.clip(probs, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return loss, probs
@@ -240,6 +256,33 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
     return make_fit(model, spec, recipe, data["train"].labels, device, compile), winfo.pretrained
 
 
+def rng_state() -> dict:
+    """The global RNG states (torch, CUDA, numpy, python) for the resume file: dropout and anything else drawing
+    from them continue exactly where an uninterrupted run would be. Batch order and augmentation need nothing
+    stored: their generators are seeded from (seed, epoch) at the start of every epoch."""
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "python": random.getstate()}
+
+
+def restore_rng_state(state: dict | None) -> None:
+    """Undo ``rng_state``; a resume file written before RNG states were stored restores nothing."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                               "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    random.setstate(state["python"])
+
+
 def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     """Load last.pt into the model, optimiser, schedule and scaler; returns where training stood."""
     state = load_resume(last)
@@ -247,6 +290,9 @@ def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     fit.opt.load_state_dict(state["optimizer"])
     fit.sched.load_state_dict(state["scheduler"])
     fit.scaler.load_state_dict(state["scaler"])
+    if fit.ema is not None and "ema" in state:
+        fit.ema.load_state_dict(state["ema"])
+    restore_rng_state(state.get("rng"))
     log(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
     return Progress.from_state(state)
 
@@ -255,11 +301,13 @@ def _save_epoch(fit: Fit, progress: Progress, ckpt_dir: Path, improved: bool) ->
     """best.safetensors when improved; last.pt (and the last ``keep_last`` epoch_NNN.pt) always; rank 0 only."""
     if not distributed.is_main():
         return
-    net = distributed.unwrap(fit.model)
     if improved:
-        save_best(net, ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
-    state = {"model": net.state_dict(), "optimizer": fit.opt.state_dict(), "scheduler": fit.sched.state_dict(),
-             "scaler": fit.scaler.state_dict(), **progress.state()}
+        save_best(distributed.unwrap(fit.scored), ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
+    state = {"model": distributed.unwrap(fit.model).state_dict(), "optimizer": fit.opt.state_dict(),
+             "scheduler": fit.sched.state_dict(),
+             "scaler": fit.scaler.state_dict(), "rng": rng_state(), **progress.state()}
+    if fit.ema is not None:
+        state["ema"] = fit.ema.state_dict()
     if fit.recipe.keep_last > 0:
         save_resume(ckpt_dir / f"epoch_{progress.epoch:03d}.pt", state)
         prune_epochs(ckpt_dir, fit.recipe.keep_last)
@@ -303,7 +351,8 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
     train, val = data["train"], data["val"]
     stats = train_one_epoch(fit, images, train.rows, train.labels, seed=seed, epoch=epoch, on_batch=on_batch)
     bar.close()
-    val_loss, val_p = evaluate_loss(fit.model, images, val.rows, val.labels, fit.spec.mean, fit.spec.std, fit.device)
+    val_loss, val_p = evaluate_loss(fit.scored, images, val.rows, val.labels, fit.spec.mean, fit.spec.std, fit.device,
+                                    preprocess=recipe.preprocess)
     seconds = time.perf_counter() - t0
     improved = progress.record({
         "epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val_loss,
@@ -344,7 +393,8 @@ def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, Split
     """Reload the best epoch, choose thresholds on validation, score validation and the other splits once."""
     load_best(distributed.unwrap(model), writer.dir / "checkpoints" / "best.safetensors")
     spec = get_spec(recipe.arch)
-    probs = {split: probabilities(model, cache.images, d.rows, spec.mean, spec.std, device, tta=recipe.tta)
+    probs = {split: probabilities(model, cache.images, d.rows, spec.mean, spec.std, device, tta=recipe.tta,
+                                  preprocess=recipe.preprocess)
              for split, d in data.items() if split != "train" and len(d.rows) > 0}
     val = data["val"]
     thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity)

@@ -4,12 +4,7 @@ Figures come from ``<run>/<model>/lung_focus_<split>.csv`` written by ``python -
 defines lung focus and border mass; core/lungs.py the lung model). Nothing is computed here, so the page is instant.
 """
 
-import sys
 from pathlib import Path
-
-ROOT = str(Path(__file__).resolve().parents[2])  # the repo root, so that `dashboard` and `core` import
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -17,9 +12,10 @@ import streamlit as st
 from core.artifacts import ArtifactError, read_json
 from core.focus import FLAG_BELOW, focus_splits, ranking, read_focus
 from core.lungs import METRICS
-from dashboard.common import CITATION, guard, page, select_run
+from dashboard.common import footer, guard, start, stop
+from dashboard.tables import plain
 
-page("Where models look")
+run = start("Where models look")
 st.title("Where models look")
 st.markdown(
     "A heatmap is only worth reading if it points at the lungs. **Lung focus** is the share of a map's weight that "
@@ -39,6 +35,14 @@ def lung_model_line() -> str:
         return "The lung model's held-out figures are missing (lungmodel/metrics.json)."
 
 
+def is_ensemble(model) -> bool:
+    """Ensembles have no maps of their own: not worth a "not shown" note."""
+    try:
+        return bool(model.config.get("members"))
+    except ArtifactError:
+        return False
+
+
 def focus_figure(df, order, method: str) -> go.Figure:
     """Horizontal box per model (every film a dot), best model on top; the flag line at FLAG_BELOW."""
     fig = go.Figure()
@@ -55,41 +59,35 @@ def focus_figure(df, order, method: str) -> go.Figure:
     return fig
 
 
-run = select_run()
-if run is not None:
-    splits = focus_splits(run)
-    if not splits:
-        st.info(f"No lung-focus figures in run `{run.id}` yet. Compute them (a few minutes on a CPU):\n\n"
-                f"```\npython -m trainer focus --run {run.dir} --split test --n 120\n```")
-    else:
-        c1, c2 = st.columns(2)
-        split = c1.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="wl_split")
-        with guard(f"lung focus on {split}"):
-            df, problems = read_focus(run, split)
-            methods = sorted(df["method"].dropna().unique())
-            if not methods:
-                st.info(f"No model of run `{run.id}` has lung-focus figures for `{split}`.")
-            else:
-                method = c2.selectbox("CAM method", methods,
-                                      index=methods.index("Grad-CAM") if "Grad-CAM" in methods else 0, key="wl_m")
-                table = ranking(df, method)
-                best, worst = table.iloc[0], table.iloc[-1]
-                st.markdown(
-                    f"**{best['model']}** looks at the lungs most (median lung focus {best['median lung focus']:.0%}"
-                    f"); **{worst['model']}** least ({worst['median lung focus']:.0%}). "
-                    f"{(table['median lung focus'] < FLAG_BELOW).sum()} of {len(table)} models put most of a "
-                    "typical map outside the lungs.")
-                st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
-                st.container(key="wl_table").dataframe(
-                    table, hide_index=True,
-                    column_config={c: st.column_config.NumberColumn(format="percent") for c in
-                                   ("median lung focus", "q25", "q75", "median border mass", "flagged")})
-                st.caption(f"n = films per model ({split} split, the same seeded sample for every model); "
-                           "flagged = share of that model's maps with lung focus under "
-                           f"{FLAG_BELOW:.0%}. Maps target PNEUMONIA. " + lung_model_line())
-                skipped = {k: v for k, v in problems.items() if run.model(k).config.get("members") is None}
-                if skipped:
-                    st.caption("Not shown: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
-
-st.divider()
-st.caption(CITATION)
+splits = focus_splits(run)
+if not splits:
+    stop(f"No lung-focus figures in run `{plain(run.id)}` yet. Compute them (a few minutes on a CPU):\n\n"
+         f"```\npython -m trainer focus --run {run.dir} --split test --n 120\n```")
+c1, c2 = st.columns(2)
+split = c1.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="wl_split")
+with guard(f"lung focus on {split}"):
+    df, problems = read_focus(run, split)
+    methods = sorted(df["method"].dropna().unique())
+    if not methods:
+        stop(f"No model of run `{plain(run.id)}` has lung-focus figures for `{plain(split)}`.")
+    method = c2.selectbox("CAM method", methods, index=methods.index("Grad-CAM") if "Grad-CAM" in methods else 0,
+                          key="wl_method")
+    table = ranking(df, method)
+    best, worst = table.iloc[0], table.iloc[-1]
+    st.markdown(
+        f"**{plain(best['model'])}** looks at the lungs most (median lung focus {best['median lung focus']:.0%}); "
+        f"**{plain(worst['model'])}** least ({worst['median lung focus']:.0%}). "
+        f"{(table['median lung focus'] < FLAG_BELOW).sum()} of {len(table)} models put most of a typical map "
+        "outside the lungs.")
+    st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
+    st.container(key="wl_table").dataframe(
+        table, hide_index=True,
+        column_config={c: st.column_config.NumberColumn(format="percent") for c in
+                       ("median lung focus", "q25", "q75", "median border mass", "flagged")})
+    st.caption(f"n = films per model ({plain(split)} split, the same seeded sample for every model); flagged = "
+               f"share of that model's maps with lung focus under {FLAG_BELOW:.0%}. Maps target PNEUMONIA. "
+               + lung_model_line())
+    skipped = {k: v for k, v in problems.items() if not is_ensemble(run.model(k))}
+    if skipped:
+        st.caption("Not shown: " + "; ".join(f"{plain(k)} ({plain(v)})" for k, v in skipped.items()))
+footer()

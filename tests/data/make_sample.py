@@ -6,7 +6,7 @@ kermany224/: byte-for-byte copies of 224 px films. Its train/ films are test-spl
 (artifacts/kermany-lineup), one per patient, so that its checkpoints can be checked against its stored
 predictions in a fresh clone; plus the 224 px twin of the first full-size NORMAL film; val/ is the whole
 16-film official validation split. kermany_fullres/: a few full-size films downscaled to 560 px on the short
-side (JPEG quality 90), still larger than any model input and decoded the same way.
+side (JPEG quality 85), still larger than any model input and decoded the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 RUN = HERE.parents[1] / "artifacts" / "kermany-lineup"
-PER_CLASS = 24
+PER_CLASS = 90
 FULLRES_SIDE = 560
 
 
@@ -42,7 +42,7 @@ def main(shared: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(path) as im:
             scale = FULLRES_SIDE / min(im.size)
-            im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS).save(out, quality=90)
+            im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS).save(out, quality=85)
 
 
 if __name__ == "__main__":
