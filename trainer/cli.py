@@ -172,6 +172,8 @@ def _train_run(args, cfg, recipes, run_dir: Path, world: distributed.World, devi
                 break
     if distributed.is_main():
         failed += _build_ensembles(run_dir, cfg.ensembles)
+        from trainer.explain import explain_run  # CAM references and calibration of what just finished
+        failed += explain_run(run_dir, [m.name for m in Run(run_dir).models if m.name not in failed])
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -406,9 +408,15 @@ def _add_lungs_and_focus(sub) -> None:
     focus.add_parser(sub)
 
 
+def _add_explain(sub) -> None:
+    from trainer import explain  # explain (CAM references, calibration) and faithfulness
+
+    explain.add_commands(sub)
+
+
 # One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
 COMMANDS = [_add_models, _add_env, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
-            _add_lungs_and_focus]
+            _add_lungs_and_focus, _add_explain]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -81,7 +81,7 @@ with guard(f"lung focus on {split}"):
         "outside the lungs.")
     st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
     st.container(key="wl_table").dataframe(
-        table, hide_index=True,
+        table, hide_index=True, height="content",
         column_config={c: st.column_config.NumberColumn(format="percent") for c in
                        ("median lung focus", "q25", "q75", "median border mass", "flagged")})
     st.caption(f"n = films per model ({plain(split)} split, the same seeded sample for every model); flagged = "
