@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 from collections import OrderedDict
 import time
@@ -39,6 +40,7 @@ from core.labels import CLASSES, POSITIVE
 DISPLAY_SIDE = 768  # longest side of the film under an overlay (and of the downloadable PNG)
 MIN_OVERLAY_SIDE = 512  # smaller films are enlarged to this before the overlay and its colour bar are drawn
 HEATMAP_CACHE_ENTRIES = 256
+DECODED_CACHE_ENTRIES = 12  # films kept decoded across reruns and sessions (each holds its source bytes)
 MODEL_CACHE_ENTRIES = 12
 
 
@@ -204,6 +206,28 @@ class DecodedImage:
         return self._display
 
 
+_DECODED = _LRU(DECODED_CACHE_ENTRIES)
+
+
+def decoded(source, name: str) -> DecodedImage:
+    """The ``DecodedImage`` of ``source``, shared while its content is unchanged: a rerun (a slider moved) or
+    another session showing the same film reuses its decodes instead of paying for them again. Uploads (bytes)
+    are keyed by a hash of their content, files by path, size and modification time."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        key = ("bytes", hashlib.sha256(source).hexdigest(), name)
+    else:
+        try:
+            st = os.stat(source)
+        except OSError:
+            return DecodedImage(source, name)  # the loader reports the problem
+        key = ("file", str(source), st.st_size, st.st_mtime_ns, name)
+    image = _DECODED.get(key)
+    if image is None:
+        image = DecodedImage(source, name)
+        _DECODED.put(key, image)
+    return image
+
+
 SHARED, STRETCHED = "shared", "stretched"
 SCALES = {SHARED: "One scale (validation reference)", STRETCHED: "Contrast-stretched per film"}
 
@@ -294,6 +318,7 @@ def resolve_image_path(path: str, run: Run | None = None) -> Path | None:
 
 
 def data_root_of(run: Run) -> str:
+    """The run's data root as recorded (text from run.json: pages show it through ``plain``)."""
     try:
         return str(run.info.get("data_root") or "?")
     except ArtifactError:

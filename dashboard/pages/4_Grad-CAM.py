@@ -14,7 +14,7 @@ from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, start, stop
+from dashboard.common import footer, guard, plain, start, stop
 
 MAX_IMAGES = 8
 MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
@@ -92,7 +92,7 @@ elif n_test is None:
     st.caption("No model of this run has test-split predictions yet (the trainer writes them after training), "
                "so only uploads can be explained here.")
 else:
-    st.caption(f"The test split's files are not on this machine (data folder `{ex.data_root_of(run)}` absent), "
+    st.caption(f"The test split's files are not on this machine (data folder {plain(ex.data_root_of(run))} absent), "
                "so only uploads can be explained here.")
 
 items = [(f.name, f.getvalue(), None) for f in uploads]  # (name, bytes or path, true label)
@@ -130,12 +130,12 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     st.markdown(f"**{name}**")
     cm = models[name]
     if isinstance(cm, str):
-        st.error(f"{name}: {cm}")
+        st.error(f"{name}: {plain(cm)}")
         return
     try:
         pixels = image.for_model(cm.loaded.input_size)
     except ImageError as e:
-        st.error(f"Cannot use {image.name} for {name}: {e}")
+        st.error(f"Cannot use {plain(image.name)} for {name}: {plain(e)}")
         return
     with st.spinner(f"{method} for {name}…"):
         result = ex.explain_one(cm, pixels, method, target)
@@ -150,7 +150,7 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     st.metric(f"P({CLASSES[POSITIVE]})", f"{on_scale(p):.3f}",
               help="calibrated: temperature scaling fitted on validation" if temperature else "raw model output")
     if isinstance(thr, str):
-        st.warning(f"{name}: {thr}; no label shown.")
+        st.warning(f"{name}: {plain(thr)}; no label shown.")
     else:
         st.markdown(f"Label at the validation-chosen threshold {on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
     st.caption(f"calibrated on validation (raw {p:.3f})" if temperature else "raw (this run has no calibration)")
@@ -174,17 +174,17 @@ def rows_of(cells: list, n: int) -> list[list]:
 
 for i, (name, source, truth) in enumerate(items):
     st.divider()
-    st.subheader(name)
+    st.subheader(plain(name))  # a test-split name comes from a predictions file: plain text
     if truth is not None:
         st.caption(f"Test-split film, true label: {CLASSES[truth]}")
-    image = ex.DecodedImage(source, name)
+    image = ex.decoded(source, name)  # decoded once per content, not on every rerun (opacity slider...)
     try:
         original = image.display()
     except ImageError as e:
-        st.error(f"Could not read this file: {e}")
+        st.error(f"Could not read this file: {plain(e)}")
         continue
     except Exception as e:  # anything else from a decoder is still this file's problem
-        st.error(f"Could not read {name}: {type(e).__name__}: {e}")
+        st.error(f"Could not read {plain(name)}: {type(e).__name__}: {plain(e)}")
         continue
     for row in rows_of([None] + list(chosen), per_row):
         cols = st.columns(per_row)

@@ -15,7 +15,7 @@ from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, start, stop
+from dashboard.common import footer, guard, plain, start, stop
 
 RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
@@ -88,7 +88,7 @@ have_files = any(v is not None for v in resolved.values())
 cm = None
 if show_cams and not shown.empty:
     if not have_files:
-        st.info(f"The data folder (`{ex.data_root_of(run)}`) is absent on this machine, so no CAMs can be drawn: "
+        st.info(f"The data folder ({plain(ex.data_root_of(run))}) is absent on this machine, so no CAMs can be drawn: "
                 "showing the tables only.")
     else:
         try:
@@ -108,16 +108,16 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
             label = f"{name} · true {CLASSES[int(row.label)]} · P={shown_probability(row.probability):.3f}"
             path = resolved.get(row.path)
             if path is None:
-                film_col.caption(f"{label}: file not on this machine")
+                film_col.caption(f"{plain(label)}: file not on this machine")  # the name comes from a predictions file
                 continue
             with map_col, guard(f"{model_name} on {name}"):
-                image = ex.DecodedImage(path, name)
+                image = ex.decoded(path, name)
                 try:
                     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
                     view = ex.map_view(result, ma.dir, model_name, scale, temperature)
                     rgb = ex.overlay_image(image.display(THUMB_SIDE), view, alpha)
                 except ImageError as e:
-                    st.error(f"Cannot read {name}: {e}")
+                    st.error(f"Cannot read {plain(name)}: {plain(e)}")
                     continue
                 film_col.image(image.display(THUMB_SIDE), caption=label, width="stretch")
                 st.image(rgb, caption=f"{method} of PNEUMONIA", width="stretch")

@@ -12,7 +12,7 @@ from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import consensus as cs
 from dashboard import explain as ex
-from dashboard.common import CITATION, NOTICE, footer, guard, start, stop
+from dashboard.common import CITATION, NOTICE, footer, guard, plain, start, stop
 
 DEFAULT_MODELS = 4
 PER_ROW = 3
@@ -74,11 +74,11 @@ if not chosen:
     st.info("Choose at least one model in the sidebar.")
     stop()
 
-image = ex.DecodedImage(source, name)
+image = ex.decoded(source, name)  # once per content, not on every rerun
 try:
     film = image.display()
 except ImageError as e:
-    st.error(f"Could not read {name}: {e}")
+    st.error(f"Could not read {plain(name)}: {plain(e)}")
     stop()
 
 sanity = None
