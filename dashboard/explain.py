@@ -241,6 +241,12 @@ class MapView:
     shared: bool
     note: str = ""
 
+    @property
+    def coloured(self) -> bool:
+        """Whether any pixel gets colour (where the evidence lies is only worth saying then)."""
+        top = float(self.values.max()) if self.values.size else 0.0
+        return top >= NO_EVIDENCE if self.shared else top > 0
+
 
 def map_view(result: Explanation, model_dir, model_name: str, scale: str = SHARED,
              temperature: float | None = None) -> MapView:

@@ -123,7 +123,7 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
                 st.image(rgb, caption=f"{method} of PNEUMONIA", width="stretch")
                 if view.note:
                     st.caption(view.note)
-                if (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
+                if view.coloured and (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
                     (st.warning if focus.flagged else st.caption)(focus.caption())
 
 
