@@ -2,12 +2,19 @@
 pass on the same one-image input, interleaved in the same run (the median of per-round ratios). 2 torch threads.
 
 Full mode: all CAM methods for mobilenet_v2 and Grad-CAM for every model of the lineup, each at its lineup input
-size (Score-CAM, one masked forward pass per channel, gets few repetitions). Quick mode: all methods on small_cnn,
-Grad-CAM on mobilenet_v2. Also timed: the dashboard's whole request for one map (``dashboard.explain.explain_one``
-without its heatmap cache: the probability with the recipe's test-time augmentation, then the map).
+size (Score-CAM, one masked forward pass per channel, gets few repetitions). Score-CAM's masked passes run on the
+model's ONNX Runtime twin (as in the dashboard, where the probability has already built the session); one
+repetition. A method name ending in " (torch)" in ``_plan`` forces eager torch for comparison (Score-CAM on eager
+torch: 40 s to minutes, left out of the default plan). Quick mode: all methods on
+small_cnn, Grad-CAM, EigenCAM and Score-CAM on mobilenet_v2. Also timed: the dashboard's whole request for one map
+(``dashboard.explain.explain_one`` without its heatmap cache: the probability with the recipe's test-time
+augmentation, then the map).
 """
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -15,13 +22,39 @@ import torch
 from bench.report import check, figure
 from bench.timing import Ctx, interleaved, median, p95, paired_ratio
 
+QUICK_MOBILENET = ("Grad-CAM", "EigenCAM")
+TARGET_MS = {"EigenCAM": 50.0, "Score-CAM": 3000.0}  # mobilenet_v2 at 224 px
+
 
 def _plan(ctx: Ctx, archs: list[str]) -> list[tuple[str, str]]:
     from core.cams import CAM_METHODS
 
     if ctx.quick:
-        return [("small_cnn", m) for m in CAM_METHODS] + [("mobilenet_v2", "Grad-CAM")]
+        return [("small_cnn", m) for m in CAM_METHODS] + [("mobilenet_v2", m) for m in QUICK_MOBILENET]
     return [("mobilenet_v2", m) for m in CAM_METHODS] + [(a, "Grad-CAM") for a in archs if a != "mobilenet_v2"]
+
+
+def _register_onnx_twin(model, size: int) -> None:
+    """What the dashboard has once it has computed a probability: the model's ONNX Runtime session, which
+    Score-CAM's masked passes then use (``core.fast_cams``)."""
+    from core.onnx_backend import OnnxModel, register_twin
+
+    register_twin(model, OnnxModel.from_module(model, size))
+
+
+@contextmanager
+def _backend(name: str):
+    from core.onnx_backend import ENV_BACKEND
+
+    before = os.environ.get(ENV_BACKEND)
+    os.environ[ENV_BACKEND] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_BACKEND, None)
+        else:
+            os.environ[ENV_BACKEND] = before
 
 
 def run(ctx: Ctx) -> dict:
@@ -43,17 +76,24 @@ def run(ctx: Ctx) -> dict:
             model, _ = create_model(arch, pretrained=False, input_size=size)
             model.eval().to(memory_format=torch.channels_last)
             x = normalize(to_float(torch.from_numpy(np.array(cache.images[:1]))), spec.mean, spec.std)
+            _register_onnx_twin(model, size)
             models[arch] = (model, x, np.asarray(cache.images[0]))
         model, x, img = models[arch]
+        backend = "torch" if method.endswith("(torch)") else "auto"
+        method_name = method.removesuffix(" (torch)")
 
         def forward():
             with torch.inference_mode():
                 model(x)
 
-        slow = method == "Score-CAM"
-        reps = ctx.reps(1, 3) if slow else ctx.reps(5, 20)
-        t = interleaved({"cam": lambda: explain(model, spec, x, method), "forward": forward}, reps=reps,
-                        warmup=0 if slow else 2)
+        slow = method_name == "Score-CAM"
+        reps = 1 if backend == "torch" else 1 if slow else ctx.reps(5, 20)
+
+        def cam():
+            with _backend(backend):
+                return explain(model, spec, x, method_name)
+
+        t = interleaved({"cam": cam, "forward": forward}, reps=reps, warmup=0 if slow else 2)
         key = f"{arch}/{method}"
         raw[key] = {"size": size, "seconds": t}
         r = paired_ratio(t["cam"], t["forward"])  # round by round, then the median
@@ -63,6 +103,9 @@ def run(ctx: Ctx) -> dict:
                     figure(f"{arch} @{size}px {method}: / forward pass", r, "x",
                            forward_ms=1000 * median(t["forward"]))]
         forwards.setdefault(arch, []).extend(t["forward"])
+        if arch == "mobilenet_v2" and method in TARGET_MS:
+            checks.append(check(f"mobilenet_v2 {method} @{size}px latency", 1000 * median(t["cam"]), "<=",
+                                TARGET_MS[method], "ms"))
         if arch == "mobilenet_v2" and method == "Grad-CAM":
             checks.append(check(f"mobilenet_v2 Grad-CAM @{size}px / forward pass", r, "<=", 3.0, "x"))
             figures.append(_dashboard_request(ctx, arch, recipe, spec, size, model, img))
@@ -73,8 +116,8 @@ def run(ctx: Ctx) -> dict:
 
 
 def _dashboard_request(ctx, arch, recipe, spec, size, model, img) -> dict:
-    from dashboard.explain import CachedModel, ModelKey, explain_one
     from core.inference import LoadedModel
+    from dashboard.explain import CachedModel, ModelKey, explain_one
 
     loaded = LoadedModel(name=arch, spec=spec, model=model, input_size=size, mean=spec.mean, std=spec.std,
                          tta=int(recipe.tta or 1))

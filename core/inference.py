@@ -1,16 +1,25 @@
-"""Prediction with a trained model: the trainer's evaluation, the dashboard and the benchmarks share it."""
+"""Prediction with a trained model: the trainer's evaluation, the dashboard and the benchmarks share it.
+
+Scoring runs on the fastest backend at hand (``core.onnx_backend``: ONNX Runtime unless ``CXR_BACKEND=torch`` or
+``backend="torch"``), with eager torch as the fallback; both give the same probabilities to 1e-4
+(tests/test_onnx.py). Test-time augmentation feeds all views of a batch to the model in one forward pass.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from core import onnx_backend
 from core.artifacts import ArtifactError, ModelArtifacts, is_ensemble
 from core.checkpoints import load_best
 from core.models import ModelSpec, create_model, get_spec
-from core.transforms import normalize, to_float, tta_views
+from core.transforms import normalize, to_float, tta_batch
+from core.weights import sha256_of
 
 
 @dataclass
@@ -25,10 +34,43 @@ class LoadedModel:
     std: tuple
     tta: int = 1
     preprocess: str = "none"  # intensity standardisation the model was trained with (core.transforms.standardize)
+    checkpoint: Path | None = None  # best.safetensors it was loaded from; None for an in-memory model
+    _onnx: object = field(default=None, init=False, repr=False)
+    _onnx_failed: str | None = field(default=None, init=False, repr=False)
 
     def inputs(self, batch_u8) -> torch.Tensor:
         """uint8 (B, S, S) at ``input_size`` → normalised model input."""
         return normalize(to_float(torch.as_tensor(np.asarray(batch_u8))), self.mean, self.std, self.preprocess)
+
+    def onnx_model(self) -> onnx_backend.OnnxModel:
+        """The ONNX Runtime session of this model (exported on first use, then cached); ``OnnxError`` if not."""
+        if self._onnx is None:
+            try:
+                if self.checkpoint is None:
+                    self._onnx = onnx_backend.OnnxModel.from_module(self.model, self.input_size)
+                else:
+                    self._onnx = onnx_backend.onnx_for_checkpoint(
+                        self.model, self.checkpoint, sha256_of(self.checkpoint), self.spec.name, self.input_size)
+            except onnx_backend.OnnxError:
+                raise
+            except Exception as e:  # the exporter and onnxruntime raise many types; all mean "no ONNX here"
+                raise onnx_backend.OnnxError(f"{self.name}: ONNX export failed ({type(e).__name__}: {e})") from e
+            onnx_backend.register_twin(self.model, self._onnx)
+        return self._onnx
+
+    def forward(self, backend: str | None = None):
+        """What maps a normalised batch to logits: the ONNX session or the torch model (see module docstring)."""
+        choice = onnx_backend.choose_backend(backend)
+        if choice == "torch" or self._onnx_failed:
+            return self.model
+        try:
+            return self.onnx_model()
+        except onnx_backend.OnnxError as e:
+            if choice == "onnx":
+                raise
+            self._onnx_failed = str(e)
+            print(f"warning: {e}; scoring {self.name} with eager torch", file=sys.stderr)
+            return self.model
 
 
 def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
@@ -47,33 +89,36 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     model.eval().to(memory_format=torch.channels_last)
     return LoadedModel(name=artifacts.name, spec=spec, model=model, input_size=size,
                        mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
-                       tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"))
+                       tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"),
+                       checkpoint=artifacts.best_checkpoint())
 
 
 @torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, images_u8, mean, std, *, batch_size: int = 64,
-                          tta: int = 1, device: str | torch.device = "cpu", indices=None,
-                          preprocess: str = "none") -> np.ndarray:
+def predict_probabilities(model, images_u8, mean, std, *, batch_size: int = 64, tta: int = 1,
+                          device: str | torch.device = "cpu", indices=None, preprocess: str = "none") -> np.ndarray:
     """P(PNEUMONIA) for each image of a uint8 (N, S, S) array (a memory map is fine).
 
-    ``tta`` > 1 averages the probability over that many fixed views (see ``core.transforms.tta_views``);
-    ``preprocess`` is the model's intensity standardisation, applied to each view.
+    ``model`` is a torch module or anything that maps a normalised batch to logits (``OnnxModel``). ``tta`` > 1
+    averages the probability over that many fixed views (``core.transforms.tta_batch``), all in one forward pass
+    of at most ``batch_size`` inputs; ``preprocess`` is the model's intensity standardisation, applied to each view.
     """
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     idx = np.arange(len(images_u8)) if indices is None else np.asarray(indices)
     out = np.empty(len(idx), dtype=np.float32)
-    for start in range(0, len(idx), batch_size):
-        chunk = idx[start : start + batch_size]
+    views = max(1, int(tta))
+    step = max(1, batch_size // views)
+    for start in range(0, len(idx), step):
+        chunk = idx[start : start + step]
         x = to_float(torch.from_numpy(np.ascontiguousarray(images_u8[chunk]))).to(device)
-        probs = torch.zeros(len(chunk), device=device)
-        views = tta_views(x, tta)
-        for view in views:
-            logits = model(normalize(view, mean, std, preprocess))
-            probs += torch.softmax(logits.float(), dim=1)[:, 1]
-        out[start : start + len(chunk)] = (probs / len(views)).cpu().numpy()
+        logits = model(normalize(tta_batch(x, views), mean, std, preprocess))
+        probs = torch.softmax(logits.float(), dim=1)[:, 1].view(views, len(chunk)).mean(0)
+        out[start : start + len(chunk)] = probs.cpu().numpy()
     return out
 
 
-def predict_loaded(loaded: LoadedModel, images_u8, *, batch_size: int = 64) -> np.ndarray:
-    return predict_probabilities(loaded.model, images_u8, loaded.mean, loaded.std, batch_size=batch_size,
-                                 tta=loaded.tta, preprocess=loaded.preprocess)
+def predict_loaded(loaded: LoadedModel, images_u8, *, batch_size: int = 64, backend: str | None = None,
+                   tta: int | None = None) -> np.ndarray:
+    """``predict_probabilities`` with the model's own recipe (normalisation, TTA) on the chosen backend."""
+    return predict_probabilities(loaded.forward(backend), images_u8, loaded.mean, loaded.std, batch_size=batch_size,
+                                 tta=loaded.tta if tta is None else tta, preprocess=loaded.preprocess)

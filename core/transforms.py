@@ -174,12 +174,20 @@ TTA_VIEWS = ((1.0, 0.0, 0.0), (1.06, 0.0, 0.0), (0.94, 0.0, 0.0), (1.0, 0.03, 0.
 
 def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
     """``n`` deterministic views (identity first) of a (B, 1, S, S) batch for test-time augmentation."""
-    views = []
-    for scale, tx, ty in TTA_VIEWS[: max(1, n)]:
-        if (scale, tx, ty) == (1.0, 0.0, 0.0):
-            views.append(x)
-            continue
-        theta = torch.tensor([[1 / scale, 0, tx * 2], [0, 1 / scale, ty * 2]], dtype=x.dtype).expand(x.shape[0], 2, 3)
-        grid = _affine_grid(theta.to(x.device), x.shape[2], x.shape[3])
-        views.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False))
-    return views
+    return list(tta_batch(x, n).unflatten(0, (-1, x.shape[0])))
+
+
+def tta_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` views of ``tta_views`` as one (n·B, 1, S, S) batch, view-major (rows ``v·B .. v·B+B-1`` are view
+    ``v``), made by one ``grid_sample``, so that the model sees them in one forward pass: TTA then costs about n
+    times one view, not n separate calls plus their overheads."""
+    params = TTA_VIEWS[: max(1, n)]
+    if len(params) == 1:
+        return x
+    b, _, h, w = x.shape
+    rows = [[1 / scale, 0, tx * 2, 0, 1 / scale, ty * 2] for scale, tx, ty in params[1:]]
+    theta = torch.tensor(rows, dtype=x.dtype, device=x.device).view(-1, 1, 2, 3).expand(-1, b, 2, 3)
+    grid = _affine_grid(theta.reshape(-1, 2, 3), h, w)
+    moved = F.grid_sample(x.repeat(len(params) - 1, 1, 1, 1), grid, mode="bilinear", padding_mode="border",
+                          align_corners=False)
+    return torch.cat([x, moved])

@@ -187,13 +187,16 @@ def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
     assert m["rule"] == "sens95" and set(m["shifts"]) == {"none", "gamma_dark", "border_crop"}
     assert m["shifts"]["none"]["threshold"] == pytest.approx(art.threshold("sens95"))
     assert "| m | sens95 |" in capsys.readouterr().out
+    assert m["shifts"]["none"]["at"]["youden"]["threshold"] == pytest.approx(art.threshold("youden"))
     # unshifted, it is the trainer's own test score on the same films; official_val is put beside it
     preds = art.predictions("test")
     preds.index = [str(run.locate(p)) for p in preds["path"]]
     picked = [s.path for s in split_samples(run, 24)]
     assert m["shifts"]["none"]["auc"] == pytest.approx(
         metrics.auc(preds.loc[picked, "label"], preds.loc[picked, "probability"]), abs=1e-3)
-    assert m["official_val"]["auc"] == pytest.approx(art.metrics("official_val")["auc"])
+    ov = art.metrics("official_val")
+    assert m["official_val"]["auc"] == pytest.approx(ov["auc"])
+    assert m["official_val"]["at"]["sens95"]["specificity"] == pytest.approx(ov["at"]["sens95"]["specificity"])
 
 
 def test_undertrained_rows_are_flagged():

@@ -39,10 +39,11 @@ def test_split_samples(run: Run, limit: int | None = None, seed: int = 0) -> lis
 
 
 def score(y: np.ndarray, p: np.ndarray, thresholds: dict, rule: str) -> dict:
-    """AUC, and accuracy/sensitivity/specificity at the model's headline validation threshold."""
-    at = metrics.confusion_at(y, p, thresholds[rule]["value"])
-    return {"auc": metrics.auc(y, p), "rule": rule, "threshold": at["threshold"], "accuracy": at["accuracy"],
-            "sensitivity": at["sensitivity"], "specificity": at["specificity"]}
+    """AUC, and accuracy/sensitivity/specificity at the model's headline validation threshold (top level) and at
+    every other validation threshold (``at``), so rules can be compared under the same shift."""
+    at = {name: {k: metrics.confusion_at(y, p, t["value"])[k]
+                 for k in ("threshold", "accuracy", "sensitivity", "specificity")} for name, t in thresholds.items()}
+    return {"auc": metrics.auc(y, p), "rule": rule, **at[rule], "at": at}
 
 
 def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None, workers=None,
@@ -98,8 +99,8 @@ def _model_result(art, y, probs_by_shift: dict, thresholds: dict, rule: str) -> 
            "worst_sensitivity": float(min(r["sensitivity"] for r in shifted))}
     try:
         ov = art.metrics("official_val")
-        out["official_val"] = {"auc": ov["auc"], **{k: ov["at"][rule][k] for k in
-                                                   ("accuracy", "sensitivity", "specificity")}}
+        out["official_val"] = {"n": ov["n"], "auc": ov["auc"], "at": {
+            name: {k: at[k] for k in ("accuracy", "sensitivity", "specificity")} for name, at in ov["at"].items()}}
     except (ArtifactError, KeyError):
         out["official_val"] = None
     return out
@@ -111,14 +112,21 @@ def _line(name: str, r: dict) -> str:
             f"worst sens {r['worst_sensitivity']:.3f}, worst spec {r['worst_specificity']:.3f} (at {r['rule']})")
 
 
-def table(result: dict) -> str:
-    """Markdown: one row per model, AUC and specificity (at the headline rule) under each shift."""
+def table(result: dict, rule: str | None = None) -> str:
+    """Markdown: one row per model, AUC and sensitivity / specificity under each shift, at each model's headline
+    rule or at ``rule`` (any rule its validation chose a threshold for)."""
     shifts = list(result["shifts"])
-    head = ["model", "rule", *[f"{s}<br>AUC / spec" for s in shifts], "official_val<br>AUC / sens / spec"]
+    head = ["model", "rule", *[f"{s}<br>AUC / sens / spec" for s in shifts], "official_val<br>AUC / sens / spec"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in result["models"].items():
-        cells = [f"{r['shifts'][s]['auc']:.3f} / {r['shifts'][s]['specificity']:.2f}" for s in shifts]
-        ov = r.get("official_val")
-        ov_cell = f"{ov['auc']:.3f} / {ov['sensitivity']:.2f} / {ov['specificity']:.2f}" if ov else "–"
-        rows.append("| " + " | ".join([name, r["rule"], *cells, ov_cell]) + " |")
+        use = rule or r["rule"]
+        cells = []
+        for s in shifts:
+            at = r["shifts"][s]["at"].get(use)
+            cells.append(f"{r['shifts'][s]['auc']:.3f} / {at['sensitivity']:.2f} / {at['specificity']:.2f}"
+                         if at else "–")
+        ov = r.get("official_val") or {}
+        ov_at = (ov.get("at") or {}).get(use)
+        cells.append(f"{ov['auc']:.3f} / {ov_at['sensitivity']:.2f} / {ov_at['specificity']:.2f}" if ov_at else "–")
+        rows.append("| " + " | ".join([name, use, *cells]) + " |")
     return "\n".join(rows)

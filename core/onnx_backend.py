@@ -1,0 +1,184 @@
+"""ONNX Runtime as the fast CPU backend for scoring: export, a per-file session cache, and the backend switch.
+
+On this project's 2-core CPU, ONNX Runtime runs the lineup's networks several times faster than eager PyTorch
+(BENCHMARKS.md). A trained model is exported once (legacy TorchScript exporter, fixed opset, dynamic batch,
+checked with ``onnx.checker``) and either stored beside its checkpoint (``trainer export``) or built on first use
+into a cache folder keyed by the checkpoint's sha256, so a retrained model never reuses a stale graph and a
+read-only run folder still works. ``CXR_BACKEND`` (``torch``, ``onnx`` or ``auto``, the default) picks the
+backend; ``auto`` falls back to eager torch, with a warning, when the export or ONNX Runtime fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import threading
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.artifacts import atomic_write_bytes
+from core.cache import default_cache_root
+
+OPSET = 17
+EXPORT_VERSION = "1"  # bump when the export itself changes: cached graphs of an older version are rebuilt
+ENV_BACKEND = "CXR_BACKEND"
+BACKENDS = ("auto", "onnx", "torch")
+BESIDE_CHECKPOINT = "model.onnx"
+
+
+class OnnxError(RuntimeError):
+    """The model could not be exported or run by ONNX Runtime."""
+
+
+def choose_backend(backend: str | None = None) -> str:
+    """The argument, else ``$CXR_BACKEND``, else ``auto``; a clear error on anything else."""
+    choice = (backend or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"backend {choice!r} (argument or ${ENV_BACKEND}): choose one of {', '.join(BACKENDS)}")
+    return choice
+
+
+def _exportable(model: torch.nn.Module, size: int) -> torch.nn.Module:
+    """A copy of ``model`` fixed to ``size`` where the graph would otherwise resample on every call: a timm ViT
+    with ``dynamic_img_size`` resamples its position embedding in forward (an antialiased bicubic the ONNX
+    exporter lacks); resampling it once at the export size gives the same numbers."""
+    if hasattr(model, "set_input_size") and getattr(model, "dynamic_img_size", False):
+        model = copy.deepcopy(model)
+        model.set_input_size(img_size=size)
+    return model
+
+
+def export_bytes(model: torch.nn.Module, size: int, metadata: dict | None = None) -> bytes:
+    """The model (eval mode, float32) as an ONNX graph: input ``input`` (B, 3, size, size), output ``logits``."""
+    import onnx
+
+    model = _exportable(model, size).float().eval()
+    buf = io.BytesIO()
+    example = torch.zeros(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          do_constant_folding=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(proto)
+    meta = {"input_size": str(size), "export_version": EXPORT_VERSION, **(metadata or {})}
+    onnx.helper.set_model_props(proto, {k: str(v) for k, v in meta.items()})
+    return proto.SerializeToString()
+
+
+def session_options():
+    """Intra-op threads = torch's, one inter-op thread, sequential execution, no spinning: spin-waiting threads
+    fight every other process on a shared CPU (the reason for ``OMP_WAIT_POLICY=PASSIVE`` in ``core``)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxModel:
+    """An ONNX Runtime session that a caller uses like the eval-mode torch model: logits of a normalised batch."""
+
+    def __init__(self, model_bytes_or_path, size: int):
+        import onnxruntime as ort
+
+        source = str(model_bytes_or_path) if isinstance(model_bytes_or_path, Path) else model_bytes_or_path
+        try:
+            self.session = ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise OnnxError(f"ONNX Runtime cannot load the model ({e})") from None
+        self.size = size
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """float32 (B, 3, S, S), C-contiguous → logits (B, 2)."""
+        return self.session.run(None, {"input": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            raise ValueError(f"this ONNX graph takes {self.size} px inputs, got {tuple(x.shape)}")
+        return torch.from_numpy(self.run(x.detach().float().contiguous().cpu().numpy()))
+
+    @classmethod
+    def from_module(cls, model: torch.nn.Module, size: int) -> OnnxModel:
+        """Export an in-memory model (nothing written to disk)."""
+        return cls(export_bytes(model, size), size)
+
+
+_TWINS: weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel] = weakref.WeakKeyDictionary()
+
+
+def register_twin(model: torch.nn.Module, om: OnnxModel) -> None:
+    """Remember that ``om`` computes what ``model`` computes, so code holding only the torch model (Score-CAM's
+    masked passes in ``core.fast_cams``) can use the faster session."""
+    _TWINS[model] = om
+
+
+def twin_of(model: torch.nn.Module) -> OnnxModel | None:
+    return _TWINS.get(model)
+
+
+# --- files: beside the checkpoint, or built on first use into the cache ------------------------------------------
+
+def cache_path(checkpoint_sha256: str, arch: str, size: int) -> Path:
+    return default_cache_root() / "onnx" / f"{arch}-{size}px-{checkpoint_sha256[:32]}-v{EXPORT_VERSION}.onnx"
+
+
+def beside_path(checkpoint: Path) -> Path:
+    return Path(checkpoint).parent / BESIDE_CHECKPOINT
+
+
+def write_export(model: torch.nn.Module, size: int, path: Path, metadata: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, export_bytes(model, size, metadata))
+    return path
+
+
+_SESSIONS: dict[tuple, OnnxModel] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def cached_session(path: Path, size: int) -> OnnxModel:
+    """One session per file (and its mtime/size), shared by every caller in the process; sessions are
+    thread-safe for ``run``."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, size, torch.get_num_threads())
+    with _SESSIONS_LOCK:
+        if key not in _SESSIONS:
+            _SESSIONS[key] = OnnxModel(path, size)
+        return _SESSIONS[key]
+
+
+def _matches(om: OnnxModel, checkpoint_sha256: str, size: int) -> bool:
+    meta = om.metadata
+    return (meta.get("checkpoint_sha256") == checkpoint_sha256 and meta.get("input_size") == str(size)
+            and meta.get("export_version") == EXPORT_VERSION)
+
+
+def onnx_for_checkpoint(model: torch.nn.Module, checkpoint: Path, checkpoint_sha256: str, arch: str,
+                        size: int) -> OnnxModel:
+    """The session for a trained model: ``checkpoints/model.onnx`` when it was exported from this very checkpoint,
+    else the cached export (built now if missing)."""
+    beside = beside_path(checkpoint)
+    if beside.is_file():
+        om = cached_session(beside, size)
+        if _matches(om, checkpoint_sha256, size):
+            return om
+    path = cache_path(checkpoint_sha256, arch, size)
+    if not path.is_file():
+        write_export(model, size, path, {"checkpoint_sha256": checkpoint_sha256, "arch": arch})
+    om = cached_session(path, size)
+    if not _matches(om, checkpoint_sha256, size):
+        raise OnnxError(f"{path}: does not belong to this checkpoint; delete it to rebuild")
+    return om
