@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import KERMANY224, need
+from test_reliability import run_capped
+
 from core.locks import run_lock
 from trainer.cli import main
-from test_reliability import run_capped
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_DATA, EXIT_CONFIG = 2, 3
@@ -248,3 +248,23 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         assert (a / f"predictions_{split}.csv").read_bytes() == (b / f"predictions_{split}.csv").read_bytes()
         ma, mb = (json.loads((d / f"metrics_{split}.json").read_text()) for d in (a, b))
         assert ma["auc"] == mb["auc"] and ma["at"] == mb["at"]
+
+
+def test_temp_files_of_a_killed_writer_are_removed_when_the_run_is_next_written(small_run, tmp_path):
+    run_dir = _copy_run(small_run, tmp_path)
+    leftovers = [run_dir / ".run.json.x1y2.tmp", run_dir / "small_cnn" / ".metrics_test.json.abcd.tmp"]
+    for p in leftovers:
+        p.write_text("{half")
+    argv = ["evaluate", "--run", str(run_dir), "--data", str(small_run[1] / "test"), "--split-name", "ext2",
+            "--cache-dir", str(tmp_path / "c")]
+    assert main(argv) == 0
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_models_command_names_a_wrong_weights_file_and_lists_the_rest(tmp_path, capsys):
+    (tmp_path / "mobilenet_v2-b0353104.pth").write_bytes(b"not the expected weights")
+    assert main(["models", "--weights-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("mobilenet_v2 "))
+    assert "REFUSED" in line and "sha256 mismatch" in line
+    assert "efficientnet_lite0" in out and "resnet18" in out

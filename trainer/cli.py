@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data
+from core import data, distributed
 from core.artifacts import (
     ArtifactError,
     ModelArtifacts,
@@ -123,29 +124,41 @@ def _command(argv) -> str:
 
 
 def cmd_train(args) -> int:
+    """Train every entry; under torchrun, as one DDP process of several (docs/scaling.md)."""
     cfg, recipes = _load_recipes(args)
-    run_id = cfg.run or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
-    if args.resume:
-        cfgmod.check_resume(run_dir)
-    with run_lock(run_dir, _command(args.argv)):  # one writer per run folder
-        return _train_run(args, cfg, recipes, run_dir)
+    world, device = distributed.init(cfg.device)
+    try:
+        run_id = distributed.same_on_all(cfg.run or time.strftime("run-%Y%m%d-%H%M%S"))
+        run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
+        if args.resume:
+            cfgmod.check_resume(run_dir)
+        # one writer per run folder: under DDP that is rank 0, which holds the lock for all
+        with run_lock(run_dir, _command(args.argv)) if distributed.is_main() else contextlib.nullcontext():
+            return _train_run(args, cfg, recipes, run_dir, world, device)
+    finally:
+        distributed.shutdown()
 
 
-def _train_run(args, cfg, recipes, run_dir: Path) -> int:
+def _train_run(args, cfg, recipes, run_dir: Path, world: distributed.World, device) -> int:
     import torch
-
-    from trainer.train import pick_device
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if not distributed.is_main():  # one process speaks for the run
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        os.environ["TQDM_DISABLE"] = "1"
     if (run_dir / "run.json").exists() and not args.resume:
         raise cfgmod.ConfigError(f"{run_dir} already exists: add --resume to continue it, or choose another --run")
+    if world.local_rank != 0:
+        distributed.barrier()  # local rank 0 builds this machine's image cache first
     prepared, caches = _prepare_run(cfg, recipes, run_dir, args.resume)
+    if world.local_rank == 0:
+        distributed.barrier()
     writer = RunWriter(run_dir, cfg.data)
-    _write_run(writer, cfg, recipes, prepared, args.argv)
-    device = pick_device(cfg.device)
-    print(f"device: {device}; artifacts: {run_dir}")
+    if distributed.is_main():
+        _write_run(writer, cfg, recipes, prepared, args.argv)
+    print(f"device: {device}" + (f" x {world.size} processes ({world.backend})" if world.enabled else "")
+          + f"; artifacts: {run_dir}")
     failed = []
     for recipe in recipes:
         cache = caches[input_size_for(recipe.arch, recipe.input_size)]
@@ -155,7 +168,12 @@ def _train_run(args, cfg, recipes, run_dir: Path) -> int:
             return EXIT_INTERRUPTED
         if outcome == "failed":
             failed.append(recipe.name)
-    failed += _build_ensembles(run_dir, cfg.ensembles)
+            if world.enabled:  # the ranks may now be out of step: end the run, --resume continues it
+                break
+    if distributed.is_main():
+        failed += _build_ensembles(run_dir, cfg.ensembles)
+        from trainer.explain import explain_run  # CAM references and calibration of what just finished
+        failed += explain_run(run_dir, [m.name for m in Run(run_dir).models if m.name not in failed])
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -167,19 +185,24 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
     """Train one entry: ``finished``, ``skipped`` (finished earlier), ``failed`` or ``stopped`` (Ctrl-C)."""
     from trainer.train import train_entry
 
+    writer = distributed.main_writer(writer)  # under DDP, rank 0 alone writes artifacts
     if args.resume and _finished(writer):
         print(f"== {recipe.name}: finished earlier, skipped")
         return "skipped"
     print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs)")
     try:
         st = train_entry(recipe, cache, split_rows, writer, seed=cfg.seed, device=device, resume=args.resume,
-                         weights_dir=args.weights_dir)
-    except KeyboardInterrupt:
-        writer.status("stopped", message="stopped by the user; continue with --resume")
+                         weights_dir=args.weights_dir, compile=args.compile)
+    except KeyboardInterrupt as e:  # Ctrl-C, or torchrun stopping this process (core.distributed.Terminated)
+        writer.status("stopped", message=f"{str(e) or 'stopped by the user'}; continue with --resume")
         print(f"\nstopped. Continue with: python -m trainer train --resume --run {writer.dir.parent.name} ... "
               "(same flags)", file=sys.stderr)
         return "stopped"
     except Exception as e:  # one broken entry must not cost the rest of the lineup
+        if distributed.world().enabled and distributed.is_peer_failure(e):
+            writer.status("stopped", message=distributed.peer_failure_message(e))
+            print(f"\nstopped: {distributed.peer_failure_message(e)}", file=sys.stderr)
+            return "stopped"
         writer.status("failed", message=f"{type(e).__name__}: {e}")
         traceback.print_exc()
         print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
@@ -230,6 +253,13 @@ def _print_counts(counts: dict, skipped: list) -> None:
         print(f"skipped {len(skipped)} unreadable files (listed in skipped.csv), e.g. {skipped[0][0]}: {skipped[0][1]}")
 
 
+def cmd_env(args) -> int:
+    from core.accel import environment_lines
+
+    print("\n".join(environment_lines(args.device)))
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     members = [m.strip() for m in args.members.split(",") if m.strip()]
     run = Run(Path(args.run))
@@ -270,6 +300,12 @@ def _add_models(sub) -> None:
     m.set_defaults(func=cmd_models)
 
 
+def _add_env(sub) -> None:
+    v = sub.add_parser("env", help="what training would use here: device, mixed precision, compile, torchrun backend")
+    v.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    v.set_defaults(func=cmd_env)
+
+
 def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train models on a data folder and write artifacts")
     t.add_argument("--config", help="YAML/JSON file with the same keys as the flags (flags win)")
@@ -298,6 +334,7 @@ def _add_train(sub) -> None:
     t.add_argument("--workers", type=int, help="decoding processes for the cache build")
     t.add_argument("--device", help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (long runs on a GPU)")
     t.add_argument("--duplicates", choices=["warn", "refuse"],
                    help="byte-identical files in two splits: warn (default) or refuse to train")
     t.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
@@ -371,9 +408,15 @@ def _add_lungs_and_focus(sub) -> None:
     focus.add_parser(sub)
 
 
+def _add_explain(sub) -> None:
+    from trainer import explain  # explain (CAM references, calibration) and faithfulness
+
+    explain.add_commands(sub)
+
+
 # One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
-COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
-            _add_lungs_and_focus]
+COMMANDS = [_add_models, _add_env, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
+            _add_lungs_and_focus, _add_explain]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -386,6 +429,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m trainer -- train ...: keeps torchrun from reading --run as its own
+        argv = argv[1:]
     args = parser().parse_args(argv)
     args.argv = argv
     try:
