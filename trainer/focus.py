@@ -57,16 +57,19 @@ def sample_films(run: Run, split: str, n: int, seed: int, data_root: Path | None
     table = table[table["split"] == split].reset_index(drop=True)
     if table.empty:
         raise ArtifactError(f"{run.dir}: split {split!r} has no films")
-    if 0 < n < len(table):
-        table = table.iloc[np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))]
+    # located before sampling: with part of the data here (a sample), the n films are drawn from those present;
+    # with all of it here the draw is the same as from the whole split
     table = table.assign(file=[find_image(run, p, data_root) for p in table["path"]])
-    missing = table["file"].isna().sum()
+    missing = int(table["file"].isna().sum())
     if missing == len(table):
         raise ArtifactError(f"none of the {len(table)} films of {split!r} were found here (e.g. "
                             f"{table['path'].iloc[0]}); give --data-root")
     if missing:
-        print(f"warning: {missing} of {len(table)} films not found; measured on the rest")
-    return table.dropna(subset=["file"]).reset_index(drop=True)
+        print(f"warning: {missing} of {len(table)} films of {split!r} not found here; drawing from the rest")
+    table = table.dropna(subset=["file"]).reset_index(drop=True)
+    if 0 < n < len(table):
+        table = table.iloc[np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))]
+    return table.reset_index(drop=True)
 
 
 def film_masks(films: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
