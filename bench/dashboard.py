@@ -1,14 +1,19 @@
-"""Dashboard: server cold start, render time of every page with 8 models in a run, and the server's memory growth
-over 100 Grad-CAM requests. The real server (``python -m streamlit run dashboard/Home.py ... -- --artifacts DIR``)
-is driven by headless Chromium through Playwright (the system's /usr/bin/chromium; nothing is downloaded).
+"""Dashboard: what a user waits for in the browser. The real server (``python -m streamlit run dashboard/Home.py
+... -- --artifacts DIR``) is driven by headless Chromium through Playwright (the system's /usr/bin/chromium;
+nothing is downloaded), at 1440×900.
 
 * Cold start: from launching the server process to the Home page's leaderboard rendered in a fresh browser tab
   with the script finished (``data-test-script-state="notRunning"``, no spinner). One untimed start first.
-* Page render: a click on the page's sidebar link until the new page's title is shown, its script has finished
-  and no spinner is left (Streamlit's running indicator gone). Every page once untimed, then timed rounds.
-* Memory: on the Grad-CAM page (its two default models), each request uploads a different real film (a new
-  image, so both maps are really computed: the page caches maps per image) and waits for both maps, then
-  removes it. RSS of the server and its children (psutil) after a warm-up of 10 requests and after 100 more.
+* First visit, per page, with the committed 12-entry run (artifacts/kermany-lineup) and each page's defaults: a
+  new browser session (a new user) opens Home by its URL, then clicks each page's sidebar link in turn; each is
+  timed until the page's title is shown, its script has finished and no spinner is left. The server's caches are
+  warm (one untimed session first), as they are for every user but the very first.
+* Interaction, per page: one widget change (``INTERACTIONS``) until the rerun it starts has finished (a
+  MutationObserver on the app's script state, timed in the page's own clock).
+* Memory: on the Grad-CAM page of the 8-model fixture run (its two default models), each request uploads a
+  different real film (a new image, so both maps are really computed: the page caches maps per image) and waits
+  for both maps, then removes it. RSS of the server and its children (psutil) after a warm-up of 10 requests and
+  after 100 more.
 """
 
 from __future__ import annotations
@@ -25,13 +30,51 @@ from pathlib import Path
 
 from bench import REPO
 from bench.report import check, figure
-from bench.timing import Ctx, median, p95
+from bench.timing import Ctx, loadavg, median, p95
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
 TIMEOUT_MS = 180_000
-PAGES = ("", "Training_curves", "ROC_PR_confusion", "Model_comparison", "Grad-CAM", "Errors", "Calibration")
+SCREEN = {"width": 1440, "height": 900}
+COMMITTED = REPO / "artifacts"
+FIRST_VISIT_TARGET_S = 2.0
+INTERACTION_TARGET_S = 0.5
+# One widget change per page: (what it is, where: a CSS selector, how: "right"/"left" on a slider, "chip" removes
+# the first chosen model, "button" clicks). A page not listed (or whose widget is gone) falls back to its first
+# slider.
+INTERACTIONS = {
+    "": ("remove a model from the sidebar choice",
+         "[data-testid='stSidebar'] [data-testid='stMultiSelectTagsContainer'] button[aria-label^='Remove']", "chip"),
+    "Training_curves": ("smoothing slider one step", ".st-key-curves_smoothing input[type='range']", "right"),
+    "ROC_PR_confusion": ("threshold slider one step",
+                         "[data-testid='stMain'] [class*='st-key-thr_'] input[type='range']", "right"),
+    "Model_comparison": ("split: official_val", ".st-key-cmp_split input", "select:official_val"),
+    "Grad-CAM": ("heatmap opacity slider one step", ".st-key-cam_alpha input[type='range']", "right"),
+    "Errors": ("films per kind one fewer", ".st-key-err_n input[type='range']", "left"),
+    "Calibration": ("split: official_val", ".st-key-cal_split input", "select:official_val"),
+}
+FALLBACKS = [("the page's first slider one step", "[data-testid='stMain'] input[type='range'], "
+              "[data-testid='stSidebar'] input[type='range']", "right"),
+             ("the page's first select box: its next option", "[data-testid='stMain'] [data-testid='stSelectbox'] "
+              "input", "select:#1")]
+INTERACTION_TIMEOUT_MS = 60_000
+# The script's run state: records (in the page's clock) when a rerun starts and when it has finished.
+OBSERVE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  window.__rerun = {started: null, done: null};
+  if (window.__obs) window.__obs.disconnect();
+  window.__obs = new MutationObserver(() => {
+    const state = app.getAttribute('data-test-script-state');
+    if (state === 'running' && window.__rerun.started === null) window.__rerun.started = performance.now();
+    if (state === 'notRunning' && window.__rerun.started !== null && window.__rerun.done === null)
+      window.__rerun.done = performance.now();
+  });
+  window.__obs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  return performance.now();
+}"""
+RERUN_DONE = """() => window.__rerun && window.__rerun.done !== null &&
+  !document.querySelector('[data-testid="stSpinner"]')"""
 
 # The script has finished, no spinner is left and the main area has a title other than `old`.
 RENDERED = """(old) => {
@@ -154,6 +197,109 @@ def _goto_page(page, path: str) -> float:
     return time.perf_counter() - t0
 
 
+def _pages() -> list[str]:
+    """URL paths of Home ("") and of every page in dashboard/pages, as Streamlit names them."""
+    from streamlit.source_util import page_icon_and_name
+
+    return [""] + [page_icon_and_name(f)[1] for f in sorted((REPO / "dashboard" / "pages").glob("*.py"))]
+
+
+def _first_visits(browser, url: str, pages: list[str], reps: int) -> dict[str, list[float]]:
+    """Seconds to each page's first render in a new session: Home by URL, the others by a sidebar click. One
+    untimed session first (the server's caches and imports), then ``reps`` timed sessions."""
+    out: dict[str, list[float]] = {p: [] for p in pages}
+    for r in range(reps + 1):
+        context = browser.new_context(viewport=SCREEN)
+        try:
+            page = context.new_page()
+            t0 = time.perf_counter()
+            page.goto(url, wait_until="commit", timeout=TIMEOUT_MS)
+            page.wait_for_function(RENDERED, arg="", timeout=TIMEOUT_MS)
+            times = {"": time.perf_counter() - t0}
+            for path in pages[1:]:
+                times[path] = _goto_page(page, path)
+        finally:
+            context.close()
+        if r:
+            for path, t in times.items():
+                out[path].append(t)
+    return out
+
+
+def _interaction(page, path: str) -> tuple[str, float | None]:
+    """One widget change on the rendered page ``path``: what it was and seconds until its rerun finished (None
+    when the page has no such widget)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    candidates = ([INTERACTIONS[path]] if path in INTERACTIONS else []) + FALLBACKS
+    found = [(w, page.locator(sel).first, how) for w, sel, how in candidates if page.locator(sel).count()]
+    if not found:
+        return "no widget found", None
+    what, widget, how = found[0]
+    t0 = page.evaluate(OBSERVE)
+    if how in ("right", "left"):
+        widget.focus()
+        page.keyboard.press("ArrowRight" if how == "right" else "ArrowLeft")
+    elif how.startswith("select:"):
+        widget.click()
+        options, want = page.locator("[role='option']"), how.split(":", 1)[1]
+        (options.nth(int(want[1:])) if want.startswith("#") else options.filter(has_text=want).first).click()
+    else:
+        widget.click()
+    try:
+        page.wait_for_function(RERUN_DONE, timeout=INTERACTION_TIMEOUT_MS)
+    except PlaywrightTimeout:  # the change started no rerun (e.g. a select box with one option)
+        return f"{what} (no rerun)", None
+    return what, (page.evaluate("window.__rerun.done") - t0) / 1000
+
+
+def _interactions(browser, url: str, pages: list[str], reps: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per page, ``reps`` times: open it afresh (a new session, the defaults), then one widget change."""
+    times: dict[str, list[float]] = {p: [] for p in pages}
+    what: dict[str, str] = {}
+    context = browser.new_context(viewport=SCREEN)
+    try:
+        page = context.new_page()
+        for _ in range(reps):
+            for path in pages:
+                page.goto(f"{url}/{path}", wait_until="commit", timeout=TIMEOUT_MS)
+                page.wait_for_function(RENDERED, arg="", timeout=TIMEOUT_MS)
+                what[path], t = _interaction(page, path)
+                if t is not None:
+                    times[path].append(t)
+    finally:
+        context.close()
+    return times, what
+
+
+def _committed_run_figures(browser, ctx: Ctx, logs: Path) -> tuple[list, list, dict]:
+    """First visit and one interaction per page on the committed run, with the load average around them."""
+    figures, checks = [], []
+    pages = _pages()
+    server = Server(COMMITTED, logs)
+    try:
+        server.wait_healthy()
+        load0 = loadavg()
+        visits = _first_visits(browser, server.url, pages, ctx.reps(1, 3))
+        inter, what = _interactions(browser, server.url, pages, ctx.reps(1, 3))
+        load1 = loadavg()
+    finally:
+        server.stop()
+    for path in pages:
+        name = path or "Home"
+        figures.append(figure(f"first visit: {name} (committed run)", median(visits[path]), "s",
+                              p95=p95(visits[path])))
+        checks.append(check(f"first visit {name} (committed run)", median(visits[path]), "<=",
+                            FIRST_VISIT_TARGET_S, "s"))
+        if inter[path]:
+            figures.append(figure(f"interaction: {name}, {what[path]}", median(inter[path]), "s",
+                                  p95=p95(inter[path])))
+            checks.append(check(f"interaction {name} (committed run)", median(inter[path]), "<=",
+                                INTERACTION_TARGET_S, "s"))
+    raw = {"first_visit_s": visits, "interaction_s": inter, "interaction": what, "load_avg": [load0, load1]}
+    return figures, checks, raw
+
+
 def _films(n: int, folder: Path) -> list[Path]:
     """``n`` different real films under unique names (so each request is a new image to the page)."""
     from bench.common import fixed_samples
@@ -221,20 +367,12 @@ def run(ctx: Ctx) -> dict:
                         figure("cold start: until the Home leaderboard is rendered", median([c[1] for c in colds]),
                                "s")]
 
-            # Page renders, navigating by the sidebar: one untimed pass, then timed rounds.
-            order = list(PAGES[1:]) + [PAGES[0]]
-            for path in order:
+            for path in _pages()[1:]:  # the 8-model fixture run: every page once, for the memory baseline
                 _goto_page(page, path)
-            times: dict[str, list[float]] = {p: [] for p in order}
-            for _ in range(ctx.reps(1, 5)):
-                for path in order:
-                    times[path].append(_goto_page(page, path))
-            raw["page_render_s"] = times
             rss_pages = server.rss_mb()
-            for path in PAGES:
-                name = path or "Home"
-                figures.append(figure(f"page render: {name}", median(times[path]), "s", p95=p95(times[path])))
-                checks.append(check(f"page render {name} (8 models)", median(times[path]), "<=", 2.0, "s"))
+            f, c, raw["committed_run"] = _committed_run_figures(browser, ctx, logs)
+            figures += f
+            checks += c
 
             # Grad-CAM requests and the server's memory.
             _goto_page(page, "Grad-CAM")

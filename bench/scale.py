@@ -9,6 +9,9 @@ sampled every 0.1 s with psutil; memory-mapped cache pages count in them, so the
 ``--steps DEVICE`` adds training images/s of mobilenet_v2 and resnet50 at 224 px (the trainer's own loop on
 random films): float32, and on CUDA the mixed precision the trainer picks, so one GPU can be set against this CPU.
 
+``--compare N`` builds N of the films twice with each of the old path (``pool.map`` returning every image to
+the parent) and the sharded one, interleaved, for a speed and memory comparison under the same load.
+
 ``--ddp`` adds the training throughput of ``small_cnn`` on a real subset of kermany224 through the real
 trainer: one process (``python -m trainer train``, 2 threads) vs two gloo processes (``torchrun
 --nproc_per_node 2 -m trainer train``, 1 thread each), images/s of the training epochs as timed in history.csv.
@@ -53,8 +56,10 @@ def _films(args: tuple[str, int, int, int]) -> int:
 
 
 def make_folder(root: Path, n: int, px: int, workers: int) -> float:
-    """Generate the synthetic folder; returns seconds."""
+    """Generate the synthetic folder (kept from an earlier ``--keep`` run when it has ``n`` films); returns seconds."""
     start = time.perf_counter()
+    if sum(len(os.listdir(d)) for d in (root / "NORMAL", root / "PNEUMONIA") if d.is_dir()) == n:
+        return 0.0
     for label in ("NORMAL", "PNEUMONIA"):
         (root / label).mkdir(parents=True, exist_ok=True)
     chunks = [(str(root), a, min(n, a + 1000), px) for a in range(0, n, 1000)]
@@ -111,6 +116,48 @@ def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
             "peak_rss_parent_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mb),
             "peak_rss_largest_worker_mib": round(sampler.peak_child / 2**20),
             "peak_rss_tree_mib": round(sampler.peak / 2**20)}
+
+
+def _pool_build(paths: list[str], size: int, out: Path, workers: int) -> None:
+    """The build before core/cache_build.py, for comparison: ``pool.map`` sends every decoded image back to the
+    parent, which writes it into its own memory map (so the parent's resident pages grow with N)."""
+    from core.cache import _decode
+
+    images = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+    with ProcessPoolExecutor(workers) as pool:
+        for i, (img, _) in enumerate(pool.map(_decode, [(p, size) for p in paths], chunksize=16)):
+            if img is not None:
+                images[i] = img
+    images.flush()
+
+
+def _sharded_build(paths: list[str], size: int, out: Path, workers: int) -> None:
+    from core import cache_build
+
+    np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)).flush()
+    cache_build.fill(out, paths, size, workers=workers)
+
+
+def compare_builds(folder: Path, work: Path, size: int, workers: int, n: int, rounds: int = 2) -> dict:
+    """Pool (before) vs sharded (now) on the same ``n`` films, interleaved, so the machine's load hits both."""
+    paths = sorted(str(p) for p in folder.rglob("*.jpeg"))[:n]
+    rates: dict[str, list] = {"pool_map_before": [], "sharded_now": []}
+    peaks: dict[str, list] = {"pool_map_before": [], "sharded_now": []}
+    for _ in range(rounds):
+        for name, build in (("pool_map_before", _pool_build), ("sharded_now", _sharded_build)):
+            out = work / f"compare-{name}.npy"
+            sampler = PeakTree()
+            sampler.start()
+            t0 = time.perf_counter()
+            build(paths, size, out, workers)
+            rates[name].append(round(len(paths) / (time.perf_counter() - t0), 1))
+            sampler.halt.set()
+            sampler.join()
+            peaks[name].append(round(sampler.peak / 2**20))
+            out.unlink()
+    return {"films": len(paths), "images_per_second": rates, "peak_rss_tree_mib": peaks,
+            "speed_ratio_sharded_over_pool": round(float(np.median(np.array(rates["sharded_now"]) /
+                                                                  np.array(rates["pool_map_before"]))), 2)}
 
 
 def _train(launcher: list[str], run: str, work: Path, threads: int, subset: int, epochs: int) -> dict:
@@ -182,10 +229,12 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224, help="cache size (the models' input)")
     p.add_argument("--workers", type=int, default=None, help="cache-building processes (default: as the trainer)")
     p.add_argument("--ddp", action="store_true", help="also time 1-process vs 2-process training")
+    p.add_argument("--compare", type=int, metavar="N", help="also build N of the films with the old pool.map "
+                   "path and the sharded one, interleaved, twice each")
     p.add_argument("--steps", metavar="DEVICE", help="also time training steps of mobilenet_v2 and resnet50 at "
                    "224 px on DEVICE (cpu, cuda): float32, and mixed precision on CUDA")
     p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    p.add_argument("--keep", action="store_true", help="keep the synthetic folder and cache")
+    p.add_argument("--keep", action="store_true", help="keep the synthetic folder in --work for the next run")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="cxr-scale-"))
@@ -195,13 +244,17 @@ def main(argv=None) -> int:
         if args.films:
             result["generate_seconds"] = round(make_folder(work / "films", args.films, args.film_px, workers), 1)
             result["cache_build"] = bench_cache(work / "films", work, args.size, workers)
+        if args.films and args.compare:
+            result["compare"] = compare_builds(work / "films", work, args.size, workers, args.compare)
         if args.ddp:
             result["ddp"] = bench_ddp(work)
         if args.steps:
             result["steps"] = bench_steps(args.steps)
     finally:
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        if not args.keep:
+        if args.keep:
+            shutil.rmtree(work / "cache", ignore_errors=True)  # the next run times a cold build again
+        else:
             shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
     print(text)

@@ -2,7 +2,7 @@
 
 The caller creates ``images.npy`` (N x S x S uint8, its disk space reserved: ``core.cache``), and this module
 hands out shards of consecutive rows to worker processes. Each worker decodes its shard's files and writes the pixels straight
-into its rows of the file through its own memory map, flushes, and returns only which rows decoded and why
+into its rows of the file through its own memory map, unmaps it, and returns only which rows decoded and why
 the others failed. No image travels through a pipe and no list of arrays is held anywhere, so peak memory is
 about one shard's pages per worker plus the path list, whatever N. At most two shards per worker are in
 flight, so the parent's bookkeeping stays small too.
@@ -40,8 +40,7 @@ def _fill_shard(images_path: str, start: int, paths: list[str], size: int) -> tu
         else:
             rows[start + i] = img
             ok[i] = True
-    rows.flush()
-    del rows
+    del rows  # unmapped: the pages leave this worker's memory; the parent's final flush writes them to disk
     return start, ok, failures
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from dataclasses import dataclass
 from datetime import timedelta
@@ -100,6 +101,15 @@ def shutdown() -> None:
         with contextlib.suppress(RuntimeError):  # a dead peer can make the teardown fail; we are ending anyway
             dist.destroy_process_group()
     _WORLD = World()
+
+
+def same_on_all(value):
+    """Rank 0's ``value`` on every rank (a run name made from the clock must not differ between processes)."""
+    if not _WORLD.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:
@@ -233,3 +243,10 @@ def is_peer_failure(error: BaseException) -> bool:
     text = str(error).lower()
     return isinstance(error, RuntimeError) and any(
         w in text for w in ("connection closed", "connection reset", "broken pipe", "gloo", "nccl"))
+
+
+def peer_failure_message(error: BaseException) -> str:
+    """What status.json says when another process went away: the reason without gloo's source path and advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
+    text = text.split(". This is typically")[0].rstrip(".")
+    return f"another training process stopped ({text or type(error).__name__}); continue with --resume"

@@ -25,6 +25,20 @@ class RunLocked(ArtifactError):
     """Another process is writing this run folder; the message names it."""
 
 
+def remove_stale_temp(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes (``.<name>.<random>.tmp``) that a killed writer left in the run.
+
+    Only called with the run's lock held: no other process can be writing one of them right now."""
+    removed = []
+    for tmp in run_dir.rglob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
 @contextmanager
 def run_lock(run_dir: str | Path, what: str = "write"):
     """Hold the run folder's lock for the ``with`` block, or raise ``RunLocked`` at once (never wait)."""
@@ -41,6 +55,7 @@ def run_lock(run_dir: str | Path, what: str = "write"):
                                 "or use another run name") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        remove_stale_temp(run_dir)
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +30,17 @@ import pandas as pd
 from PIL import Image
 
 from core.artifacts import ArtifactError, ModelArtifacts, Run
-from core.cams import CAM_METHODS, explain, overlay
+from core import calibration
+from core.cams import (CAM_METHODS, NO_EVIDENCE, STRETCHED_UNITS, explain_with_raw, on_shared_scale, overlay,
+                       read_reference, shared_units)
 from core.images import load_for_model, load_xray
 from core.inference import LoadedModel, load_trained, predict_loaded
 from core.labels import CLASSES, POSITIVE
 
 DISPLAY_SIDE = 768  # longest side of the film under an overlay (and of the downloadable PNG)
+MIN_OVERLAY_SIDE = 512  # smaller films are enlarged to this before the overlay and its colour bar are drawn
 HEATMAP_CACHE_ENTRIES = 256
+DECODED_CACHE_ENTRIES = 12  # films kept decoded across reruns and sessions (each holds its source bytes)
 MODEL_CACHE_ENTRIES = 12
 
 
@@ -135,10 +141,13 @@ _HEATMAPS = _LRU(HEATMAP_CACHE_ENTRIES)
 
 @dataclass(frozen=True)
 class Explanation:
-    probability: float  # P(PNEUMONIA)
-    heatmap: np.ndarray  # float32 (S, S) in [0, 1]
+    probability: float  # raw P(PNEUMONIA), as in the predictions files
+    heatmap: np.ndarray  # float32 (S, S) in [0, 1], stretched to this film's own range
     method: str
     target: int
+    raw: np.ndarray | None = None  # float32 (S, S) >= 0, before stretching: what the shared scale divides
+    seconds: float = 0.0  # time to compute it
+    cached: bool = False  # served from the heatmap cache (then ``seconds`` is the original computation's)
 
 
 def explain_one(cm: CachedModel, image_u8: np.ndarray, method: str = "Grad-CAM", target: int = POSITIVE,
@@ -152,14 +161,17 @@ def explain_one(cm: CachedModel, image_u8: np.ndarray, method: str = "Grad-CAM",
         raise ValueError(f"{cm.key.name} expects a ({size}, {size}) image, got {image_u8.shape}")
     key = (cm.key, hashlib.sha1(image_u8.tobytes()).hexdigest(), method, int(target))
     if use_cache and (hit := _HEATMAPS.get(key)) is not None:
-        return hit
+        return replace(hit, cached=True)
+    t0 = time.perf_counter()
     with cm.lock:
         prob = float(predict_loaded(cm.loaded, image_u8[None])[0])
         x = cm.loaded.inputs(image_u8[None])
-        heat = explain(cm.loaded.model, cm.loaded.spec, x, method, target=int(target))
+        heat, raw = explain_with_raw(cm.loaded.model, cm.loaded.spec, x, method, target=int(target))
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0).clip(0, 1)
-    heat.setflags(write=False)
-    out = Explanation(probability=prob, heatmap=heat, method=method, target=int(target))
+    for a in (heat, raw):
+        a.setflags(write=False)
+    out = Explanation(probability=prob, heatmap=heat, method=method, target=int(target), raw=raw,
+                      seconds=time.perf_counter() - t0)
     if use_cache:
         _HEATMAPS.put(key, out)
     return out
@@ -194,10 +206,100 @@ class DecodedImage:
         return self._display
 
 
-def overlay_image(gray_display: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.ndarray:
-    """The heatmap (model-input grid) stretched over the whole film: the model saw the film squashed to a square,
-    so stretching the square map back onto the film puts each cell where it came from."""
-    return overlay(gray_display, heatmap, float(alpha))
+_DECODED = _LRU(DECODED_CACHE_ENTRIES)
+
+
+def decoded(source, name: str) -> DecodedImage:
+    """The ``DecodedImage`` of ``source``, shared while its content is unchanged: a rerun (a slider moved) or
+    another session showing the same film reuses its decodes instead of paying for them again. Uploads (bytes)
+    are keyed by a hash of their content, files by path, size and modification time."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        key = ("bytes", hashlib.sha256(source).hexdigest(), name)
+    else:
+        try:
+            st = os.stat(source)
+        except OSError:
+            return DecodedImage(source, name)  # the loader reports the problem
+        key = ("file", str(source), st.st_size, st.st_mtime_ns, name)
+    image = _DECODED.get(key)
+    if image is None:
+        image = DecodedImage(source, name)
+        _DECODED.put(key, image)
+    return image
+
+
+SHARED, STRETCHED = "shared", "stretched"
+SCALES = {SHARED: "One scale (validation reference)", STRETCHED: "Contrast-stretched per film"}
+
+
+@dataclass(frozen=True)
+class MapView:
+    """What an overlay shows: values in [0, 1], the colour bar's units, and a plain-words note when needed."""
+
+    values: np.ndarray
+    units: str
+    shared: bool
+    note: str = ""
+
+    @property
+    def coloured(self) -> bool:
+        """Whether any pixel gets colour (where the evidence lies is only worth saying then)."""
+        top = float(self.values.max()) if self.values.size else 0.0
+        return top >= NO_EVIDENCE if self.shared else top > 0
+
+
+def map_view(result: Explanation, model_dir, model_name: str, scale: str = SHARED,
+             temperature: float | None = None) -> MapView:
+    """The map on the shared scale (raw / the model's validation reference × its calibrated probability of the
+    target class) or, when asked or when the run has no reference for this method, contrast-stretched and labelled
+    so. Empty maps are said to be empty."""
+    target_name = CLASSES[result.target]
+    p = result.probability if temperature is None else float(calibration.calibrate(result.probability, temperature))
+    p_target = p if result.target == POSITIVE else 1.0 - p
+    reference = read_reference(model_dir, result.method, target_name) if scale == SHARED else None
+    raw = result.raw if result.raw is not None else result.heatmap
+    empty = not float(np.max(raw)) > 0
+    if reference is None:
+        note = "" if scale != SHARED else (f"No validation reference for {result.method} in this run (EigenCAM and "
+                                           "Score-CAM have none; older runs: `python -m trainer explain --run …`), "
+                                           "so this map is contrast-stretched.")
+        view = MapView(result.heatmap, STRETCHED_UNITS, False, note)
+    else:
+        view = MapView(on_shared_scale(raw, reference, p_target), shared_units(target_name, model_name, result.method),
+                       True)
+    if empty:
+        return replace(view, note=f"Empty map: {result.method} found nothing in {model_name}'s last layer that "
+                                  f"raises the {target_name} score on this film (every weighted activation is "
+                                  "≤ 0 before the ReLU). This is what the model does, not a drawing failure.")
+    if view.shared and float(view.values.max()) < NO_EVIDENCE:
+        return replace(view, note=f"No colour: {model_name}'s {target_name} evidence on this film, weighted by its "
+                                  f"P({target_name}) = {p_target:.3f}, stays below {NO_EVIDENCE:.0%} of its "
+                                  "validation reference.")
+    return view
+
+
+def overlay_image(gray_display: np.ndarray, view: MapView, alpha: float) -> np.ndarray:
+    """The map (model-input grid) stretched over the whole film, with its colour bar: the model saw the film
+    squashed to a square, so stretching the square map back onto the film puts each cell where it came from.
+    Contrast-stretched maps colour every pixel (no "no evidence" level exists on a per-film scale)."""
+    h, w = gray_display.shape[:2]
+    if max(h, w) < MIN_OVERLAY_SIDE:  # small films (224 px copies): enlarge, so the colour bar's text is sharp
+        scale = MIN_OVERLAY_SIDE / max(h, w)
+        size = (round(w * scale), round(h * scale))
+        gray_display = np.asarray(Image.fromarray(gray_display).resize(size, Image.Resampling.BILINEAR))
+    return overlay(gray_display, view.values, float(alpha), view.units,
+                   transparent_below=NO_EVIDENCE if view.shared else 0.0)
+
+
+def lung_focus(gray_display: np.ndarray, result: Explanation):
+    """Where the map's evidence lies on this film (``core.focus``: lung focus, border mass, a plain-words flag);
+    ``None`` when this checkout has no lung-model weights."""
+    from core import lungs
+    from core.focus import film_focus
+
+    if not lungs.WEIGHTS.is_file():
+        return None
+    return film_focus(gray_display, result.raw if result.raw is not None else result.heatmap)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -222,6 +324,7 @@ def resolve_image_path(path: str, run: Run | None = None) -> Path | None:
 
 
 def data_root_of(run: Run) -> str:
+    """The run's data root as recorded (text from run.json: pages show it through ``plain``)."""
     try:
         return str(run.info.get("data_root") or "?")
     except ArtifactError:

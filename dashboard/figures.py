@@ -333,7 +333,7 @@ def pvalue_heatmap(matrix: pd.DataFrame, height: int = 360) -> go.Figure:
 # --- calibration -----------------------------------------------------------------------------------------
 
 def reliability_figure(bins: dict[str, dict], *, labels: dict[str, str] | None = None, colors: dict | None = None,
-                       height: int = 480) -> go.Figure:
+                       height: int = 600) -> go.Figure:
     """Reliability diagram: mean predicted probability vs observed fraction of PNEUMONIA per bin; marker area
     grows with the bin's count; the diagonal is perfect calibration."""
     fig = go.Figure()

@@ -158,19 +158,19 @@ def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
 
 
 def training_table(entries: list[dict]) -> pd.DataFrame:
-    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), status, and
+    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), and
     the operating threshold chosen on validation (Youden's J, from any split's metrics file)."""
     rows = []
     for e in entries:
         r = next(iter(summary_rows(e, sorted(e.get("metrics") or {}) or ["test"]).values()))
         members = (e.get("config") or {}).get("members") or []
-        rows.append({"model": e["model"], "status": r["state"], "init": r["weights"],
+        rows.append({"model": e["model"],
                      "weights": "mean of " + ", ".join(members) if r["ensemble"] else r["weights_source"],
                      "input (px)": _num(r["input_size"]), "params": r["params"],
                      "train time": format_seconds(r["train_seconds"]), "epochs (best/trained)": epochs_label(r),
                      "threshold": r["threshold"]})
-    return pd.DataFrame(rows, columns=["model", "status", "init", "epochs (best/trained)", "train time", "params",
-                                       "input (px)", "threshold", "weights"])
+    return pd.DataFrame(rows, columns=["model", "epochs (best/trained)", "train time", "params", "input (px)",
+                                       "threshold", "weights"])
 
 
 # --- training curves -------------------------------------------------------------------------------------
@@ -442,5 +442,5 @@ def calibration_row(name: str, metrics: dict | None, pred: pd.DataFrame | None) 
 
 
 def calibration_table(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=["model", "ECE", "Brier", "n", "bins", "source"])
+    df = pd.DataFrame(rows, columns=["model", "ECE", "Brier", "n", "source"])
     return df.sort_values("ECE", kind="stable", na_position="last").reset_index(drop=True)

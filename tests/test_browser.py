@@ -1,9 +1,11 @@
-"""End to end: the real Streamlit server on a tiny trained run, driven by headless Chromium (Playwright).
+"""End to end: the real Streamlit server driven by headless Chromium (Playwright).
 
-Every page is opened by its URL path; none may show a Streamlit exception element. On the Grad-CAM page a real
-full-size X-ray is uploaded through the file input and the heatmaps must appear. Screenshots go to
-``$CXR_SCREENSHOTS`` (default ``test-output/screenshots/``). The browser is the system's chromium
-(``$CXR_CHROMIUM``, default /usr/bin/chromium); Playwright never downloads one.
+On a tiny trained run every page is opened by its URL path; none may show a Streamlit exception element, and on
+the Grad-CAM page a real full-size X-ray is uploaded through the file input and the heatmaps must appear. On the
+committed 12-entry run every page is opened at 1440×900 with its defaults and must fit: no page taller than about
+two screens, no table with an inner scroll bar or cut-off columns, every plot titled. Screenshots of every page go
+to ``$CXR_SCREENSHOTS`` (default ``test-output/screens/``, git-ignored; CI keeps them as artifacts). The browser is
+the system's chromium (``$CXR_CHROMIUM``, default /usr/bin/chromium); Playwright never downloads one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,29 @@ from tests.conftest import FULLRES, REPO, need
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
-SHOTS = Path(os.environ.get("CXR_SCREENSHOTS") or REPO / "test-output" / "screenshots")
+SHOTS = Path(os.environ.get("CXR_SCREENSHOTS") or REPO / "test-output" / "screens")
+COMMITTED = REPO / "artifacts"
+SCREEN = {"width": 1440, "height": 900}
+MAX_SCREENS = 2.2  # "about two screens" of 900 px with the defaults
+# Pages whose layout another change is still reworking (issue 11's Grad-CAM/Errors items): measured and
+# reported, not yet held to the height limit. Remove a name once its page fits.
+HEIGHT_PENDING = {"Errors"}
+# Every dataframe the user can see: its scroller's size against its box (glide-data-grid draws on a canvas, so a
+# cut-off column or row shows up as a scroller larger than its client area).
+TABLES_JS = """() => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stDataFrame"]')]
+  .filter(df => df.offsetParent !== null)
+  .map(df => {
+    const sc = df.querySelector('.dvn-scroller') || df;
+    const key = ((df.closest('[class*="st-key-"]') || {}).className || '').match(/st-key-[\\w-]+/);
+    return {key: key ? key[0] : '(no key)', sh: sc.scrollHeight, ch: sc.clientHeight, sw: sc.scrollWidth,
+            cw: sc.clientWidth};
+  })"""
+# Every plotly chart: its title and axis titles (a plot nobody can read is a bug).
+PLOTS_JS = """() => [...document.querySelectorAll('[data-testid="stMain"] .js-plotly-plot')]
+  .filter(p => p.offsetParent !== null)
+  .map(p => ({title: (p.querySelector('.gtitle') || {}).textContent || '',
+              axes: [...p.querySelectorAll('.g-xtitle, .g-ytitle, .g-x2title, .g-y2title')].map(t => t.textContent)
+                    .filter(t => t.trim()).length}))"""
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
 STARTUP_TIMEOUT_S = 60
@@ -59,9 +83,8 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    """``streamlit run dashboard/Home.py`` on a free port with the tiny run; stopped however the tests end."""
+def _serve(artifacts: Path, tmp_path_factory):
+    """``streamlit run dashboard/Home.py`` on a free port with ``artifacts``; stopped however the tests end."""
     port = _free_port()
     logs = tmp_path_factory.mktemp("streamlit")
     env = {**os.environ, "CXR_OFFLINE": "1", "CXR_CACHE_DIR": str(logs / "cache"), "PYTHONUNBUFFERED": "1"}
@@ -70,7 +93,7 @@ def server(tiny_run, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard/Home.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", "--", "--artifacts", str(tiny_run)],
+         "--server.fileWatcherType", "none", "--", "--artifacts", str(artifacts)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -92,6 +115,17 @@ def server(tiny_run, tmp_path_factory):
     finally:
         _stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    yield from _serve(tiny_run, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def committed_server(tmp_path_factory):
+    assert (COMMITTED / "kermany-lineup" / "run.json").exists(), "the committed run is missing"
+    yield from _serve(COMMITTED, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +193,7 @@ def test_every_page_renders_and_gradcam_upload_shows_heatmaps(browser, server, s
             _wait_idle(page)
             _assert_no_exception(page, title)
             errors_seen[title] = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
-            _screenshot(page, shots / f"{i:02d}_{_slug(title)}.png")
+            _screenshot(page, shots / f"tiny_{i:02d}_{_slug(title)}.png")
             if title == "Errors":
                 # The tiny run has mistakes on its test split, and the data files are here: CAM thumbnails.
                 assert page.locator('[data-testid="stImage"] img').count() >= 1
@@ -186,7 +220,45 @@ def test_every_page_renders_and_gradcam_upload_shows_heatmaps(browser, server, s
         alerts = main.locator('[data-testid="stAlertContentError"]').all_inner_texts()
         assert len(alerts) == 1 and "notes.png" in alerts[0], alerts  # the bad file, in its own spot only
         assert main.get_by_text(film.name).count() >= 1
-        _screenshot(page, shots / "10_grad_cam_upload.png")
+        _screenshot(page, shots / "tiny_10_grad_cam_upload.png")
         print(f"Grad-CAM upload to heatmaps: {seconds:.1f} s; error alerts per page: {errors_seen}")
+    finally:
+        context.close()
+
+
+def _expand_all(page) -> None:
+    """Open every collapsed expander, so the tables inside are checked too."""
+    for summary in page.locator('[data-testid="stMain"] [data-testid="stExpander"] details:not([open]) summary').all():
+        summary.click()
+    page.wait_for_timeout(500)
+
+
+def test_committed_run_pages_fit_a_1440_screen(browser, committed_server, shots):
+    """Every page with its defaults on the committed 12-entry run, as a user first sees it at 1440×900."""
+    context = browser.new_context(viewport=SCREEN)
+    page = context.new_page()
+    problems, heights = [], {}
+    try:
+        for i, (title, path) in enumerate(_pages()):
+            page.goto(f"{committed_server}/{path}", wait_until="domcontentloaded")
+            _wait_idle(page)
+            _assert_no_exception(page, title)
+            heights[title] = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+            _screenshot(page, shots / f"{i:02d}_{_slug(title)}.png")
+            if heights[title] > MAX_SCREENS * SCREEN["height"] and title not in HEIGHT_PENDING:
+                problems.append(f"{title}: {heights[title]} px tall (> {MAX_SCREENS} screens)")
+            for plot in page.evaluate(PLOTS_JS):
+                if not plot["title"].strip() and plot["axes"] < 2:
+                    problems.append(f"{title}: a plot without a title or axis titles")
+            _expand_all(page)
+            tables = page.evaluate(TABLES_JS)
+            for t in tables:
+                if t["sh"] > t["ch"] + 1 or t["sw"] > t["cw"] + 1:
+                    problems.append(f"{title}: table {t['key']} scrolls inside ({t['sw']}×{t['sh']} in "
+                                    f"{t['cw']}×{t['ch']})")
+            if title == "Home":
+                assert any(t["key"] == "st-key-home_leaderboard" and t["ch"] > 12 * 30 for t in tables), tables
+        print(f"page heights at 1440×900 (px): {heights}")
+        assert not problems, problems
     finally:
         context.close()

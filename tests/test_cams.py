@@ -10,7 +10,8 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from core.cams import CAM_METHODS, explain, overlay
+from core.cams import (CAM_METHODS, GRADIENT_FREE, explain, explain_with_raw, on_shared_scale, overlay, raw_maps,
+                       raw_maps_many, reference_value)
 from core.models import create_model, get_spec
 
 
@@ -105,12 +106,62 @@ def test_bad_arguments():
         explain(model, spec, torch.randn(2, 3, 64, 64))
 
 
-def test_overlay():
+def test_overlay_is_transparent_without_evidence_and_always_has_its_colour_bar():
     gray = np.full((50, 80), 100, np.uint8)
     heat = np.zeros((8, 8), np.float32)
-    heat[:, 4:] = 1.0  # hot on the right half
-    out = overlay(gray, heat, alpha=0.4)
-    assert out.shape == (50, 80, 3) and out.dtype == np.uint8
-    left, right = out[25, 5].astype(int), out[25, 75].astype(int)
-    assert left[2] > left[0] and right[0] > right[2]  # jet: cold is blue, hot is red (RGB order)
-    np.testing.assert_array_equal(overlay(gray, heat, alpha=0.0), np.dstack([gray] * 3))
+    heat[:, 4:] = 1.0  # full evidence on the right half, none on the left
+    out = overlay(gray, heat, alpha=0.4, units="evidence for PNEUMONIA")
+    assert out.dtype == np.uint8 and out.shape[1] == 80 and out.shape[0] > 50  # the bar is under the film
+    film, bar = out[:50], out[50:]
+    np.testing.assert_array_equal(film[25, 5], [100, 100, 100])  # no evidence: no colour at all
+    right = film[25, 75].astype(int)
+    assert right[0] > right[2] + 40  # jet: hot is red (RGB order)
+    # the bar holds the colour ramp: blue on the left, red on the right, on one row through its middle
+    chroma = bar.max(axis=2).astype(int) - bar.min(axis=2)
+    row = bar[np.argmax((chroma > 60).sum(axis=1))]
+    colored = np.flatnonzero(row.max(axis=1).astype(int) - row.min(axis=1) > 60)
+    assert len(colored) > 40
+    lo, hi = row[colored[0] + 5].astype(int), row[colored[-1] - 2].astype(int)
+    assert lo[2] > lo[0] and hi[0] > hi[2]
+    # stretched maps colour everything when asked to (transparent_below=0)
+    plain = overlay(gray, heat, alpha=0.4, units="x", transparent_below=0.0)[:50]
+    assert not np.array_equal(plain[25, 5], [100, 100, 100])
+    np.testing.assert_array_equal(overlay(gray, heat, alpha=0.0, units="x")[:50], np.dstack([gray] * 3))
+
+
+def test_overlay_refuses_a_map_without_units():
+    with pytest.raises(ValueError, match="units"):
+        overlay(np.zeros((10, 10), np.uint8), np.zeros((4, 4), np.float32), 0.5, "  ")
+
+
+def test_raw_maps_are_the_unstretched_maps():
+    model, spec = _model("small_cnn")
+    x = torch.randn(3, 3, 64, 64)
+    raw = raw_maps(model, spec, x, "Grad-CAM")
+    assert raw.shape == (3, 64, 64) and raw.min() >= 0
+    for i in range(3):
+        stretched, raw_one = explain_with_raw(model, spec, x[i:i + 1], "Grad-CAM")
+        np.testing.assert_allclose(raw_one, raw[i], rtol=1e-4, atol=1e-9)
+        r = raw[i]
+        np.testing.assert_allclose(stretched, (r - r.min()) / (r.max() - r.min() + 1e-7), atol=1e-3)
+    # the absolute level differs between films; stretching hides exactly that
+    assert raw.reshape(3, -1).max(axis=1).std() > 0
+
+
+def test_many_gradient_methods_from_one_pass_equal_each_method_alone():
+    model, spec = _model("small_cnn")
+    x = torch.randn(2, 3, 64, 64)
+    methods = [m for m in CAM_METHODS if m not in GRADIENT_FREE]
+    many = raw_maps_many(model, spec, x, methods, target=1)
+    for m in methods:
+        np.testing.assert_allclose(many[m], raw_maps(model, spec, x, m, 1), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="gradient methods"):
+        raw_maps_many(model, spec, x, ["EigenCAM"])
+
+
+def test_shared_scale_and_reference():
+    raw = np.array([[0.0, 0.5], [1.0, 4.0]], np.float32)
+    np.testing.assert_allclose(on_shared_scale(raw, 2.0), [[0, 0.25], [0.5, 1.0]])
+    assert on_shared_scale(raw, 0.0).max() == 0  # a model with no evidence on validation draws nothing
+    stack = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    assert reference_value(stack, 99) == pytest.approx(np.percentile(stack, 99))

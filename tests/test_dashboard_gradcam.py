@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core import calibration
 from core.artifacts import ArtifactError, list_runs
 from core.cams import CAM_METHODS
 from core.images import load_for_model
@@ -181,7 +182,9 @@ def test_explain_one_matches_core_inference_and_caches(tiny_run, kermany224):
     assert a.probability == pytest.approx(_independent_probability(tiny_run, "small_cnn", path), abs=1e-6)
     assert a.heatmap.shape == (96, 96) and a.heatmap.dtype == np.float32
     assert 0.0 <= a.heatmap.min() and a.heatmap.max() <= 1.0
-    assert ex.explain_one(cm, img, "Grad-CAM") is a  # served from the heatmap cache
+    hit = ex.explain_one(cm, img, "Grad-CAM")  # served from the heatmap cache, and says so
+    assert hit.cached and not a.cached and hit.heatmap is a.heatmap and hit.seconds == a.seconds > 0
+    assert a.raw.shape == (96, 96) and a.raw.min() >= 0
     with pytest.raises(ValueError, match="expects a"):
         ex.explain_one(cm, img[:50], "Grad-CAM")
     with pytest.raises(ValueError, match="unknown CAM method"):
@@ -216,11 +219,51 @@ def test_resolve_image_path_relative_to_data_root(tiny_run, tmp_path):
     assert ex.resolve_image_path(str(tmp_path / "nope.jpeg"), run) is None
 
 
-def test_overlay_and_png(tiny_run):
+def _explanation(raw: np.ndarray, method="Grad-CAM", target=1, p=1.0) -> ex.Explanation:
+    stretched = (raw - raw.min()) / (raw.max() - raw.min() + 1e-7)
+    return ex.Explanation(probability=p, heatmap=stretched, method=method, target=target, raw=raw)
+
+
+def test_map_view_uses_the_stored_reference_and_says_what_it_shows(tmp_path):
+    from core.artifacts import write_json
+
+    write_json(tmp_path / "cam_reference.json", {"methods": {"Grad-CAM": {"PNEUMONIA": 2.0, "NORMAL": 1.0}}})
+    weak = np.full((8, 8), 0.02, np.float32)
+    weak[0, 0] = 0.05  # stretched, this film would be one bright hot spot
+    view = ex.map_view(_explanation(weak), tmp_path, "m")
+    assert view.shared and view.values.max() == pytest.approx(0.025) and "reference" in view.units
+    assert "No colour" in view.note
+    strong = np.full((8, 8), 1.0, np.float32)
+    assert ex.map_view(_explanation(strong), tmp_path, "m").values.max() == pytest.approx(0.5)
+    # weighted by P(target): the same evidence on a film the model calls NORMAL (p = 0.01) is nearly uncoloured
+    assert ex.map_view(_explanation(strong, p=0.01), tmp_path, "m").values.max() == pytest.approx(0.005)
+    # with a temperature, the calibrated probability weighs: T = 0.5 turns p = 0.2 into 1/17
+    cal = ex.map_view(_explanation(strong * 2, p=0.2), tmp_path, "m", temperature=0.5)
+    assert cal.values.max() == pytest.approx(1 / 17, rel=1e-4)
+    # targeting NORMAL weighs by 1 - P(PNEUMONIA)
+    assert ex.map_view(_explanation(strong, target=0, p=0.25), tmp_path, "m").values.max() == pytest.approx(0.75)
+    stretched = ex.map_view(_explanation(weak), tmp_path, "m", ex.STRETCHED)
+    assert not stretched.shared and stretched.values.max() == pytest.approx(1.0, abs=1e-3)
+    assert "contrast-stretched" in stretched.units
+    empty = ex.map_view(_explanation(np.zeros((8, 8), np.float32), target=0), tmp_path, "m")
+    assert "Empty map" in empty.note and "NORMAL" in empty.note
+    no_ref = ex.map_view(_explanation(weak, method="EigenCAM"), tmp_path, "m")
+    assert not no_ref.shared and "No validation reference" in no_ref.note
+
+
+def test_overlay_and_png_always_carry_the_colour_bar(tiny_run):
     gray = np.tile(np.arange(200, dtype=np.uint8), (120, 1))
-    rgb = ex.overlay_image(gray, np.ones((96, 96), np.float32), 0.5)
-    assert rgb.shape == (120, 200, 3) and rgb.dtype == np.uint8
-    assert Image.open(io.BytesIO(ex.png_bytes(rgb))).size == (200, 120)
+    for view in (ex.MapView(np.ones((96, 96), np.float32), "units A", True),
+                 ex.MapView(np.zeros((96, 96), np.float32), "units B", False)):
+        rgb = ex.overlay_image(gray, view, 0.5)
+        # a small film is enlarged (longest side MIN_OVERLAY_SIDE) so the bar's text stays sharp; aspect kept
+        h = round(120 * ex.MIN_OVERLAY_SIDE / 200)
+        assert rgb.shape[1] == ex.MIN_OVERLAY_SIDE and rgb.shape[0] > h and rgb.dtype == np.uint8  # film + bar
+        bar = rgb[h:]
+        assert (bar.max(axis=2).astype(int) - bar.min(axis=2) > 60).sum() > 100  # the colour ramp is there
+        assert Image.open(io.BytesIO(ex.png_bytes(rgb))).size == (ex.MIN_OVERLAY_SIDE, rgb.shape[0])
+    big = np.zeros((700, 600), np.uint8)
+    assert ex.overlay_image(big, ex.MapView(np.ones((8, 8), np.float32), "u", True), 0.5).shape[1] == 600
 
 
 @pytest.fixture(scope="module")
@@ -291,13 +334,18 @@ def test_gradcam_page_test_split_pick_matches_core_inference(tiny_run, monkeypat
     assert [m.label for m in at.metric] == ["P(PNEUMONIA)", "P(PNEUMONIA)"]
     for metric, model in zip(at.metric, ["small_cnn", "mobilenet_v2"]):
         want = _independent_probability(tiny_run, model, run.locate(path))
-        assert metric.value == f"{want:.3f}"
+        t = calibration.read_temperature(run.model(model))  # the trainer fitted one after training
+        assert t is not None and metric.value == f"{calibration.calibrate(want, t):.3f}"
         csv = run.model(model).predictions("test").set_index("path")["probability"][path]
         assert abs(want - csv) < 1e-3  # the trainer's own evaluation saw the same pixels
         thr = run.model(model).threshold("youden")
-        assert any(f"threshold {thr:.3f}: **{ex.label_at(want, thr)}**" in md.value for md in at.markdown)
-    assert sum("Research use only" in c.value for c in at.caption) == 2
+        shown_thr = calibration.calibrate(thr, t)
+        assert any(f"threshold {shown_thr:.3f}: **{ex.label_at(want, thr)}**" in md.value for md in at.markdown)
+        assert any(f"raw {want:.3f}" in c.value for c in at.caption)
+    assert sum("Research use only" in c.value for c in at.caption) == 1  # the notice once per page, not per map
     assert len(at.download_button) == 2
+    at.run()  # same films again: maps come from the cache and say so (not "0.00 s")
+    assert [img.captions[0].endswith("cached") for img in at.image[1:]] == [True, True]
 
     # Another method and the other class: still renders, nothing raised.
     at.selectbox(key="cam_method").set_value("EigenCAM")
@@ -329,7 +377,8 @@ def test_gradcam_page_uploads_good_and_bad_files(tiny_run, monkeypatch):
     assert len(at.image) == 3 * 3  # three good films, each: the film + two overlays
     assert len(at.metric) == 3 * 2
     want = _independent_probability(tiny_run, "small_cnn", jpeg)
-    assert at.metric[0].value == f"{want:.3f}"
+    t = calibration.read_temperature(_run(tiny_run).model("small_cnn"))
+    assert at.metric[0].value == f"{calibration.calibrate(want, t):.3f}"
     assert [s.value for s in at.subheader] == [f[0] for f in files]  # errors sit in each file's own spot
 
 
@@ -366,20 +415,20 @@ def test_errors_page_counts_and_gallery(tiny_run, monkeypatch):
     m = _metrics(at)
     assert m["Films (test)"] == str(n) and m["Threshold"] == f"{t:.3f}"
     assert m["False positives"] == str(fp) and m["False negatives"] == str(fn)
-    per = 6
-    assert len(at.image) == min(per, fp) + min(per, fn)
+    per = 2
+    assert len(at.image) == 2 * (min(per, fp) + min(per, fn))  # each error: the plain film beside its map
     tables = [d.value for d in at.dataframe]
     assert [len(d) for d in tables] == [x for x in (min(per, fp), min(per, fn)) if x]
     if fp:  # most confident first
         assert list(tables[0].iloc[:, 2]) == sorted(tables[0].iloc[:, 2], reverse=True)
 
-    at.slider(key="err_n").set_value(2)
+    at.slider(key="err_n").set_value(3)
     at.selectbox(key="err_split").set_value("val").run()
     _no_exception(at)
     fp, fn, n, t = _expected_errors(tiny_run, "small_cnn", "val")
     m = _metrics(at)
     assert (m["False positives"], m["False negatives"], m["Films (val)"]) == (str(fp), str(fn), str(n))
-    assert len(at.image) == min(2, fp) + min(2, fn)
+    assert len(at.image) == 2 * (min(3, fp) + min(3, fn))
 
     at.selectbox(key="err_model").set_value("mobilenet_v2")
     at.selectbox(key="err_split").set_value("test")

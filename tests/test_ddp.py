@@ -3,10 +3,18 @@ without CUDA), and DDP training through torchrun (docs/scaling.md)."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -49,6 +57,15 @@ def test_world_of_one_changes_nothing():
     assert distributed.gather(values, 2) is values
     assert distributed.epoch_seed(3, 2) == 3 * 100003 + 2  # the single-process trainer's augmentation seed
     assert distributed.is_main() and not distributed.world().enabled
+
+
+def test_peer_failure_is_told_apart_and_said_briefly():
+    gloo = RuntimeError("[/src/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:28575: Connection reset by "
+                        "peer. This is typically caused by a remote worker hanging or bugs in the application.")
+    assert distributed.is_peer_failure(gloo) and not distributed.is_peer_failure(ValueError("bad recipe"))
+    assert distributed.peer_failure_message(gloo) == ("another training process stopped (Read error "
+                                                      "[127.0.0.1]:28575: Connection reset by peer); "
+                                                      "continue with --resume")
 
 
 # ---------------------------------------------------------------------------------- real 2-process gloo group
@@ -169,6 +186,16 @@ def test_manifest_with_patient_ids_and_extra_label_columns(tmp_path):
 # ------------------------------------------------------------------------------------------------- GPU path
 
 
+def test_trainer_env_says_what_training_would_use(capsys):
+    from trainer.cli import main
+
+    assert main(["env", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "device: cpu" in out and "mixed precision: off (float32)" in out and "memory layout: channels-last" in out
+    assert f"torch {torch.__version__}" in out and "torchrun uses gloo here" in out
+    assert "torch.compile: off" in out
+
+
 def test_cpu_choice_is_float32_without_pinning():
     a = accel.choose("cpu")
     assert a.device.type == "cpu" and a.amp_dtype is None and not a.needs_scaler and not a.pin_memory
@@ -200,3 +227,130 @@ def test_cuda_path_trains_with_amp_channels_last_and_pinned_memory():
     scaler.step(opt)
     scaler.update()
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------- DDP training through torchrun, end to end
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "trainer", "--"]
+# Observes (never changes) every os.replace, i.e. every atomic artifact write, with the writing process's rank.
+WRITE_LOG_SITECUSTOMIZE = """
+import os
+_replace = os.replace
+def _logged(src, dst, *args, **kwargs):
+    _replace(src, dst, *args, **kwargs)
+    with open(os.environ["CXR_TEST_WRITE_LOG"], "a") as log:
+        log.write(os.environ.get("RANK", "-") + "\\t" + os.fspath(dst) + "\\n")
+os.replace = _logged
+"""
+
+
+def _train_args(data: Path, root: Path, epochs: int) -> list[str]:
+    return ["train", "--data", str(data), "--models", "small_cnn", "--subset", "20", "--epochs", str(epochs),
+            "--input-size", "64", "--batch-size", "16", "--run", "ddp", "--artifacts", str(root / "artifacts"),
+            "--cache-dir", str(root / "cache"), "--threads", "1", "--seed", "0"]
+
+
+def _env(root: Path) -> dict:
+    hook = root / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(WRITE_LOG_SITECUSTOMIZE)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO)]), "OMP_NUM_THREADS": "1",
+            "TQDM_DISABLE": "1", "CXR_OFFLINE": "1", "CXR_TEST_WRITE_LOG": str(root / "writes.log")}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(kermany224, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    out = subprocess.run(TORCHRUN + _train_args(kermany224, root, epochs=2), cwd=REPO, env=_env(root),
+                         capture_output=True, text=True, timeout=600, check=False)
+    return root, out
+
+
+def test_torchrun_two_processes_write_each_artifact_once(ddp_run):
+    root, out = ddp_run
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "cpu x 2 processes (gloo)" in out.stdout
+    assert out.stdout.count("== small_cnn") == 1  # rank 1 prints nothing
+    model = root / "artifacts" / "ddp" / "small_cnn"
+    assert json.loads((model / "status.json").read_text())["state"] == "finished"
+    assert [int(line.split(",")[0]) for line in (model / "history.csv").read_text().splitlines()[1:]] == [1, 2]
+    writes = [line.split("\t") for line in (root / "writes.log").read_text().splitlines()]
+    artifact_writes = [(rank, dst) for rank, dst in writes if str(root / "artifacts") in dst]
+    assert {rank for rank, _ in artifact_writes} == {"0"}  # only rank 0 wrote into artifacts/
+    written = {Path(dst).name for _, dst in artifact_writes}
+    assert {"run.json", "split.csv", "config.json", "best.safetensors", "last.pt", "metrics_test.json"} <= written
+    assert sum(Path(dst).name == "config.json" for _, dst in artifact_writes) == 1
+    assert not list(model.rglob("*.tmp"))
+
+
+def test_ddp_metrics_equal_a_single_process_evaluation_of_the_checkpoint(ddp_run, kermany224):
+    from trainer.cli import main
+
+    root, out = ddp_run
+    assert out.returncode == 0, out.stderr[-4000:]
+    run_dir = root / "artifacts" / "ddp"
+    split = pd.read_csv(run_dir / "split.csv")
+    test = split[split["split"] == "test"]
+    manifest = root / "test_again.csv"
+    pd.DataFrame({"path": [str(kermany224 / p) for p in test["path"]], "label": test["label"]}).to_csv(
+        manifest, index=False)
+    assert main(["evaluate", "--run", str(run_dir), "--data", str(manifest), "--split-name", "again",
+                 "--cache-dir", str(root / "cache")]) == 0
+    model = run_dir / "small_cnn"
+    ddp_m = json.loads((model / "metrics_test.json").read_text())
+    one_m = json.loads((model / "metrics_again.json").read_text())
+    assert one_m["n"] == ddp_m["n"] == len(test)
+    assert one_m["auc"] == pytest.approx(ddp_m["auc"], abs=1e-9)
+    for rule, at in ddp_m["at"].items():
+        assert one_m["at"][rule]["threshold"] == at["threshold"]  # chosen on validation, by the DDP run
+        assert one_m["at"][rule]["sensitivity"] == at["sensitivity"]
+        assert one_m["at"][rule]["specificity"] == at["specificity"]
+    ddp_p = pd.read_csv(model / "predictions_test.csv").assign(name=lambda d: d["path"].map(lambda p: Path(p).name))
+    one_p = pd.read_csv(model / "predictions_again.csv").assign(name=lambda d: d["path"].map(lambda p: Path(p).name))
+    both = ddp_p.merge(one_p, on="name", suffixes=("_ddp", "_one"))
+    assert len(both) == len(test)
+    np.testing.assert_allclose(both["probability_ddp"], both["probability_one"], atol=1e-6)
+
+
+def _rank_pid(launcher_pid: int, rank: str) -> int | None:
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == rank:
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.slow  # three torchrun launches: about a minute on an idle 2-core machine, several under load
+def test_killed_rank_stops_the_run_and_resume_continues(kermany224, tmp_path):
+    args, env = _train_args(kermany224, tmp_path, epochs=5), _env(tmp_path)
+    model = tmp_path / "artifacts" / "ddp" / "small_cnn"
+    proc = subprocess.Popen(TORCHRUN + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    killed, deadline = None, time.monotonic() + 400
+    while proc.poll() is None and time.monotonic() < deadline:
+        history = model / "history.csv"
+        if history.exists() and len(history.read_text().splitlines()) >= 2:  # epoch 1 is saved
+            killed = _rank_pid(proc.pid, "1")
+            if killed:
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    log = proc.communicate(timeout=300)[0]
+    assert killed, "the run ended before a rank could be killed:\n" + log[-3000:]
+    assert proc.returncode != 0
+    status = json.loads((model / "status.json").read_text())
+    assert status["state"] == "stopped" and "--resume" in status["message"], status
+    done = len((model / "history.csv").read_text().splitlines()) - 1
+    assert 1 <= done < 5
+
+    resumed = subprocess.run(TORCHRUN + [*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+    assert f"resuming small_cnn after epoch {done}" in resumed.stdout
+    epochs = [int(line.split(",")[0]) for line in (model / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3, 4, 5]
+    assert json.loads((model / "status.json").read_text())["state"] == "finished"

@@ -61,10 +61,12 @@ def _no_markup(at: AppTest) -> None:
         assert "![" not in text and "](http" not in text, text
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [*PAGES, "pages/4_Grad-CAM.py", "pages/5_Errors.py"])
 def test_markdown_in_artifacts_is_shown_as_plain_text(hostile_root, monkeypatch, page):
     run = hostile_root / "r"
-    _edit(run / "run.json", data_root=f"data`{TRACKER}`")
+    _edit(run / "run.json", data_root=f"data`{TRACKER}`", data_root_given=f"data`{TRACKER}`")
+    preds = run / "small_cnn" / "predictions_test.csv"
+    preds.write_text(preds.read_text() + f"{TRACKER.replace('//', '')}.png,1,0.99\n")
     _edit(run / "small_cnn" / "status.json", state="failed", message=f"boom {TRACKER}")
     at = _open(page, hostile_root, monkeypatch)
     assert not at.exception, [e.value for e in at.exception]
@@ -84,3 +86,30 @@ def test_wrong_typed_field_is_an_error_on_its_spot_not_a_crash(hostile_root, mon
     assert not at.exception, [e.value for e in at.exception]
     errors = " ".join(str(e.value) for e in at.error)
     assert "Traceback" not in errors and "unexpected" not in errors.lower(), errors
+
+
+def test_an_upload_is_decoded_once_per_content_and_size(monkeypatch):
+    """Reruns (a slider moved) and other sessions reuse the decode of the same bytes; new bytes decode anew."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dashboard import explain as ex
+
+    calls = []
+    real_for_model, real_xray = ex.load_for_model, ex.load_xray
+    monkeypatch.setattr(ex, "load_for_model", lambda *a, **k: calls.append("model") or real_for_model(*a, **k))
+    monkeypatch.setattr(ex, "load_xray", lambda *a, **k: calls.append("display") or real_xray(*a, **k))
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200), dtype=np.uint8)).save(buf, "PNG")
+    upload = buf.getvalue()
+    for _ in range(5):  # five reruns of the page
+        image = ex.decoded(upload, "film.png")
+        image.display()
+        image.for_model(64)
+        image.for_model(96)
+    assert calls == ["display", "model", "model"]
+    other = bytearray(upload)
+    other[-20] ^= 1  # different content (the PNG's last chunk), same name
+    assert ex.decoded(bytes(other), "film.png") is not image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data
+from core import data, distributed
 from core.artifacts import (
     ArtifactError,
     ModelArtifacts,
@@ -28,6 +29,7 @@ from core.artifacts import (
 from core.cache import ImageCache
 from core.data import DataError
 from core.labels import CLASSES
+from core.locks import run_lock
 from core.models import input_size_for
 from trainer import config as cfgmod
 from trainer import ensemble, report
@@ -48,15 +50,18 @@ def _versions() -> dict:
 
 def cmd_models(args) -> int:
     from core.models import count_params, list_specs
-    from core.weights import resolve_weights
+    from core.weights import WeightsError, resolve_weights
     print(f"{'name':<18} {'params':>11} {'input':>5}  ImageNet weights on this machine")
     for spec in list_specs():
         model = spec.build()
         if spec.weights is None:
             where = "none known (trains from scratch)"
         else:
-            _, info = resolve_weights(spec.weights, weights_dir=args.weights_dir, allow_download=False)
-            where = info.source if info.pretrained else "not found here (download when online, else from scratch)"
+            try:
+                _, info = resolve_weights(spec.weights, weights_dir=args.weights_dir, allow_download=False)
+                where = info.source if info.pretrained else "not found here (download when online, else from scratch)"
+            except WeightsError as e:  # a wrong-hash or broken file: say so on its line, list the others
+                where = f"REFUSED: {e}"
         print(f"{spec.name:<18} {count_params(model):>11,} {spec.input_size:>5}  {where}")
     return 0
 
@@ -64,7 +69,8 @@ def cmd_models(args) -> int:
 def _flags(args) -> dict:
     keys = ["data", "run", "artifacts", "models", "seed", "val_fraction", "test_fraction", "subset", "cache_dir",
             "workers", "device", "threads", "epochs", "batch_size", "lr", "input_size", "augment", "pretrained",
-            "freeze_epochs", "label_smoothing", "balanced_sampler", "max_train_batches", "tta", "half_checkpoint"]
+            "freeze_epochs", "label_smoothing", "balanced_sampler", "max_train_batches", "tta", "half_checkpoint",
+            "duplicates"]
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -90,8 +96,12 @@ def _prepare_run(cfg, recipes, run_dir: Path, resume: bool) -> tuple[Prepared, d
     prepared = prepare(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                        subset=cfg.subset)
     if resume and (run_dir / "split.csv").exists():
+        cfgmod.check_nothing_vanished(run_dir, prepared.samples)
         _reuse_split(prepared, Run(run_dir))
     check_usable(prepared)
+    duplicates = data.check_duplicates(prepared.samples, cfg.duplicates)  # a DataError under "refuse"
+    if duplicates:
+        print(f"warning: {duplicates}", file=sys.stderr)
     sizes = sorted({input_size_for(r.arch, r.input_size) for r in recipes})
     caches = {size: build_cache(prepared, size, cache_dir=cfg.cache_dir, workers=cfg.workers) for size in sizes}
     check_usable(prepared)  # files that failed to decode are gone now
@@ -114,22 +124,41 @@ def _command(argv) -> str:
 
 
 def cmd_train(args) -> int:
+    """Train every entry; under torchrun, as one DDP process of several (docs/scaling.md)."""
+    cfg, recipes = _load_recipes(args)
+    world, device = distributed.init(cfg.device)
+    try:
+        run_id = distributed.same_on_all(cfg.run or time.strftime("run-%Y%m%d-%H%M%S"))
+        run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
+        if args.resume:
+            cfgmod.check_resume(run_dir)
+        # one writer per run folder: under DDP that is rank 0, which holds the lock for all
+        with run_lock(run_dir, _command(args.argv)) if distributed.is_main() else contextlib.nullcontext():
+            return _train_run(args, cfg, recipes, run_dir, world, device)
+    finally:
+        distributed.shutdown()
+
+
+def _train_run(args, cfg, recipes, run_dir: Path, world: distributed.World, device) -> int:
     import torch
 
-    from trainer.train import pick_device
-
-    cfg, recipes = _load_recipes(args)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run_id = cfg.run or time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir = (Path(cfg.artifacts) if cfg.artifacts else default_root()) / run_id
+    if not distributed.is_main():  # one process speaks for the run
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        os.environ["TQDM_DISABLE"] = "1"
     if (run_dir / "run.json").exists() and not args.resume:
         raise cfgmod.ConfigError(f"{run_dir} already exists: add --resume to continue it, or choose another --run")
+    if world.local_rank != 0:
+        distributed.barrier()  # local rank 0 builds this machine's image cache first
     prepared, caches = _prepare_run(cfg, recipes, run_dir, args.resume)
+    if world.local_rank == 0:
+        distributed.barrier()
     writer = RunWriter(run_dir, cfg.data)
-    _write_run(writer, cfg, recipes, prepared, args.argv)
-    device = pick_device(cfg.device)
-    print(f"device: {device}; artifacts: {run_dir}")
+    if distributed.is_main():
+        _write_run(writer, cfg, recipes, prepared, args.argv)
+    print(f"device: {device}" + (f" x {world.size} processes ({world.backend})" if world.enabled else "")
+          + f"; artifacts: {run_dir}")
     failed = []
     for recipe in recipes:
         cache = caches[input_size_for(recipe.arch, recipe.input_size)]
@@ -139,7 +168,12 @@ def cmd_train(args) -> int:
             return EXIT_INTERRUPTED
         if outcome == "failed":
             failed.append(recipe.name)
-    failed += _build_ensembles(run_dir, cfg.ensembles)
+            if world.enabled:  # the ranks may now be out of step: end the run, --resume continues it
+                break
+    if distributed.is_main():
+        failed += _build_ensembles(run_dir, cfg.ensembles)
+        from trainer.explain import explain_run  # CAM references and calibration of what just finished
+        failed += explain_run(run_dir, [m.name for m in Run(run_dir).models if m.name not in failed])
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -151,19 +185,24 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
     """Train one entry: ``finished``, ``skipped`` (finished earlier), ``failed`` or ``stopped`` (Ctrl-C)."""
     from trainer.train import train_entry
 
+    writer = distributed.main_writer(writer)  # under DDP, rank 0 alone writes artifacts
     if args.resume and _finished(writer):
         print(f"== {recipe.name}: finished earlier, skipped")
         return "skipped"
     print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs)")
     try:
         st = train_entry(recipe, cache, split_rows, writer, seed=cfg.seed, device=device, resume=args.resume,
-                         weights_dir=args.weights_dir)
-    except KeyboardInterrupt:
-        writer.status("stopped", message="stopped by the user; continue with --resume")
+                         weights_dir=args.weights_dir, compile=args.compile)
+    except KeyboardInterrupt as e:  # Ctrl-C, or torchrun stopping this process (core.distributed.Terminated)
+        writer.status("stopped", message=f"{str(e) or 'stopped by the user'}; continue with --resume")
         print(f"\nstopped. Continue with: python -m trainer train --resume --run {writer.dir.parent.name} ... "
               "(same flags)", file=sys.stderr)
         return "stopped"
     except Exception as e:  # one broken entry must not cost the rest of the lineup
+        if distributed.world().enabled and distributed.is_peer_failure(e):
+            writer.status("stopped", message=distributed.peer_failure_message(e))
+            print(f"\nstopped: {distributed.peer_failure_message(e)}", file=sys.stderr)
+            return "stopped"
         writer.status("failed", message=f"{type(e).__name__}: {e}")
         traceback.print_exc()
         print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
@@ -214,15 +253,27 @@ def _print_counts(counts: dict, skipped: list) -> None:
         print(f"skipped {len(skipped)} unreadable files (listed in skipped.csv), e.g. {skipped[0][0]}: {skipped[0][1]}")
 
 
+def cmd_env(args) -> int:
+    from core.accel import environment_lines
+
+    print("\n".join(environment_lines(args.device)))
+    return 0
+
+
 def cmd_ensemble(args) -> int:
     members = [m.strip() for m in args.members.split(",") if m.strip()]
-    m = ensemble.build(Run(Path(args.run)), args.name, members)
+    run = Run(Path(args.run))
+    _ = run.info  # a missing or broken run is an error before anything is written
+    cfgmod.check_ensemble_name(run, args.name)
+    with run_lock(run.dir, _command(args.argv)):
+        m = ensemble.build(run, args.name, members)
     print(f"ensemble {args.name} = mean of {', '.join(members)}: val AUC {m['auc']:.4f}")
     return 0
 
 
 def cmd_report(args) -> int:
     run = Run(Path(args.run))
+    _ = run.info  # a missing or broken run is an error here (exit 2), not an empty table
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if args.update:
         changed = report.update(args.update, run, splits)
@@ -234,14 +285,25 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from trainer.evaluate import evaluate_run
-    return evaluate_run(args.run, args.data, split_name=args.split_name, only_split=args.split,
-                        cache_dir=args.cache_dir, workers=args.workers, command=_command(args.argv))
+
+    run = Run(Path(args.run))
+    _ = run.info  # a missing or broken run is an error before any work
+    cfgmod.check_new_split(run, args.split_name, force=args.force)
+    with run_lock(run.dir, _command(args.argv)):
+        return evaluate_run(args.run, args.data, split_name=args.split_name, only_split=args.split,
+                            cache_dir=args.cache_dir, workers=args.workers, command=_command(args.argv))
 
 
 def _add_models(sub) -> None:
     m = sub.add_parser("models", help="list the model lineup and where its ImageNet weights come from")
     m.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
     m.set_defaults(func=cmd_models)
+
+
+def _add_env(sub) -> None:
+    v = sub.add_parser("env", help="what training would use here: device, mixed precision, compile, torchrun backend")
+    v.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    v.set_defaults(func=cmd_env)
 
 
 def _add_train(sub) -> None:
@@ -272,6 +334,9 @@ def _add_train(sub) -> None:
     t.add_argument("--workers", type=int, help="decoding processes for the cache build")
     t.add_argument("--device", help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (long runs on a GPU)")
+    t.add_argument("--duplicates", choices=["warn", "refuse"],
+                   help="byte-identical files in two splits: warn (default) or refuse to train")
     t.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
     t.set_defaults(func=cmd_train)
 
@@ -320,6 +385,7 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--split", help="only this split of the data set (e.g. test); default: all images")
     e.add_argument("--cache-dir")
     e.add_argument("--workers", type=int)
+    e.add_argument("--force", action="store_true", help="replace a split of this name evaluated before")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -342,9 +408,15 @@ def _add_lungs_and_focus(sub) -> None:
     focus.add_parser(sub)
 
 
+def _add_explain(sub) -> None:
+    from trainer import explain  # explain (CAM references, calibration) and faithfulness
+
+    explain.add_commands(sub)
+
+
 # One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
-COMMANDS = [_add_models, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
-            _add_lungs_and_focus]
+COMMANDS = [_add_models, _add_env, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
+            _add_lungs_and_focus, _add_explain]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -357,6 +429,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m trainer -- train ...: keeps torchrun from reading --run as its own
+        argv = argv[1:]
     args = parser().parse_args(argv)
     args.argv = argv
     try:

@@ -283,6 +283,8 @@ def as_dict(cfg: RunConfig) -> dict:
 
 
 # --- command-line guards: nothing a command writes may replace what another wrote --------------------------------
+# A name that cannot be a name is a ConfigError (exit 3); a name that would replace existing artifacts is an
+# ArtifactError (exit 2), like any other conflict with what is on disk.
 
 RESERVED_SPLITS = ("train", "val", "test", "official_val", "excluded")  # the run's own splits
 
@@ -294,11 +296,11 @@ def check_new_split(run, name: str, *, force: bool = False) -> None:
     if problem:
         raise ConfigError(f"--split-name {name!r} {problem}")
     if name.lower() in RESERVED_SPLITS:
-        raise ConfigError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
+        raise ArtifactError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
                           "its predictions and metrics would be replaced; choose another name, e.g. external")
     taken = [m.name for m in run.models if (m.dir / f"predictions_{name}.csv").exists()]
     if taken and not force:
-        raise ConfigError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
+        raise ArtifactError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
                           "replace it, or choose another --split-name")
 
 
@@ -314,15 +316,19 @@ def check_ensemble_name(run, name: str) -> None:
         except ArtifactError:
             existing = {}
         if not is_ensemble(existing):
-            raise ConfigError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
+            raise ArtifactError(f"--name {name!r}: {folder} already holds a model that is not an ensemble; "
                               "choose another name")
 
 
-def check_resume(run_dir: Path, samples) -> None:
-    """``train --resume``: the run must exist and every image of its recorded split must still be there."""
+def check_resume(run_dir: Path) -> None:
+    """``train --resume`` needs a run to resume: silently starting a new one would hide a typo in --run."""
     if not (run_dir / "run.json").is_file():
         raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
                           "start a new run")
+
+
+def check_nothing_vanished(run_dir: Path, samples) -> None:
+    """``train --resume``: every image of the recorded split must still be in the data folder."""
     recorded = read_csv(run_dir / "split.csv", ["path", "split"])
     root = read_json(run_dir / "run.json").get("data_root")
     present = {stored_path(s.path, root) for s in samples}  # split.csv paths are relative to the data root

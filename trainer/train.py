@@ -9,6 +9,7 @@ and test are scored once. ``train_one_epoch`` is the one batch loop: the trainin
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core import metrics
+from core import distributed, metrics
+from core.accel import Accel, choose, pick_device  # noqa: F401 (pick_device stays importable from here)
 from core.artifacts import ModelWriter
 from core.cache import ImageCache
 from core.checkpoints import load_best, load_resume, prune_epochs, save_best, save_resume
@@ -29,12 +31,6 @@ from trainer.prepare import SplitData
 from trainer.robust import WeightAverage, mixed_loss, mixup
 
 HEARTBEAT_SECONDS = 10  # status.json refresh within an epoch, for a live ETA on the dashboard
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -86,10 +82,7 @@ class Fit:
     aug: AugmentConfig
     steps_per_epoch: int
     ema: WeightAverage | None = None  # recipe ema_decay > 0: the averaged weights are validated and kept
-
-    @property
-    def use_amp(self) -> bool:
-        return self.device.type == "cuda"
+    accel: Accel = field(default_factory=lambda: choose("cpu"))  # mixed precision, pinned copies, compile
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -97,7 +90,8 @@ class Fit:
         return self.ema.model if self.ema is not None else self.model
 
 
-def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, device: torch.device) -> Fit:
+def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, device: torch.device,
+             compile: bool = False) -> Fit:
     """Optimiser with the recipe's parameter groups, warmup + cosine schedule over the run, class weights."""
     opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(_param_groups(model, spec, recipe), weight_decay=recipe.weight_decay)
@@ -106,11 +100,11 @@ def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, d
         steps = min(steps, recipe.max_train_batches)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * recipe.epochs,
                                                                int(recipe.warmup_epochs * steps)))
-    return Fit(model, spec, recipe, device, opt, sched, torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
-               _class_weights(train_labels, recipe, device),
+    accel = choose(str(device), compile=compile)
+    return Fit(model, spec, recipe, device, opt, sched, accel.scaler(), _class_weights(train_labels, recipe, device),
                AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob, crop_area_min=recipe.crop_area_min,
                              noise_std=recipe.noise_std).scaled(recipe.photometric_scale), steps,
-               WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None)
+               WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, accel)
 
 
 @dataclass
@@ -139,22 +133,25 @@ def _batch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, idx: np.ndarr
     if fit.recipe.augment:
         x = augment(x, fit.aug, gen)
     x = normalize(x, fit.spec.mean, fit.spec.std, fit.recipe.preprocess)
-    return x.to(fit.device, non_blocking=True), y.to(fit.device)
+    return fit.accel.to_device(x), fit.accel.to_device(y)
 
 
-def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None) -> tuple[float, int]:
-    """One optimiser step; returns the batch's mean loss and its number of correct predictions."""
+def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
+          scale: float = 1.0) -> tuple[float, int]:
+    """One optimiser step; returns the batch's mean loss and its number of correct predictions.
+
+    ``scale`` multiplies the loss that is backpropagated (``core.distributed.loss_scale``)."""
     x, y_mix, lam = mixup(x, y, fit.recipe.mixup_alpha, gen)
-    with torch.autocast(fit.device.type, enabled=fit.use_amp):
+    with fit.accel.autocast():
         logits = fit.model(x)
         loss = mixed_loss(logits.float(), y, y_mix, lam, fit.class_weights, fit.recipe.label_smoothing)
     fit.opt.zero_grad(set_to_none=True)
-    fit.scaler.scale(loss).backward()
+    fit.scaler.scale(loss * scale).backward()
     fit.scaler.step(fit.opt)
     fit.scaler.update()
     fit.sched.step()
     if fit.ema is not None:
-        fit.ema.update(fit.model)
+        fit.ema.update(distributed.unwrap(fit.model))
     return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
 
@@ -163,27 +160,40 @@ def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, s
     """One pass over the training rows in the epoch's seeded order; ``on_batch(b, stats)`` after each batch."""
     fit.model.train()
     order = _epoch_order(len(rows), labels, fit.recipe, seed, epoch)
-    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    gen = torch.Generator().manual_seed(distributed.epoch_seed(seed, epoch))
     bs, stats, clock = fit.recipe.batch_size, EpochStats(), time.perf_counter
     for b in range(fit.steps_per_epoch):
         t0 = clock()
-        x, y = _batch(fit, images, rows, labels, order[b * bs:(b + 1) * bs], gen)
+        batch = order[b * bs:(b + 1) * bs]
+        part = distributed.rank_part(batch)  # the whole batch in one process; this rank's share under DDP
+        x, y = _batch(fit, images, rows, labels, part, gen)
         t1 = clock()
-        loss, correct = _step(fit, x, y, gen)
+        loss, correct = _step(fit, x, y, gen, distributed.loss_scale(len(part), len(batch)))
         stats.data_seconds.append(t1 - t0)
         stats.step_seconds.append(clock() - t1)
         stats.loss_sum, stats.correct, stats.seen = stats.loss_sum + loss * len(y), stats.correct + correct, \
             stats.seen + len(y)
         if on_batch is not None:
             on_batch(b, stats)
+    stats.loss_sum, stats.correct, stats.seen = distributed.sum_across([stats.loss_sum, stats.correct, stats.seen])
     return stats
+
+
+def probabilities(model, images, rows, mean, std, device, *, tta: int = 1, batch_size: int = 64,
+                  preprocess: str = "none") -> np.ndarray:
+    """P(PNEUMONIA) of ``rows``; under DDP each rank scores its share and all get the whole array, in order."""
+    net = distributed.unwrap(model)  # the bare module: DDP's forward would wait for the other ranks
+    distributed.sync_buffers(net)
+    mine = np.asarray(rows)[distributed.shard(len(rows))]
+    local = predict_probabilities(net, images, mean, std, batch_size=batch_size, device=device, indices=mine,
+                                  tta=tta, preprocess=preprocess)
+    return distributed.gather(local, len(rows))
 
 
 def evaluate_loss(model, images, rows, labels, mean, std, device, batch_size=64,
                   preprocess="none") -> tuple[float, np.ndarray]:
     """Validation loss (unweighted) and probabilities."""
-    probs = predict_probabilities(model, images, mean, std, batch_size=batch_size, device=device, indices=rows,
-                                  preprocess=preprocess)
+    probs = probabilities(model, images, rows, mean, std, device, batch_size=batch_size, preprocess=preprocess)
     p = np.clip(probs, 1e-6, 1 - 1e-6)
     loss = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
     return loss, probs
@@ -227,7 +237,7 @@ class Progress:
 
 
 def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter, *, seed: int,
-                device: torch.device, weights_dir=None, log=print) -> tuple[Fit, bool]:
+                device: torch.device, weights_dir=None, log=print, compile: bool = False) -> tuple[Fit, bool]:
     """Build the model (pretrained when asked and available), write config.json; returns it and pretrained."""
     spec = get_spec(recipe.arch)
     size = input_size_for(recipe.arch, recipe.input_size)
@@ -243,7 +253,34 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
                    "params": count_params(model), "seed": seed, "device": str(device),
                    **{f"n_{split}": int(len(data[split].rows)) if split in data else 0
                       for split in ("train", "val", "test")}})
-    return make_fit(model, spec, recipe, data["train"].labels, device), winfo.pretrained
+    return make_fit(model, spec, recipe, data["train"].labels, device, compile), winfo.pretrained
+
+
+def rng_state() -> dict:
+    """The global RNG states (torch, CUDA, numpy, python) for the resume file: dropout and anything else drawing
+    from them continue exactly where an uninterrupted run would be. Batch order and augmentation need nothing
+    stored: their generators are seeded from (seed, epoch) at the start of every epoch."""
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "python": random.getstate()}
+
+
+def restore_rng_state(state: dict | None) -> None:
+    """Undo ``rng_state``; a resume file written before RNG states were stored restores nothing."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                               "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    random.setstate(state["python"])
 
 
 def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
@@ -255,16 +292,20 @@ def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     fit.scaler.load_state_dict(state["scaler"])
     if fit.ema is not None and "ema" in state:
         fit.ema.load_state_dict(state["ema"])
+    restore_rng_state(state.get("rng"))
     log(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
     return Progress.from_state(state)
 
 
 def _save_epoch(fit: Fit, progress: Progress, ckpt_dir: Path, improved: bool) -> None:
-    """best.safetensors when improved; last.pt (and the last ``keep_last`` epoch_NNN.pt) always."""
+    """best.safetensors when improved; last.pt (and the last ``keep_last`` epoch_NNN.pt) always; rank 0 only."""
+    if not distributed.is_main():
+        return
     if improved:
-        save_best(fit.scored, ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
-    state = {"model": fit.model.state_dict(), "optimizer": fit.opt.state_dict(), "scheduler": fit.sched.state_dict(),
-             "scaler": fit.scaler.state_dict(), **progress.state()}
+        save_best(distributed.unwrap(fit.scored), ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
+    state = {"model": distributed.unwrap(fit.model).state_dict(), "optimizer": fit.opt.state_dict(),
+             "scheduler": fit.sched.state_dict(),
+             "scaler": fit.scaler.state_dict(), "rng": rng_state(), **progress.state()}
     if fit.ema is not None:
         state["ema"] = fit.ema.state_dict()
     if fit.recipe.keep_last > 0:
@@ -296,7 +337,8 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
               seed: int, epoch: int, frozen: bool, log=print) -> None:
     """Train one epoch, validate, record it (history, checkpoints, status) and print a line."""
     recipe, t0 = fit.recipe, time.perf_counter()
-    set_backbone_trainable(fit.model, fit.spec, not frozen)
+    fit.model = distributed.rewrap(fit.model, fit.device, lambda net: set_backbone_trainable(net, fit.spec, not frozen),
+                                   compile=fit.accel.compile)
     bar = tqdm(total=fit.steps_per_epoch, desc=f"{recipe.name} {epoch}/{recipe.epochs}", unit="batch",
                leave=False, dynamic_ncols=True, mininterval=1.0)
     beat = _heartbeat(writer, fit, progress, epoch, t0)
@@ -317,6 +359,7 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
         "val_acc": float(np.mean((val_p >= 0.5) == val.labels)), "val_auc": metrics.auc(val.labels, val_p),
         "lr": fit.opt.param_groups[-1]["lr"], "seconds": round(seconds, 2)})
     _save_epoch(fit, progress, writer.dir / "checkpoints", improved)
+    distributed.barrier()  # the other ranks read these checkpoints at the end (and on resume)
     writer.history(progress.history)  # after the checkpoints: a row in history means its epoch can be resumed from
     early = progress.stopped_early(recipe.patience)
     remaining = 0 if early else recipe.epochs - epoch
@@ -329,9 +372,12 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
 
 
 def train_entry(recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], writer: ModelWriter, *, seed: int,
-                device: torch.device, resume: bool, weights_dir: str | None = None, log=print) -> dict:
+                device: torch.device, resume: bool, weights_dir: str | None = None, log=print,
+                compile: bool = False) -> dict:
     """Train, select and score one model entry. Returns the final status dict."""
-    fit, pretrained = setup_entry(recipe, data, writer, seed=seed, device=device, weights_dir=weights_dir, log=log)
+    writer = distributed.main_writer(writer)  # under DDP, rank 0 alone writes artifacts
+    fit, pretrained = setup_entry(recipe, data, writer, seed=seed, device=device, weights_dir=weights_dir, log=log,
+                                  compile=compile)
     last = writer.dir / "checkpoints" / "last.pt"
     progress = resume_entry(fit, last, log) if resume and last.exists() else Progress()
     for epoch in range(progress.epoch + 1, recipe.epochs + 1):
@@ -345,10 +391,10 @@ def train_entry(recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], w
 def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], writer: ModelWriter,
                  device: torch.device, progress: Progress) -> dict:
     """Reload the best epoch, choose thresholds on validation, score validation and the other splits once."""
-    load_best(model, writer.dir / "checkpoints" / "best.safetensors")
+    load_best(distributed.unwrap(model), writer.dir / "checkpoints" / "best.safetensors")
     spec = get_spec(recipe.arch)
-    probs = {split: predict_probabilities(model, cache.images, spec.mean, spec.std, device=device,
-                                          indices=d.rows, tta=recipe.tta, preprocess=recipe.preprocess)
+    probs = {split: probabilities(model, cache.images, d.rows, spec.mean, spec.std, device, tta=recipe.tta,
+                                  preprocess=recipe.preprocess)
              for split, d in data.items() if split != "train" and len(d.rows) > 0}
     val = data["val"]
     thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity)
@@ -359,4 +405,5 @@ def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, Split
               "early_stopped": progress.stopped_early(recipe.patience),
               "train_seconds": float(sum(h["seconds"] for h in progress.history)), "message": ""}
     writer.status("finished", **status)
+    distributed.barrier()  # the other ranks may read what rank 0 just wrote
     return status

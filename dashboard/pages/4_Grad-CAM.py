@@ -4,28 +4,29 @@ Uploads stay in memory (bytes go straight to ``core.images``); preprocessing is 
 once per process and locked while a map is computed (``dashboard.explain``).
 """
 
-import time
 from pathlib import Path
 
 import streamlit as st
 
+from core import calibration, faithfulness
 from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, start, stop
+from dashboard.common import footer, guard, plain, start, stop
 
 MAX_IMAGES = 8
+MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
+PER_ROW = 3  # film + maps per row: about 350 px each at 1440 px
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
-RESEARCH_CAPTION = "Research use only — not for diagnosis."
 
 run = start("Grad-CAM")
 st.title("Grad-CAM: where the models look")
 st.caption("Class activation maps of the run's trained models on your films or on films of the run's test split. "
            "Warm colours mark the regions that raised the chosen class's score. A map shows what a model used, "
-           "not whether it was right.")
-
+           "not whether it was right. Probabilities are calibrated on validation (temperature scaling). "
+           "**Research use only — not for diagnosis.**")
 
 names: list[str] = []
 with guard(f"Run {run.id}"):
@@ -37,7 +38,19 @@ if not names:
 st.sidebar.header("Grad-CAM")
 chosen = st.sidebar.multiselect("Models (side by side)", names, default=names[: min(2, len(names))],
                                 key="cam_models")
-method = st.sidebar.selectbox("CAM method", list(CAM_METHODS), key="cam_method")
+sanity = None
+with guard("faithfulness figures"):
+    sanity = faithfulness.read(run.dir)
+
+
+def _method_label(m: str) -> str:
+    bad = [n for n in chosen if faithfulness.failing(sanity, n, m) is not None]
+    return f"{m} ⚠ fails sanity check ({len(bad)} of the chosen models)" if bad else m
+
+
+method = st.sidebar.selectbox("CAM method", list(CAM_METHODS), key="cam_method", format_func=_method_label,
+                              help="⚠: the map barely changes when the model's top layer is re-initialised "
+                                   "(Faithfulness page), so it shows the film's structure, not the decision")
 if method == "Score-CAM":
     st.sidebar.warning("Score-CAM runs one forward pass per feature channel: on a CPU that is about a minute or more "
                        "per film and model (MobileNetV2: 1280 channels), and other sessions using the same model "
@@ -45,6 +58,12 @@ if method == "Score-CAM":
 target_name = st.sidebar.radio("Explain the score of", CLASSES, index=POSITIVE, key="cam_target", horizontal=True)
 target = CLASSES.index(target_name)
 alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="cam_alpha")
+scale = st.sidebar.radio("Colour scale", list(ex.SCALES), format_func=ex.SCALES.get, key="cam_scale",
+                         help="One scale: a colour means the same evidence on every film (the model's raw map "
+                              "divided by a reference fixed on validation films; weak evidence gets no colour). "
+                              "Contrast-stretched: each map stretched to its own range, so even a film with no "
+                              "evidence shows a hot spot: colours cannot be compared between films.")
+per_row = 2 if st.sidebar.toggle("Larger maps (2 per row)", key="cam_large") else PER_ROW
 
 # --- which films ---------------------------------------------------------------------------------------------------
 
@@ -66,14 +85,14 @@ with guard("Test split"):
             break
 picked: list[str] = []
 if test_rows:
-    picked = st.multiselect(f"…or pick films of the run's test split ({len(test_rows)} on this machine)",
-                            list(test_rows), key="cam_test_pick",
+    picked = st.multiselect(f"…or pick up to {MAX_PICKED} films of the run's test split ({len(test_rows)} on this "
+                            "machine)", list(test_rows), key="cam_test_pick", max_selections=MAX_PICKED,
                             format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
 elif n_test is None:
     st.caption("No model of this run has test-split predictions yet (the trainer writes them after training), "
                "so only uploads can be explained here.")
 else:
-    st.caption(f"The test split's files are not on this machine (data folder `{ex.data_root_of(run)}` absent), "
+    st.caption(f"The test split's files are not on this machine (data folder {plain(ex.data_root_of(run))} absent), "
                "so only uploads can be explained here.")
 
 items = [(f.name, f.getvalue(), None) for f in uploads]  # (name, bytes or path, true label)
@@ -111,53 +130,71 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     st.markdown(f"**{name}**")
     cm = models[name]
     if isinstance(cm, str):
-        st.error(f"{name}: {cm}")
+        st.error(f"{name}: {plain(cm)}")
         return
     try:
         pixels = image.for_model(cm.loaded.input_size)
     except ImageError as e:
-        st.error(f"Cannot use {image.name} for {name}: {e}")
+        st.error(f"Cannot use {plain(image.name)} for {name}: {plain(e)}")
         return
-    t0 = time.perf_counter()
     with st.spinner(f"{method} for {name}…"):
         result = ex.explain_one(cm, pixels, method, target)
-    seconds = time.perf_counter() - t0
-    p = result.probability
-    st.metric(f"P({CLASSES[POSITIVE]})", f"{p:.3f}")
-    thr = thresholds[name]
+    ma = run.model(name)
+    p, thr = result.probability, thresholds[name]
+    temperature = calibration.read_temperature(ma)
+    on_scale = (lambda v: v) if temperature is None else (lambda v: float(calibration.calibrate(v, temperature)))
+    view = ex.map_view(result, ma.dir, name, scale, temperature)
+    rgb = ex.overlay_image(image.display(), view, alpha)
+    when = "cached" if result.cached else f"{result.seconds:.2f} s"
+    st.image(rgb, caption=f"{method} of {CLASSES[target]} · {when}", width="stretch")  # level with the film
+    st.metric(f"P({CLASSES[POSITIVE]})", f"{on_scale(p):.3f}",
+              help="calibrated: temperature scaling fitted on validation" if temperature else "raw model output")
     if isinstance(thr, str):
-        st.warning(f"{name}: {thr}; no label shown.")
+        st.warning(f"{name}: {plain(thr)}; no label shown.")
     else:
-        st.markdown(f"Label at the validation-chosen threshold {thr:.3f}: **{ex.label_at(p, thr)}**")
-    st.caption(RESEARCH_CAPTION)
-    rgb = ex.overlay_image(image.display(), result.heatmap, alpha)
-    st.image(rgb, caption=f"{method} of {CLASSES[target]} · {seconds:.2f} s", width="stretch")
-    st.download_button("Download overlay (PNG)", ex.png_bytes(rgb),
+        st.markdown(f"Label at the validation-chosen threshold {on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
+    st.caption(f"calibrated on validation (raw {p:.3f})" if temperature else "raw (this run has no calibration)")
+    if view.note:
+        st.info(view.note)
+    with guard(f"lung focus of {name}"):
+        if view.coloured and (focus := ex.lung_focus(image.display(), result)) is not None:
+            (st.warning if focus.flagged else st.caption)(focus.caption())
+    if (rho := faithfulness.failing(sanity, name, method)) is not None:
+        st.warning(f"{method} fails the randomisation sanity check for {name}: re-initialising its top layer "
+                   f"leaves the map nearly unchanged (rank correlation {rho:.2f}), so this map shows the film's "
+                   "structure rather than the model's decision. See the Faithfulness page.")
+    st.download_button("Download PNG", ex.png_bytes(rgb),
                        file_name=f"{Path(image.name).stem}_{name}_{method}.png".replace(" ", "_"),
-                       mime="image/png", key=f"{key}-dl", on_click="ignore")
+                       mime="image/png", key=f"{key}-dl", on_click="ignore", help="the overlay with its colour bar")
+
+
+def rows_of(cells: list, n: int) -> list[list]:
+    return [cells[i:i + n] for i in range(0, len(cells), n)]
 
 
 for i, (name, source, truth) in enumerate(items):
     st.divider()
-    st.subheader(name)
+    st.subheader(plain(name))  # a test-split name comes from a predictions file: plain text
     if truth is not None:
         st.caption(f"Test-split film, true label: {CLASSES[truth]}")
-    image = ex.DecodedImage(source, name)
+    image = ex.decoded(source, name)  # decoded once per content, not on every rerun (opacity slider...)
     try:
         original = image.display()
     except ImageError as e:
-        st.error(f"Could not read this file: {e}")
+        st.error(f"Could not read this file: {plain(e)}")
         continue
     except Exception as e:  # anything else from a decoder is still this file's problem
-        st.error(f"Could not read {name}: {type(e).__name__}: {e}")
+        st.error(f"Could not read {plain(name)}: {type(e).__name__}: {plain(e)}")
         continue
-    cols = st.columns(1 + len(chosen))
-    with cols[0]:
-        st.markdown("**film**")
-        st.image(original, caption=f"{original.shape[1]}×{original.shape[0]} shown", width="stretch")
-    for col, model_name in zip(cols[1:], chosen):
-        with col:
-            with guard(f"{model_name} on {name}"):
-                show_model(model_name, image, key=f"cam-{i}-{model_name}")
+    for row in rows_of([None] + list(chosen), per_row):
+        cols = st.columns(per_row)
+        for col, model_name in zip(cols, row):
+            with col:
+                if model_name is None:
+                    st.markdown("**film**")
+                    st.image(original, caption=f"{original.shape[1]}×{original.shape[0]} shown", width="stretch")
+                    continue
+                with guard(f"{model_name} on {name}"):
+                    show_model(model_name, image, key=f"cam-{i}-{model_name}")
 
 footer()

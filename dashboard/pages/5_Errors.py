@@ -9,22 +9,23 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core import calibration
 from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, start, stop
+from dashboard.common import footer, guard, plain, start, stop
 
 RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
-GALLERY_COLUMNS = 3
-THUMB_SIDE = 384
+PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
+THUMB_SIDE = 512
 
 run = start("Errors")
 st.title("Errors: false positives and false negatives")
-st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first. "
-           "Research use only — not for diagnosis.")
-
+st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first, "
+           "each as the plain film beside its map. Probabilities are calibrated on validation when the run has a "
+           "calibration. **Research use only — not for diagnosis.**")
 names: list[str] = []
 with guard(f"Run {run.id}"):
     names = [m.name for m in run.models]
@@ -43,13 +44,16 @@ if not splits:
     stop()
 split = st.sidebar.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="err_split")
 rule = st.sidebar.selectbox("Threshold (chosen on validation)", list(RULES), format_func=RULES.get, key="err_rule")
-per_kind = st.sidebar.slider("Films per kind", 1, 24, 6, key="err_n")
+per_kind = st.sidebar.slider("Films per kind", 1, 24, 2, key="err_n")
 show_cams = st.sidebar.toggle("Show CAMs", value=True, key="err_cams")
 # Score-CAM (one forward pass per feature channel, minutes per film on a CPU) is left to the Grad-CAM page.
 GALLERY_METHODS = [m for m in CAM_METHODS if m != "Score-CAM"]
 method = st.sidebar.selectbox("CAM method", GALLERY_METHODS, key="err_method", disabled=not show_cams,
                               help="Score-CAM is too slow for a gallery; use it on the Grad-CAM page.")
 alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="err_alpha", disabled=not show_cams)
+scale = st.sidebar.radio("Colour scale", list(ex.SCALES), format_func=ex.SCALES.get, key="err_scale",
+                         disabled=not show_cams, help="One scale: the same colour means the same evidence on every "
+                         "film. Contrast-stretched: each map stretched to its own range (not comparable).")
 
 preds = threshold = None
 with guard(f"{model_name}, {split} split"):
@@ -59,6 +63,16 @@ if preds is None or threshold is None:
     stop()
 
 fp, fn = ex.errors_of(preds, threshold)
+temperature = None
+with guard(f"{model_name}: calibration"):
+    temperature = calibration.read_temperature(ma)
+
+
+def shown_probability(p: float) -> float:
+    """Calibrated when the model has a temperature (validation-fitted), else raw; labels never change."""
+    return float(p) if temperature is None else float(calibration.calibrate(p, temperature))
+
+
 c = st.columns(4)
 c[0].metric(f"Films ({split})", len(preds))
 c[1].metric("Threshold", f"{threshold:.3f}", help=f"{RULES[rule]}, chosen on the validation split")
@@ -74,7 +88,7 @@ have_files = any(v is not None for v in resolved.values())
 cm = None
 if show_cams and not shown.empty:
     if not have_files:
-        st.info(f"The data folder (`{ex.data_root_of(run)}`) is absent on this machine, so no CAMs can be drawn: "
+        st.info(f"The data folder ({plain(ex.data_root_of(run))}) is absent on this machine, so no CAMs can be drawn: "
                 "showing the tables only.")
     else:
         try:
@@ -86,24 +100,31 @@ if show_cams and not shown.empty:
 
 
 def gallery(rows: pd.DataFrame, kind: str) -> None:
-    cols = st.columns(GALLERY_COLUMNS)
-    for i, row in enumerate(rows.itertuples(index=False)):
-        with cols[i % GALLERY_COLUMNS]:
+    for start in range(0, len(rows), PAIRS_PER_ROW):
+        cols = st.columns(2 * PAIRS_PER_ROW)
+        for k, row in enumerate(rows.iloc[start:start + PAIRS_PER_ROW].itertuples(index=False)):
+            film_col, map_col = cols[2 * k], cols[2 * k + 1]
             name = Path(str(row.path)).name
-            label = f"{name} · true {CLASSES[int(row.label)]} · p={row.probability:.3f}"
+            label = f"{name} · true {CLASSES[int(row.label)]} · P={shown_probability(row.probability):.3f}"
             path = resolved.get(row.path)
             if path is None:
-                st.caption(f"{label}: file not on this machine")
+                film_col.caption(f"{plain(label)}: file not on this machine")  # the name comes from a predictions file
                 continue
-            with guard(f"{model_name} on {name}"):
-                image = ex.DecodedImage(path, name)
+            with map_col, guard(f"{model_name} on {name}"):
+                image = ex.decoded(path, name)
                 try:
                     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
-                    rgb = ex.overlay_image(image.display(THUMB_SIDE), result.heatmap, alpha)
+                    view = ex.map_view(result, ma.dir, model_name, scale, temperature)
+                    rgb = ex.overlay_image(image.display(THUMB_SIDE), view, alpha)
                 except ImageError as e:
-                    st.error(f"Cannot read {name}: {e}")
+                    st.error(f"Cannot read {plain(name)}: {plain(e)}")
                     continue
-                st.image(rgb, caption=label, width="stretch")
+                film_col.image(image.display(THUMB_SIDE), caption=label, width="stretch")
+                st.image(rgb, caption=f"{method} of PNEUMONIA", width="stretch")
+                if view.note:
+                    st.caption(view.note)
+                if view.coloured and (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
+                    (st.warning if focus.flagged else st.caption)(focus.caption())
 
 
 for kind, rows, what in (("False positives", fp, "NORMAL films the model called PNEUMONIA, highest probability first"),
@@ -118,7 +139,7 @@ for kind, rows, what in (("False positives", fp, "NORMAL films the model called 
         st.caption(f"Showing the {per_kind} most confident of {len(rows)}.")
     table = pd.DataFrame({"file": [Path(str(p)).name for p in top["path"]],
                           "true label": [CLASSES[int(v)] for v in top["label"]],
-                          f"P({CLASSES[POSITIVE]})": top["probability"].round(4),
+                          f"P({CLASSES[POSITIVE]})": [round(shown_probability(v), 4) for v in top["probability"]],
                           "path": top["path"]})
     st.dataframe(table, hide_index=True, width="stretch")
     if cm is not None:

@@ -4,7 +4,10 @@ Bins, ECE and Brier come from metrics_<split>.json; for a split without them the
 predictions_<split>.csv with ``core.metrics`` (the same functions the trainer used).
 """
 
+import pandas as pd
 import streamlit as st
+
+from core import calibration
 
 from dashboard import figures, tables
 from dashboard.common import cached_metrics, cached_predictions, choose_models, footer, guard, start
@@ -22,6 +25,8 @@ if run is not None:
         c1, c2 = st.columns([3, 1])
         chosen = [e.label for e in chosen_entries]
         split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cal_split")
+        use_cal = c1.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
+                           help="calibrated: temperature scaling fitted on validation (python -m trainer explain)")
 
         bins, rows, preds = {}, [], {}
         for name in chosen:
@@ -30,6 +35,18 @@ if run is not None:
                 st.info(f"{name}: no predictions for split `{split}` (yet).")
                 continue
             met = pred = None
+            if use_cal == "calibrated":
+                with guard(f"{name}: calibration"):
+                    t = calibration.read_temperature(m)
+                    if t is None:
+                        st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
+                        continue
+                    pred = cached_predictions(m, split).copy()
+                    pred["probability"] = calibration.calibrate(pred["probability"], t)
+                    preds[name] = pred
+                    bins[name], _ = tables.calibration_from(None, pred)
+                    rows.append(tables.calibration_row(name, None, pred))
+                continue
             if (m.dir / f"metrics_{split}.json").exists():
                 with guard(f"{name}: metrics_{split}.json"):
                     met = cached_metrics(m, split)
@@ -60,5 +77,22 @@ if run is not None:
                 st.plotly_chart(figures.probability_histogram(preds, colors=colors), key="cal_hist")
         elif chosen:
             st.info(f"Nothing to show for split {split}.")
+
+        st.subheader("Before and after temperature scaling")
+        with guard("calibration"):
+            ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
+            if ba:
+                st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "n", "ece_raw", "ece_calibrated",
+                                               "brier_raw", "brier_calibrated"]]
+                             .rename(columns={"temperature": "T", "ece_raw": "ECE raw", "ece_calibrated": "ECE cal.",
+                                              "brier_raw": "Brier raw", "brier_calibrated": "Brier cal."}),
+                             hide_index=True, width="stretch", height=min(40 + 35 * len(ba), 600),
+                             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                            for c in ("T", "ECE raw", "ECE cal.", "Brier raw", "Brier cal.")})
+                st.caption("One temperature T per model, fitted on validation only (p_cal = sigmoid(logit(p) / T)); "
+                           "scored on test and official_val. The map is monotonic: no film changes label. "
+                           "Temperature fixes over- or under-confidence, not a shift between classes.")
+            else:
+                st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
 
 footer()

@@ -1,0 +1,153 @@
+"""Consensus: one film, every chosen model: calibrated probabilities, labels at validation thresholds, agreement,
+and the maps side by side on the shared scale; the case exports as one self-contained HTML file and a CSV table."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from core import calibration, faithfulness
+from core.artifacts import ArtifactError
+from core.cams import CAM_METHODS, GRADIENT_FREE
+from core.images import ImageError
+from core.labels import CLASSES, POSITIVE
+from dashboard import consensus as cs
+from dashboard import explain as ex
+from dashboard.common import CITATION, NOTICE, footer, guard, plain, start, stop
+
+DEFAULT_MODELS = 4
+PER_ROW = 3
+ALPHA = 0.45
+
+run = start("Consensus")
+st.title("One film, every model")
+st.caption("What each chosen model says about one film: its calibrated P(PNEUMONIA), its label at the threshold "
+           "chosen on validation, and where it looks, all maps on the same colour scale. "
+           "**Research use only — not for diagnosis.**")
+
+
+def _val_auc(m) -> float:
+    try:
+        return float(m.metrics("val")["auc"])
+    except (ArtifactError, KeyError, TypeError, ValueError):
+        return float("-inf")
+
+
+nets = []
+with guard(f"Run {run.id}"):
+    nets = [m for m in run.models if m.dir.joinpath("checkpoints", "best.safetensors").is_file()
+            and not m.config.get("members")]
+if not nets:
+    st.warning(f"Run `{run.id}` has no trained model with a network yet.")
+    stop()
+names = [m.name for m in nets]
+best = [m.name for m in sorted(nets, key=_val_auc, reverse=True)[:DEFAULT_MODELS]]
+
+st.sidebar.header("Consensus")
+chosen = st.sidebar.multiselect("Models", names, default=[n for n in names if n in best], key="con_models",
+                                help=f"default: the {DEFAULT_MODELS} best by validation AUC")
+methods = [m for m in CAM_METHODS if m not in GRADIENT_FREE]
+method = st.sidebar.selectbox("CAM method", methods, key="con_method")
+per_row = 2 if st.sidebar.toggle("Larger maps (2 per row)", key="con_large") else PER_ROW
+
+upload = st.file_uploader("A chest X-ray (PNG, JPEG or DICOM); nothing is stored",
+                          type=["png", "jpg", "jpeg", "dcm", "dicom"], key="con_upload")
+test_rows = {}
+with guard("Test split"):
+    if "test" in nets[0].splits():
+        preds = nets[0].predictions("test")
+        for path, label in zip(preds["path"], preds["label"]):
+            if (found := ex.resolve_image_path(path, run)) is not None:
+                test_rows[str(path)] = (found, int(label))
+picked = None
+if test_rows:
+    picked = st.selectbox(f"…or one film of the run's test split ({len(test_rows)} here)", list(test_rows),
+                          index=None, key="con_pick", placeholder="choose a test film",
+                          format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
+if upload is not None:
+    name, source, truth = upload.name, upload.getvalue(), None
+elif picked:
+    name, source, truth = Path(picked).name, test_rows[picked][0], test_rows[picked][1]
+else:
+    st.info("Upload a chest X-ray or pick a test film to see what every chosen model says about it.")
+    stop()
+if not chosen:
+    st.info("Choose at least one model in the sidebar.")
+    stop()
+
+image = ex.decoded(source, name)  # once per content, not on every rerun
+try:
+    film = image.display()
+except ImageError as e:
+    st.error(f"Could not read {plain(name)}: {plain(e)}")
+    stop()
+
+sanity = None
+with guard("faithfulness figures"):
+    sanity = faithfulness.read(run.dir)
+
+
+def verdict(model_name: str) -> cs.Verdict:
+    ma = run.model(model_name)
+    cm = ex.cached_model(ma)
+    result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
+    t = calibration.read_temperature(ma)
+    scale = (lambda v: v) if t is None else (lambda v: float(calibration.calibrate(v, t)))
+    thr = ma.threshold("youden")
+    view = ex.map_view(result, ma.dir, model_name, ex.SHARED, t)
+    notes = [view.note] if view.note else []
+    if view.coloured and (focus := ex.lung_focus(film, result)) is not None:
+        notes.append(focus.caption())
+    if (rho := faithfulness.failing(sanity, model_name, method)) is not None:
+        notes.append(f"{method} failed the randomisation sanity check for this model (rho {rho:.2f}).")
+    return cs.Verdict(model=model_name, p_raw=result.probability, p_shown=scale(result.probability),
+                      calibrated=t is not None, threshold_raw=thr, threshold_shown=scale(thr),
+                      label=ex.label_at(result.probability, thr),
+                      overlay_png=ex.png_bytes(ex.overlay_image(film, view, ALPHA)), note=" ".join(notes),
+                      figures=cs.split_figures(ma))
+
+
+verdicts = []
+with st.spinner(f"{method} for {len(chosen)} models…"):
+    for model_name in chosen:
+        with guard(model_name):
+            verdicts.append(verdict(model_name))
+if not verdicts:
+    stop()
+
+k, n = cs.agreement(verdicts)
+c = st.columns(3)
+c[0].metric("Models calling PNEUMONIA", f"{k} of {n}")
+c[1].metric("Models calling NORMAL", f"{n - k} of {n}")
+if truth is not None:
+    c[2].metric("True label (test split)", CLASSES[truth])
+st.dataframe(cs.display_table(verdicts), hide_index=True, width="stretch")
+st.caption("P(PNEUMONIA) is calibrated on validation (temperature scaling); the threshold is shown on the same "
+           "scale, so the label is exactly the trainer's. test: the training hospital batch; official_val: 16 films "
+           "of another batch.")
+
+scale_note = ("Every map on one scale: the model's raw map divided by its validation reference, times its "
+              "calibrated P(PNEUMONIA); no colour means no evidence. Colours can be compared between films and, "
+              "roughly, between models.")
+st.subheader("Where each model looks")
+st.caption(scale_note)
+cells = [("film", None)] + [(v.model, v) for v in verdicts]
+for start in range(0, len(cells), per_row):
+    cols = st.columns(per_row)
+    for col, (label, v) in zip(cols, cells[start:start + per_row]):
+        with col:
+            if v is None:
+                st.image(film, caption=f"{name} · {film.shape[1]}×{film.shape[0]}", width="stretch")
+                continue
+            st.image(v.overlay_png, caption=f"{v.model}: P {cs.shown_p(v.p_shown)} → {v.label}", width="stretch")
+            if v.note:
+                st.caption(v.note)
+
+report = cs.report_html(film_name=name, film_png=ex.png_bytes(film), verdicts=verdicts, run_id=run.id,
+                        method=method, notice=NOTICE, citation=CITATION, scale_note=scale_note)
+d1, d2 = st.columns(2)
+d1.download_button("Download report (HTML)", report.encode("utf-8"), file_name=f"{Path(name).stem}_report.html",
+                   mime="text/html", key="con_report", on_click="ignore",
+                   help="one self-contained file: film, maps with colour bars, probabilities, figures, notice")
+d2.download_button("Download table (CSV)", cs.table_csv(verdicts), file_name=f"{Path(name).stem}_models.csv",
+                   mime="text/csv", key="con_csv", on_click="ignore")
+footer()

@@ -1,0 +1,62 @@
+"""Consensus page end to end: a real film uploaded in headless Chromium, every chosen model's verdict and map, and
+the exported single-file HTML report opened in the browser (it must hold the film and every chosen model).
+
+Reuses the Streamlit server, browser and screenshot fixtures of tests/test_browser.py (same tiny run)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from tests.conftest import FULLRES, TINY_MODELS, need
+from tests.test_browser import PAGE_TIMEOUT_MS, _assert_no_exception, _screenshot, _wait_idle, browser, server, shots
+
+pytestmark = pytest.mark.browser
+__all__ = ["browser", "server", "shots"]  # fixtures imported for pytest
+
+
+def test_consensus_report_holds_the_film_and_every_model(browser, server, shots, tmp_path):
+    film = sorted((need(FULLRES) / "val" / "PNEUMONIA").glob("*.jpeg"))[0]
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{server}/Consensus", wait_until="domcontentloaded")
+        _wait_idle(page)
+        _assert_no_exception(page, "Consensus")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(film)])
+        main = page.locator('[data-testid="stMain"]')
+        # the film plus one map per model
+        page.wait_for_function(
+            f"document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img').length >= "
+            f"{1 + len(TINY_MODELS)}", timeout=PAGE_TIMEOUT_MS)
+        _wait_idle(page)
+        _assert_no_exception(page, "Consensus after upload")
+        assert main.get_by_text(f"of {len(TINY_MODELS)}").count() >= 1  # "k of 2" models call it PNEUMONIA
+        _screenshot(page, shots / "20_consensus.png")
+
+        with page.expect_download(timeout=PAGE_TIMEOUT_MS) as dl:
+            main.get_by_role("button", name="Download report (HTML)").click()
+        report = tmp_path / "report.html"
+        dl.value.save_as(report)
+        with page.expect_download(timeout=PAGE_TIMEOUT_MS) as dl:
+            main.get_by_role("button", name="Download table (CSV)").click()
+        table = list(csv.DictReader(io.StringIO(dl.value.path().read_text())))
+        assert sorted(r["model"] for r in table) == sorted(TINY_MODELS)
+        assert all(0 <= float(r["P(PNEUMONIA)"]) <= 1 for r in table)
+
+        # The report stands alone: opened from disk, no server, every picture embedded and decoded.
+        page.goto(report.as_uri())
+        assert film.name in page.title()
+        assert page.locator('img[alt^="film"]').count() == 1
+        for model in TINY_MODELS:
+            fig = page.locator(f'figure[data-model="{model}"]')
+            assert fig.count() == 1, model
+            assert fig.locator("img").evaluate("img => img.complete && img.naturalWidth > 100")
+        assert page.evaluate("[...document.images].every(i => i.src.startsWith('data:image/png;base64,'))")
+        text = page.locator("body").inner_text()
+        assert "Research use only" in text and "Kermany" in text and "official_val" in text
+        page.screenshot(path=str(shots / "21_consensus_report.png"), full_page=True)
+    finally:
+        context.close()
