@@ -18,8 +18,17 @@ import torch
 
 from core import calibration, faithfulness
 from core.artifacts import ArtifactError, ModelArtifacts, Run, now_iso, write_json
-from core.cams import (CAM_METHODS, GRADIENT_FREE, REFERENCE_FILE, REFERENCE_PERCENTILE, on_shared_scale, raw_maps,
-                       raw_maps_many, read_reference, reference_value)
+from core.cams import (
+    CAM_METHODS,
+    GRADIENT_FREE,
+    REFERENCE_FILE,
+    REFERENCE_PERCENTILE,
+    on_shared_scale,
+    raw_maps,
+    raw_maps_many,
+    read_reference,
+    reference_value,
+)
 from core.images import load_for_model
 from core.inference import load_trained
 from core.labels import CLASSES

@@ -131,9 +131,9 @@ scale_note = ("Every map on one scale: the model's raw map divided by its valida
 st.subheader("Where each model looks")
 st.caption(scale_note)
 cells = [("film", None)] + [(v.model, v) for v in verdicts]
-for start in range(0, len(cells), per_row):
+for first in range(0, len(cells), per_row):
     cols = st.columns(per_row)
-    for col, (label, v) in zip(cols, cells[start:start + per_row]):
+    for col, (_, v) in zip(cols, cells[first:first + per_row]):
         with col:
             if v is None:
                 st.image(film, caption=f"{name} · {film.shape[1]}×{film.shape[0]}", width="stretch")
