@@ -6,7 +6,8 @@ eval mode, channels-last, as ``core.inference.load_trained`` prepares a model). 
 * ``evaluate (onnx)``: what ``trainer evaluate`` runs now (``predict_probabilities`` on cached uint8 images through
   the model's ONNX Runtime session: to_float -> normalize -> ONNX Runtime -> softmax), one view;
 * ``evaluate (torch)``: the same path on eager torch (``CXR_BACKEND=torch``);
-* ``compiled``: the bare forward pass of ``torch.compile(model)`` (compiled once, before timing; full mode only);
+* ``compiled``: the bare forward pass of ``torch.compile(model)`` (compiled once, before timing; full mode,
+  ``COMPILED_MODELS`` only);
 * ``evaluate (onnx), TTA=5``: five views in one batch, against one view on the same backend.
 
 Ratios are medians of per-round ratios (throughput over eager bare; for TTA, time over one view's time).
@@ -23,6 +24,7 @@ from bench.report import check, figure
 from bench.timing import Ctx, interleaved, median, paired_ratio
 
 QUICK_MODELS = ("small_cnn", "mobilenet_v2")
+COMPILED_MODELS = ("small_cnn", "mobilenet_v2")  # torch.compile takes minutes per model on 2 shared cores
 BATCH = 64
 TTA = 5
 
@@ -34,7 +36,7 @@ def run(ctx: Ctx) -> dict:
     torch.set_num_threads(2)
     recipes = lineup_recipes()
     archs = [a for a in recipes if a in QUICK_MODELS] if ctx.quick else list(recipes)
-    n = ctx.reps(32, 64)
+    n = ctx.reps(32, 48)
     figures, checks, raw = [], [], {}
     for arch in archs:
         spec = get_spec(arch)
@@ -74,7 +76,7 @@ def _time_model(ctx: Ctx, arch, model, spec, size, images):
         return lambda: predict_probabilities(forward, images, spec.mean, spec.std, batch_size=BATCH, tta=tta)
 
     fns = {"bare": bare(model), "onnx": evaluate(onnx), "torch": evaluate(model)}
-    compiled = None if ctx.quick else _compiled(model, x_all[:BATCH], extra)  # compiling takes minutes
+    compiled = None if ctx.quick or arch not in COMPILED_MODELS else _compiled(model, x_all[:BATCH], extra)
     if compiled is not None:
         fns["compiled"] = bare(compiled)
     if not ctx.quick or arch == "mobilenet_v2":
@@ -82,7 +84,7 @@ def _time_model(ctx: Ctx, arch, model, spec, size, images):
     with torch.inference_mode():
         p_torch = predict_probabilities(model, images, spec.mean, spec.std)
     extra["max_abs_diff_onnx_vs_torch"] = float(np.abs(p_torch - evaluate(onnx)()).max())
-    return interleaved(fns, reps=ctx.reps(2, 4)), extra
+    return interleaved(fns, reps=ctx.reps(2, 3)), extra
 
 
 def _compiled(model, x, extra):

@@ -518,12 +518,6 @@ class Run:
                 continue
         return bases
 
-    def _info_or_empty(self) -> dict:
-        try:
-            return self.info
-        except ArtifactError:
-            return {}
-
     def model(self, name: str) -> ModelArtifacts:
         for m in self.models:
             if m.name == name:

@@ -215,7 +215,8 @@ def _blend(gray_uint8: np.ndarray, heatmap: np.ndarray, alpha: float, transparen
 
 
 def colour_bar(width: int, units: str, transparent_below: float = NO_EVIDENCE) -> np.ndarray:
-    """A horizontal colour bar (RGB uint8, ``width`` wide) with ticks 0, 0.5, 1 (the reference) and its units written under it."""
+    """A horizontal colour bar (RGB uint8, ``width`` wide) with ticks 0, 0.5, 1 (the reference) and its units
+    written under it."""
     from PIL import Image, ImageDraw, ImageFont
 
     font_px = max(11, width // 24)  # relative to the width: the image is usually shown smaller than its pixels

@@ -1,8 +1,11 @@
 """Checkpoints hold tensors and plain values only, so loading never unpickles arbitrary objects.
 
 * ``best.safetensors``: the best epoch's state dict (optionally float16, for a compact committed run).
-* ``last.pt`` and ``epoch_NNN.pt``: resume state (model, optimizer, scheduler, epoch, RNG), loaded with
-  ``torch.load(weights_only=True)``.
+* ``last.pt`` and ``epoch_NNN.pt``: resume state (model, optimizer, scheduler, AMP scaler, the weight average
+  when the recipe keeps one, and the progress: epoch, history, best epoch), loaded with
+  ``torch.load(weights_only=True)``. No RNG state is needed for the batches: their order and augmentation draws
+  are derived from (seed, epoch) (``trainer/train.py``), so a resumed run sees the batches an uninterrupted one does
+  (dropout draws from torch's global generator, which is not saved, so those masks differ).
 """
 
 from __future__ import annotations

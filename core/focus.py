@@ -120,7 +120,8 @@ def overlay_caption(gray_uint8: np.ndarray, heatmap: np.ndarray) -> str:
 
 # --- lung-focus artifacts (written by ``python -m trainer focus``) -----------------------------------------------
 
-FOCUS_COLUMNS = ["path", "label", "method", "lung_focus", "border_mass"]
+# lung_fraction: the share of the film inside the lung mask, what a uniform (uninformative) map would score
+FOCUS_COLUMNS = ["path", "label", "method", "lung_focus", "border_mass", "lung_fraction"]
 
 
 def focus_splits(run) -> list[str]:
@@ -147,7 +148,7 @@ def read_focus(run, split: str) -> tuple[pd.DataFrame, dict[str, str]]:
     if not tables:
         return pd.DataFrame(columns=["model", *FOCUS_COLUMNS]), problems
     df = pd.concat(tables, ignore_index=True)
-    for col in ("lung_focus", "border_mass"):
+    for col in ("lung_focus", "border_mass", "lung_fraction"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df, problems
 

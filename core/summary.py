@@ -49,6 +49,8 @@ def train_seconds(status: dict | None, history: pd.DataFrame | None = None) -> f
 
 MIN_EPOCHS = 3  # fewer epochs than this: no evidence that training converged
 STILL_FALLING = 0.05  # last epoch's validation loss this far (relative) below every earlier one: still learning
+UNDERTRAINED_NOTE = (f"† under-trained: fewer than {MIN_EPOCHS} epochs, or validation loss still falling in the last "
+                     "epoch; the row compares a training budget, not an architecture.")  # README table, leaderboard
 
 
 def undertrained(status: dict | None, history: pd.DataFrame | None) -> bool | None:

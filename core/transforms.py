@@ -76,14 +76,6 @@ def normalize(x: torch.Tensor, mean, std, preprocess: str = "none") -> torch.Ten
     return ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def to_model_input(batch_u8, mean, std, size: int | None = None, preprocess: str = "none") -> torch.Tensor:
-    """The one path from cached or uploaded pixels to a model's input tensor."""
-    x = to_float(torch.as_tensor(batch_u8))
-    if size is not None and x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return normalize(x, mean, std, preprocess)
-
-
 @dataclass(frozen=True)
 class AugmentConfig:
     """Ranges of the random geometry and intensity changes, each drawn per image."""

@@ -63,7 +63,7 @@ def show_leaderboard(rows: list[dict]) -> None:
     st.caption(f"{split_sizes(rows, splits)}. AUC: area under the ROC curve; 95% CI: its stratified bootstrap "
                f"interval on `{first}`. sens / spec: sensitivity and specificity at the threshold chosen on "
                "validation (Youden's J). init: ImageNet weights or from scratch. Epochs: best/trained (an ensemble "
-               "trains none).")
+               "trains none). " + (summary.UNDERTRAINED_NOTE if board["epochs"].str.endswith("†").any() else ""))
     if len(splits) > 1:
         st.info(SHIFT_CAVEAT)
     with st.expander("How each model was trained, and its threshold"):

@@ -72,6 +72,21 @@ def table(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def shown_p(x: float) -> str:
+    return "< 0.001" if x < 0.001 else ("> 0.999" if x > 0.999 else f"{x:.3f}")
+
+
+def display_table(verdicts: list[Verdict]) -> pd.DataFrame:
+    """``table`` as text for the page: probabilities never shown as a bare 0 or 1, figures to 3 places."""
+    df = table(verdicts)
+    for col in ("P(PNEUMONIA)", "raw P"):
+        df[col] = [shown_p(v) for v in df[col]]
+    df["threshold"] = [f"{v:.3f}" for v in df["threshold"]]
+    for col in [c for c in df.columns if c.endswith(("AUC", "sens.", "spec."))]:
+        df[col] = [_fmt(v) for v in df[col]]
+    return df
+
+
 def table_csv(verdicts: list[Verdict]) -> bytes:
     return table(verdicts).to_csv(index=False).encode("utf-8")
 
@@ -85,7 +100,7 @@ def report_html(*, film_name: str, film_png: bytes, verdicts: list[Verdict], run
     """The case as one self-contained HTML page (pictures embedded)."""
     k, n = agreement(verdicts)
     rows = "".join(
-        f"<tr><td>{html.escape(v.model)}</td><td>{v.p_shown:.3f}{'' if v.calibrated else ' (raw)'}</td>"
+        f"<tr><td>{html.escape(v.model)}</td><td>{shown_p(v.p_shown)}{'' if v.calibrated else ' (raw)'}</td>"
         f"<td>{v.threshold_shown:.3f}</td><td><b>{html.escape(v.label)}</b></td>"
         + "".join(f"<td>{_fmt(v.figures.get(s, {}).get('auc'))}</td>"
                   f"<td>{_fmt(v.figures.get(s, {}).get('sensitivity'), True)}</td>"
@@ -94,7 +109,7 @@ def report_html(*, film_name: str, film_png: bytes, verdicts: list[Verdict], run
     maps = "".join(
         f'<figure class="model" data-model="{html.escape(v.model)}">'
         + (_img(v.overlay_png, f"{method} map of {v.model}") if v.overlay_png else "<p>no map</p>")
-        + f"<figcaption><b>{html.escape(v.model)}</b>: P(PNEUMONIA) {v.p_shown:.3f} → {html.escape(v.label)}"
+        + f"<figcaption><b>{html.escape(v.model)}</b>: P(PNEUMONIA) {shown_p(v.p_shown)} → {html.escape(v.label)}"
         + (f"<br><i>{html.escape(v.note)}</i>" if v.note else "") + "</figcaption></figure>" for v in verdicts)
     strip_md = notice.replace("**", "")
     return f"""<!DOCTYPE html>

@@ -20,8 +20,8 @@ import hashlib
 import io
 import os
 import threading
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,10 +29,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.artifacts import ArtifactError, ModelArtifacts, Run
 from core import calibration
-from core.cams import (CAM_METHODS, NO_EVIDENCE, STRETCHED_UNITS, explain_with_raw, on_shared_scale, overlay,
-                       read_reference, shared_units)
+from core.artifacts import ArtifactError, ModelArtifacts, Run
+from core.cams import (
+    CAM_METHODS,
+    NO_EVIDENCE,
+    STRETCHED_UNITS,
+    explain_with_raw,
+    on_shared_scale,
+    overlay,
+    read_reference,
+    shared_units,
+)
 from core.images import load_for_model, load_xray
 from core.inference import LoadedModel, load_trained, predict_loaded
 from core.labels import CLASSES, POSITIVE
@@ -240,6 +248,12 @@ class MapView:
     units: str
     shared: bool
     note: str = ""
+
+    @property
+    def coloured(self) -> bool:
+        """Whether any pixel gets colour (where the evidence lies is only worth saying then)."""
+        top = float(self.values.max()) if self.values.size else 0.0
+        return top >= NO_EVIDENCE if self.shared else top > 0
 
 
 def map_view(result: Explanation, model_dir, model_name: str, scale: str = SHARED,

@@ -106,13 +106,14 @@ def operating_point(metrics: dict | None, rule: str = HEADLINE_RULE) -> dict:
 
 def epochs_label(row: dict) -> str:
     """``best/trained`` epochs of a ``core.summary`` row (``–`` for an ensemble, which trains nothing itself),
-    with ``under-trained`` when the row says so (``core.summary.undertrained``)."""
+    marked ``†`` when the row says it is under-trained (``core.summary.undertrained``, explained by
+    ``core.summary.UNDERTRAINED_NOTE``), as the README's results table does."""
     if row["ensemble"]:
         return "–"
     if row["epoch"] is None:
         return ""
     label = f"{row['best_epoch'] if row['best_epoch'] is not None else '?'}/{row['epoch']}"
-    return label + (" under-trained" if row.get("undertrained") else "")
+    return label + (" †" if row.get("undertrained") else "")
 
 
 def board_splits(splits) -> list[str]:

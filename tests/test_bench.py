@@ -19,7 +19,7 @@ from tests.conftest import DATA, FULLRES, KERMANY224, REPO, need
 
 pytestmark = pytest.mark.browser
 
-SECTIONS = ("data", "train", "infer", "cam", "dashboard")
+SECTIONS = ("data", "train", "infer", "cam", "dashboard", "lungs")
 
 
 def test_quick_bench_runs_every_section(tmp_path):

@@ -10,8 +10,17 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from core.cams import (CAM_METHODS, GRADIENT_FREE, explain, explain_with_raw, on_shared_scale, overlay, raw_maps,
-                       raw_maps_many, reference_value)
+from core.cams import (
+    CAM_METHODS,
+    GRADIENT_FREE,
+    explain,
+    explain_with_raw,
+    on_shared_scale,
+    overlay,
+    raw_maps,
+    raw_maps_many,
+    reference_value,
+)
 from core.models import create_model, get_spec
 
 

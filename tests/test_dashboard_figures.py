@@ -89,7 +89,7 @@ def test_leaderboard_matches_metrics_files(run, test_metrics):
         assert row["sens test"] == pytest.approx(met["at"]["youden"]["sensitivity"])
         assert row["init"] == ("ImageNet" if m.config["pretrained"] else "scratch")
         # two epochs: too few to have converged, and the board says so (core.summary.undertrained)
-        assert row["epochs"] == f"{m.status()['best_epoch']}/{m.status()['epoch']} under-trained"
+        assert row["epochs"] == f"{m.status()['best_epoch']}/{m.status()['epoch']} †"
         assert row["status"] == "finished"  # shown, because the broken entry is not
     details = tables.training_table(entries).set_index("model")
     m = run.model("small_cnn")

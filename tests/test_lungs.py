@@ -200,6 +200,7 @@ def test_focus_command_writes_figures_for_every_model(focus_run):
         t = pd.read_csv(run_dir / name / "lung_focus_test.csv")
         assert len(t) == 6 and set(t["method"]) == {"Grad-CAM", "EigenCAM"}
         assert t["lung_focus"].between(0, 1).all() and t["border_mass"].between(0, 1).all()
+        assert t["lung_fraction"].between(0.05, 0.6).all()  # the lung model found lungs on every film
         s = json.loads((run_dir / name / "lung_focus_test.json").read_text())
         assert s["n_films"] == 3 and s["methods"]["Grad-CAM"]["n"] == 3
         assert s["methods"]["Grad-CAM"]["lung_focus_median"] == pytest.approx(
@@ -219,5 +220,5 @@ def test_where_models_look_page_ranks_models_by_median_lung_focus(focus_run, mon
     expected = ranking(df, "Grad-CAM")
     shown = at.dataframe[0].value
     assert list(shown["model"]) == list(expected["model"])
-    assert shown["median lung focus"].tolist() == pytest.approx(expected["median lung focus"].tolist())
+    assert (shown["median lung focus"] / 100).tolist() == pytest.approx(expected["median lung focus"].tolist())
     assert any("held-out Dice" in c.value for c in at.caption)

@@ -175,6 +175,9 @@ def test_evaluate_on_a_folder_the_run_never_saw(tiny_run, tmp_path, capsys):
         assert met["thresholds"] == m.metrics("val")["thresholds"]
     record = json.loads((run_dir / "evaluated_external.json").read_text())
     assert {Path(p).name for p, _ in record["skipped"]} == {"notes.png", "broken.jpeg"}
+    # paths are stored relative to the evaluated folder, and found there (not under the run's own data root)
+    first = run.model("small_cnn").predictions("external")["path"].iloc[0]
+    assert not Path(first).is_absolute() and run.locate(first, split="external") == (ext / first).resolve()
     assert "AUC" in capsys.readouterr().out
 
 

@@ -1,7 +1,8 @@
 """``python -m trainer focus``: where each model of a run looks, measured as lung focus (core/focus.py).
 
-For a fixed, seeded sample of ``--n`` films of one split (the same films for every model), each model's CAM for
-PNEUMONIA is computed (``core.cams.explain``), and its lung focus and border mass are measured against the film's
+For a fixed, seeded sample of ``--n`` films of one split (the same films for every model), each model's raw CAM
+for PNEUMONIA is computed (``core.cams.raw_maps``: before any per-image stretching, as the Grad-CAM page measures
+it), and its lung focus and border mass are measured against the film's
 lung mask (the committed lung model, core/lungs.py) and body mask. Films are taken at ``MASK_SIZE`` px, the size of
 the Kermany 224 copy; each map is resized to it.
 
@@ -56,50 +57,66 @@ def sample_films(run: Run, split: str, n: int, seed: int, data_root: Path | None
     table = table[table["split"] == split].reset_index(drop=True)
     if table.empty:
         raise ArtifactError(f"{run.dir}: split {split!r} has no films")
-    if 0 < n < len(table):
-        table = table.iloc[np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))]
+    # located before sampling: with part of the data here (a sample), the n films are drawn from those present;
+    # with all of it here the draw is the same as from the whole split
     table = table.assign(file=[find_image(run, p, data_root) for p in table["path"]])
-    missing = table["file"].isna().sum()
+    missing = int(table["file"].isna().sum())
     if missing == len(table):
         raise ArtifactError(f"none of the {len(table)} films of {split!r} were found here (e.g. "
                             f"{table['path'].iloc[0]}); give --data-root")
     if missing:
-        print(f"warning: {missing} of {len(table)} films not found; measured on the rest")
-    return table.dropna(subset=["file"]).reset_index(drop=True)
+        print(f"warning: {missing} of {len(table)} films of {split!r} not found here; drawing from the rest")
+    table = table.dropna(subset=["file"]).reset_index(drop=True)
+    if 0 < n < len(table):
+        table = table.iloc[np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))]
+    return table.reset_index(drop=True)
 
 
-def film_masks(films: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(lung mask, body mask) per film at MASK_SIZE px, computed once for all models."""
+def film_masks(films: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
+    """(lung mask, body mask) per film at MASK_SIZE px, computed once for all models; unreadable films dropped."""
     from core.lungs import lung_mask
-    out = []
-    for f in films["file"]:
-        gray = load_for_model(f, MASK_SIZE)
+    keep, out = [], []
+    for i, f in enumerate(films["file"]):
+        try:
+            gray = load_for_model(f, MASK_SIZE)
+        except ImageError as e:
+            print(f"warning: skipped {f}: {e}")
+            continue
         lungs = lung_mask(gray)
+        keep.append(i)
         out.append((lungs, body_mask(gray, lungs)))
-    return out
+    return films.iloc[keep].reset_index(drop=True), out
 
 
-def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: list[str]) -> list[dict]:
-    """One row per film and method: lung focus and border mass of the model's PNEUMONIA map."""
-    from core.cams import explain
+def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: list[str],
+                batch: int = 16) -> list[dict]:
+    """One row per film and method: lung focus and border mass of the model's raw PNEUMONIA map (the map the
+    Grad-CAM page measures), computed in batches; gradient methods share one forward and backward pass."""
+    from core.cams import GRADIENT_FREE, raw_maps, raw_maps_many
     from core.inference import load_trained
     loaded = load_trained(artifacts)
+    grad_methods = [m for m in methods if m not in GRADIENT_FREE]
     rows = []
-    for (_, film), (lungs, body) in zip(films.iterrows(), masks):
-        try:
-            x = loaded.inputs(load_for_model(film["file"], loaded.input_size)[None])
-        except ImageError as e:
-            print(f"   skipped {film['path']}: {e}")
-            continue
-        for method in methods:
-            focus = map_focus(explain(loaded.model, loaded.spec, x, method, target=POSITIVE), lungs, body)
-            rows.append({"path": film["path"], "label": int(film["label"]), "method": method,
-                         "lung_focus": round(focus.lung_focus, 5), "border_mass": round(focus.border_mass, 5)})
+    for start in range(0, len(films), batch):
+        chunk = films.iloc[start:start + batch]
+        x = loaded.inputs(np.stack([load_for_model(f, loaded.input_size) for f in chunk["file"]]))
+        maps = raw_maps_many(loaded.model, loaded.spec, x, grad_methods, target=POSITIVE) if grad_methods else {}
+        for m in methods:
+            if m in GRADIENT_FREE:
+                maps[m] = raw_maps(loaded.model, loaded.spec, x, m, target=POSITIVE)
+        for i, (_, film) in enumerate(chunk.iterrows()):
+            lungs, body = masks[start + i]
+            for m in methods:
+                focus = map_focus(maps[m][i], lungs, body)
+                rows.append({"path": film["path"], "label": int(film["label"]), "method": m,
+                             "lung_focus": round(focus.lung_focus, 5), "border_mass": round(focus.border_mass, 5),
+                             "lung_fraction": round(float(lungs.mean()), 5)})
     return rows
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per method: n, median and quartiles of lung focus, median border mass, share of maps flagged."""
+    """Per method: n, median and quartiles of lung focus, median border mass, share of maps flagged, and what a
+    uniform map would score (the median share of the film inside the lungs)."""
     df = pd.DataFrame(rows, columns=FOCUS_COLUMNS)
     out = {}
     for method, t in df.groupby("method"):
@@ -109,7 +126,8 @@ def summarize(rows: list[dict]) -> dict:
                        "lung_focus_q25": round(float(lf.quantile(0.25)), 4),
                        "lung_focus_q75": round(float(lf.quantile(0.75)), 4),
                        "border_mass_median": round(float(t["border_mass"].dropna().median()), 4),
-                       "share_flagged": round(float((lf < FLAG_BELOW).mean()), 4)}
+                       "share_flagged": round(float((lf < FLAG_BELOW).mean()), 4),
+                       "uniform_map_lung_focus_median": round(float(t["lung_fraction"].median()), 4)}
     return out
 
 
@@ -122,8 +140,34 @@ def lung_model_figures() -> dict:
         return {}
 
 
+def markdown_table(run_: Run, split: str) -> str:
+    """The stored figures as a Markdown table (README): per model, median lung focus per method, ranked by the
+    first method's median."""
+    from core.focus import ranking, read_focus
+    df, _ = read_focus(run_, split)
+    methods = sorted(df["method"].dropna().unique(), key=lambda m: (m != "Grad-CAM", m))
+    if not methods:
+        raise ArtifactError(f"{run_.dir}: no lung-focus figures for {split!r}; run python -m trainer focus first")
+    tables = {m: ranking(df, m).set_index("model") for m in methods}
+    first = tables[methods[0]]
+    lines = ["| model | " + " | ".join(f"{m} median lung focus" for m in methods)
+             + f" | {methods[0]}: maps flagged | {methods[0]}: median border mass | films |",
+             "|---|" + "---:|" * (len(methods) + 3)]
+    for model, row in first.iterrows():
+        cells = [f"{tables[m].loc[model, 'median lung focus']:.0%}" if model in tables[m].index else "–"
+                 for m in methods]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {row['flagged']:.0%} | "
+                     f"{row['median border mass']:.0%} | {int(row['n'])} |")
+    uniform = df["lung_fraction"].median()
+    lines.append(f"\nA uniform map would score {uniform:.0%} (the median share of these films inside the lungs).")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     import torch
+    if args.table:
+        print(markdown_table(Run(Path(args.run)), args.split))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     run_ = Run(Path(args.run))
@@ -132,7 +176,7 @@ def run(args) -> int:
     data_root = Path(args.data_root) if args.data_root else None
     films = sample_films(run_, args.split, args.n, args.seed, data_root)
     t0 = time.time()
-    masks = film_masks(films)
+    films, masks = film_masks(films)
     print(f"{len(films)} films of {args.split}: lung masks in {time.time() - t0:.0f}s")
     for name in names:
         artifacts = run_.model(name)
@@ -163,4 +207,5 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=os.environ.get("CXR_DATA_ROOT"),
                    help="where the run's films are, when its stored paths do not resolve here")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", action="store_true", help="only print the stored figures as a Markdown table")
     p.set_defaults(func=run)

@@ -62,8 +62,7 @@ def table(run: Run, split: str = "test") -> str:
     total = sum(r["train_seconds"] for r in rs if not r["ensemble"] and not math.isnan(r["train_seconds"]))
     lines += ["", f"Total training time of these models: {_duration(total)}."]
     if any(r["undertrained"] for r in rs):
-        lines[-1] += (f" † under-trained: fewer than {summary.MIN_EPOCHS} epochs, or validation loss still falling "
-                      "in the last epoch; the row compares a training budget, not an architecture.")
+        lines[-1] += " " + summary.UNDERTRAINED_NOTE
     return "\n".join(lines)
 
 

@@ -157,7 +157,7 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     if view.note:
         st.info(view.note)
     with guard(f"lung focus of {name}"):
-        if (focus := ex.lung_focus(image.display(), result)) is not None:
+        if view.coloured and (focus := ex.lung_focus(image.display(), result)) is not None:
             (st.warning if focus.flagged else st.caption)(focus.caption())
     if (rho := faithfulness.failing(sanity, name, method)) is not None:
         st.warning(f"{method} fails the randomisation sanity check for {name}: re-initialising its top layer "

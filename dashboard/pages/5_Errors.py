@@ -100,9 +100,9 @@ if show_cams and not shown.empty:
 
 
 def gallery(rows: pd.DataFrame, kind: str) -> None:
-    for start in range(0, len(rows), PAIRS_PER_ROW):
+    for first in range(0, len(rows), PAIRS_PER_ROW):
         cols = st.columns(2 * PAIRS_PER_ROW)
-        for k, row in enumerate(rows.iloc[start:start + PAIRS_PER_ROW].itertuples(index=False)):
+        for k, row in enumerate(rows.iloc[first:first + PAIRS_PER_ROW].itertuples(index=False)):
             film_col, map_col = cols[2 * k], cols[2 * k + 1]
             name = Path(str(row.path)).name
             label = f"{name} · true {CLASSES[int(row.label)]} · P={shown_probability(row.probability):.3f}"
@@ -123,7 +123,7 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
                 st.image(rgb, caption=f"{method} of PNEUMONIA", width="stretch")
                 if view.note:
                     st.caption(view.note)
-                if (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
+                if view.coloured and (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
                     (st.warning if focus.flagged else st.caption)(focus.caption())
 
 

@@ -8,7 +8,6 @@ import pandas as pd
 import streamlit as st
 
 from core import calibration
-
 from dashboard import figures, tables
 from dashboard.common import cached_metrics, cached_predictions, choose_models, footer, guard, start
 

@@ -15,6 +15,8 @@ from core.lungs import METRICS
 from dashboard.common import footer, guard, start, stop
 from dashboard.tables import plain
 
+UNIFORM_MARGIN = 0.1  # "clearly above a uniform map"
+
 run = start("Where models look")
 st.title("Where models look")
 st.markdown(
@@ -49,11 +51,18 @@ def focus_figure(df, order, method: str) -> go.Figure:
     for name in reversed(order):
         t = df[(df["model"] == name) & (df["method"] == method)]
         fig.add_trace(go.Box(x=t["lung_focus"], name=name, boxpoints="all", jitter=0.4, pointpos=0,
-                             marker={"size": 4, "opacity": 0.5}, line={"width": 1.5}, showlegend=False,
+                             marker={"size": 4, "opacity": 0.45, "color": "#1f4e79"},
+                             line={"width": 1.5, "color": "#1f4e79"}, fillcolor="rgba(31, 78, 121, 0.25)",
+                             showlegend=False,
                              hovertext=t["path"].map(lambda p: Path(str(p)).name), boxmean=False))
     fig.add_vline(x=FLAG_BELOW, line_dash="dash", line_color="firebrick",
-                  annotation_text="flag: most evidence outside the lungs", annotation_position="top left")
-    fig.update_layout(height=max(320, 46 * len(order) + 120), margin={"l": 10, "r": 10, "t": 40, "b": 40},
+                  annotation_text="flagged below: most evidence outside the lungs", annotation_position="top right",
+                  annotation={"yshift": 24})
+    uniform = df["lung_fraction"].median()
+    if uniform == uniform:  # not NaN
+        fig.add_vline(x=uniform, line_dash="dot", line_color="gray", annotation_text="a uniform map",
+                      annotation_position="top left", annotation={"yshift": 24})
+    fig.update_layout(height=max(320, 46 * len(order) + 120), margin={"l": 10, "r": 10, "t": 70, "b": 40},
                       xaxis={"title": "lung focus (share of the map inside the lung fields)", "range": [0, 1],
                              "tickformat": ".0%"}, title=f"{method}: lung focus per film")
     return fig
@@ -73,17 +82,21 @@ with guard(f"lung focus on {split}"):
     method = c2.selectbox("CAM method", methods, index=methods.index("Grad-CAM") if "Grad-CAM" in methods else 0,
                           key="wl_method")
     table = ranking(df, method)
+    uniform = df["lung_fraction"].median()
     best, worst = table.iloc[0], table.iloc[-1]
     st.markdown(
         f"**{plain(best['model'])}** looks at the lungs most (median lung focus {best['median lung focus']:.0%}); "
         f"**{plain(worst['model'])}** least ({worst['median lung focus']:.0%}). "
         f"{(table['median lung focus'] < FLAG_BELOW).sum()} of {len(table)} models put most of a typical map "
-        "outside the lungs.")
+        f"outside the lungs. For scale: the lungs cover about {uniform:.0%} of these films, so a map spread "
+        "evenly over the film (one that shows nothing) would score that much; a model that looks at the lungs "
+        f"scores well above it. {(table['median lung focus'] >= uniform + UNIFORM_MARGIN).sum()} of "
+        f"{len(table)} models score at least {UNIFORM_MARGIN:.0%} above it.")
     st.plotly_chart(focus_figure(df, list(table["model"]), method), key="wl_box")
+    shares = ["median lung focus", "q25", "q75", "median border mass", "flagged"]
     st.container(key="wl_table").dataframe(
-        table, hide_index=True, height="content",
-        column_config={c: st.column_config.NumberColumn(format="percent") for c in
-                       ("median lung focus", "q25", "q75", "median border mass", "flagged")})
+        table.assign(**{c: 100 * table[c] for c in shares}), hide_index=True, height="content",
+        column_config={c: st.column_config.NumberColumn(format="%.0f%%") for c in shares})
     st.caption(f"n = films per model ({plain(split)} split, the same seeded sample for every model); flagged = "
                f"share of that model's maps with lung focus under {FLAG_BELOW:.0%}. Maps target PNEUMONIA. "
                + lung_model_line())

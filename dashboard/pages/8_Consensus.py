@@ -95,7 +95,7 @@ def verdict(model_name: str) -> cs.Verdict:
     thr = ma.threshold("youden")
     view = ex.map_view(result, ma.dir, model_name, ex.SHARED, t)
     notes = [view.note] if view.note else []
-    if (focus := ex.lung_focus(film, result)) is not None:
+    if view.coloured and (focus := ex.lung_focus(film, result)) is not None:
         notes.append(focus.caption())
     if (rho := faithfulness.failing(sanity, model_name, method)) is not None:
         notes.append(f"{method} failed the randomisation sanity check for this model (rho {rho:.2f}).")
@@ -120,9 +120,7 @@ c[0].metric("Models calling PNEUMONIA", f"{k} of {n}")
 c[1].metric("Models calling NORMAL", f"{n - k} of {n}")
 if truth is not None:
     c[2].metric("True label (test split)", CLASSES[truth])
-st.dataframe(cs.table(verdicts), hide_index=True, width="stretch",
-             column_config={col: st.column_config.NumberColumn(format="%.3f")
-                            for col in cs.table(verdicts).columns if "AUC" in col or "sens" in col or "spec" in col})
+st.dataframe(cs.display_table(verdicts), hide_index=True, width="stretch")
 st.caption("P(PNEUMONIA) is calibrated on validation (temperature scaling); the threshold is shown on the same "
            "scale, so the label is exactly the trainer's. test: the training hospital batch; official_val: 16 films "
            "of another batch.")
@@ -133,14 +131,14 @@ scale_note = ("Every map on one scale: the model's raw map divided by its valida
 st.subheader("Where each model looks")
 st.caption(scale_note)
 cells = [("film", None)] + [(v.model, v) for v in verdicts]
-for start in range(0, len(cells), per_row):
+for first in range(0, len(cells), per_row):
     cols = st.columns(per_row)
-    for col, (label, v) in zip(cols, cells[start:start + per_row]):
+    for col, (_, v) in zip(cols, cells[first:first + per_row]):
         with col:
             if v is None:
                 st.image(film, caption=f"{name} · {film.shape[1]}×{film.shape[0]}", width="stretch")
                 continue
-            st.image(v.overlay_png, caption=f"{v.model}: P {v.p_shown:.3f} → {v.label}", width="stretch")
+            st.image(v.overlay_png, caption=f"{v.model}: P {cs.shown_p(v.p_shown)} → {v.label}", width="stretch")
             if v.note:
                 st.caption(v.note)
 

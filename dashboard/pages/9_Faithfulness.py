@@ -1,7 +1,6 @@
 """Faithfulness: can a model's map be trusted? ROAD and the model-randomisation sanity check, per model and CAM
 method, from the figures stored by ``python -m trainer faithfulness`` (nothing is computed here)."""
 
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
