@@ -216,3 +216,47 @@ def test_undertrained_rows_are_flagged():
                     hist(0.5))
     assert row["undertrained"] is True and row["rule"] == "sens95" and row["threshold"] == 0.7
     assert model_row("e", {"arch": "ensemble", "members": ["a", "b"]}, {}, {}, None)["undertrained"] is None
+
+
+def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess():
+    """The committed robust model, loaded as the dashboard loads it, gives the trainer's probabilities back on the
+    original films: only because its recorded ``preprocess`` (CLAHE) is applied on the way in."""
+    from conftest import REPO
+    from core.images import load_for_model
+
+    run_dir = REPO / "artifacts" / "kermany-robust"
+    if not (run_dir / "run.json").exists():
+        pytest.skip("no committed robust run")
+    run = Run(run_dir)
+    art = run.model("mobilenet_v2_robust")
+    loaded = load_trained(art)
+    assert loaded.preprocess == "clahe" and metrics.headline_rule(art.config) == "sens95"
+    preds = art.predictions("test").head(6)
+    films = [run.locate(p) for p in preds["path"]]
+    if any(f is None for f in films):
+        pytest.skip("the training films are not on this machine")
+    batch = np.stack([load_for_model(f, loaded.input_size) for f in films])
+    np.testing.assert_allclose(predict_loaded(loaded, batch), preds["probability"], atol=5e-3)
+    plain = predict_probabilities(loaded.model, batch, loaded.mean, loaded.std)
+    assert np.abs(plain - preds["probability"].to_numpy()).max() > 5e-3
+
+
+def test_evaluate_quotes_each_model_at_its_own_headline_rule(tmp_path, capsys):
+    """``trainer evaluate`` prints the robust model's figures at its sens95 threshold, not Youden's."""
+    import shutil
+
+    from conftest import REPO
+
+    src = REPO / "artifacts" / "kermany-robust"
+    if not (src / "run.json").exists():
+        pytest.skip("no committed robust run")
+    run_dir = tmp_path / "kermany-robust"
+    shutil.copytree(src, run_dir)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run_dir), "--data", str(need(KERMANY224)), "--split", "val",
+                 "--split-name", "again"]) == 0
+    out = capsys.readouterr().out
+    m = Run(run_dir).model("mobilenet_v2_robust")
+    thr = m.threshold("sens95")
+    assert f"at val-chosen threshold {thr:.3f} (sens95)" in out
+    assert m.metrics("again")["at"]["sens95"]["threshold"] == pytest.approx(thr)

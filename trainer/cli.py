@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from core.cache import ImageCache
 from core.data import DataError
 from core.labels import CLASSES
 from core.locks import run_lock
+from core.metrics import headline_rule
 from core.models import input_size_for
 from trainer import config as cfgmod
 from trainer import ensemble, report
@@ -172,8 +173,10 @@ def _train_run(args, cfg, recipes, run_dir: Path, world: distributed.World, devi
                 break
     if distributed.is_main():
         failed += _build_ensembles(run_dir, cfg.ensembles)
-        from trainer.explain import explain_run  # CAM references and calibration of what just finished
-        failed += explain_run(run_dir, [m.name for m in Run(run_dir).models if m.name not in failed])
+        from trainer.explain import explain_run  # CAM references and calibration: best effort, training stands
+        if missed := explain_run(run_dir, [m.name for m in Run(run_dir).models if m.name not in failed]):
+            print(f"explanations not stored for {', '.join(missed)}: python -m trainer explain --run {run_dir}",
+                  file=sys.stderr)
     if failed:
         print(f"done with failures ({', '.join(failed)}): {run_dir}", file=sys.stderr)
         return 1
@@ -208,7 +211,7 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
         print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return "failed"
     test = ModelArtifacts(writer.dir.parent, recipe.name).metrics("test")
-    print(f"   {report.headline(test)}  ({st['train_seconds']:.0f}s)")
+    print(f"   {report.headline(test, headline_rule(asdict(recipe)))}  ({st['train_seconds']:.0f}s)")
     return "finished"
 
 

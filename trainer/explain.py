@@ -127,7 +127,8 @@ def networks(run: Run) -> list[str]:
 
 def explain_run(run_dir, models=None, *, n: int = DEFAULT_SAMPLE, methods=REFERENCE_METHODS, force: bool = False,
                 seed: int = 0, log=print) -> list[str]:
-    """Write the missing (or, with ``force``, all) references and calibrations; returns the models that failed."""
+    """Write the missing (or, with ``force``, all) references and calibrations; returns the models that failed.
+    A model whose validation split has one class only cannot be calibrated: said, and its probabilities stay raw."""
     run = Run(Path(run_dir))
     names = models or [m.name for m in run.models]
     failed = []
@@ -135,8 +136,7 @@ def explain_run(run_dir, models=None, *, n: int = DEFAULT_SAMPLE, methods=REFERE
         model = run.model(name)
         try:
             if force or not (model.dir / calibration.CALIBRATION_FILE).exists():
-                c = calibration.fit_and_write(model)
-                log(f"{name}: temperature {c['temperature']:.3f}")
+                _calibrate(model, log)
             if name in networks(run) and (force or not (model.dir / REFERENCE_FILE).exists()):
                 refs = compute_references(run, name, methods, n, seed)
                 write_json(model.dir / REFERENCE_FILE, refs)
@@ -146,6 +146,15 @@ def explain_run(run_dir, models=None, *, n: int = DEFAULT_SAMPLE, methods=REFERE
             log(f"{name}: FAILED: {e}")
             failed.append(name)
     return failed
+
+
+def _calibrate(model: ModelArtifacts, log) -> None:
+    try:
+        c = calibration.fit_and_write(model)
+    except ValueError as e:  # one class in validation: nothing to fit, not an error of the model
+        log(f"{model.name}: not calibrated ({e}); its probabilities are shown raw")
+        return
+    log(f"{model.name}: temperature {c['temperature']:.3f}")
 
 
 def cmd_explain(args) -> int:
