@@ -90,10 +90,16 @@ def select_run() -> Run | None:
         return None
     ids = [r.id for r in runs]
     current = st.session_state.get(RUN_KEY)
-    index = ids.index(current) if current in ids else 0
+    index = ids.index(current) if current in ids else ids.index(default_run(runs).id)
     chosen = st.sidebar.selectbox("Run", ids, index=index, help=f"runs in {root}")
     st.session_state[RUN_KEY] = chosen
     return runs[ids.index(chosen)]
+
+
+def default_run(runs: list[Run]) -> Run:
+    """The run shown first: the one with the most models (the lineup, not a one-model experiment beside it); of
+    those, the first ``list_runs`` gives (the newest)."""
+    return max(runs, key=lambda r: len(r.models))  # max keeps the first of equals
 
 
 def other_runs(run: Run) -> list[Run]:

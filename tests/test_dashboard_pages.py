@@ -377,7 +377,9 @@ def test_training_curves_say_why_an_ensemble_has_none(committed, monkeypatch):
     assert not errors(at)
     assert not any("no finished epoch" in i.value for i in at.info)
     assert any("ensemble" in c.value and "trains nothing" in c.value for c in at.caption)
-    at.sidebar.multiselect[0].set_value([m.name for m in list_runs(committed)[0].models]).run()
+    (lineup,) = [r for r in list_runs(committed) if r.id == "kermany-lineup"]
+    assert at.sidebar.selectbox[0].value == "kermany-lineup"  # the run with the most models comes first
+    at.sidebar.multiselect[0].set_value([m.name for m in lineup.models]).run()
     assert at.get("segmented_control")[0].value == "one chart per model"  # 11 trained models: small multiples
     grid = chart(at, "curves_grid")
     assert len(grid["layout"]["annotations"]) == 11
