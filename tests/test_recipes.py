@@ -239,3 +239,24 @@ def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess(
     np.testing.assert_allclose(predict_loaded(loaded, batch), preds["probability"], atol=5e-3)
     plain = predict_probabilities(loaded.model, batch, loaded.mean, loaded.std)
     assert np.abs(plain - preds["probability"].to_numpy()).max() > 5e-3
+
+
+def test_evaluate_quotes_each_model_at_its_own_headline_rule(tmp_path, capsys):
+    """``trainer evaluate`` prints the robust model's figures at its sens95 threshold, not Youden's."""
+    import shutil
+
+    from conftest import REPO
+
+    src = REPO / "artifacts" / "kermany-robust"
+    if not (src / "run.json").exists():
+        pytest.skip("no committed robust run")
+    run_dir = tmp_path / "kermany-robust"
+    shutil.copytree(src, run_dir)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run_dir), "--data", str(need(KERMANY224)), "--split", "val",
+                 "--split-name", "again"]) == 0
+    out = capsys.readouterr().out
+    m = Run(run_dir).model("mobilenet_v2_robust")
+    thr = m.threshold("sens95")
+    assert f"at val-chosen threshold {thr:.3f} (sens95)" in out
+    assert m.metrics("again")["at"]["sens95"]["threshold"] == pytest.approx(thr)

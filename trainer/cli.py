@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from core.cache import ImageCache
 from core.data import DataError
 from core.labels import CLASSES
 from core.locks import run_lock
+from core.metrics import headline_rule
 from core.models import input_size_for
 from trainer import config as cfgmod
 from trainer import ensemble, report
@@ -210,7 +211,7 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
         print(f"   {recipe.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return "failed"
     test = ModelArtifacts(writer.dir.parent, recipe.name).metrics("test")
-    print(f"   {report.headline(test)}  ({st['train_seconds']:.0f}s)")
+    print(f"   {report.headline(test, headline_rule(asdict(recipe)))}  ({st['train_seconds']:.0f}s)")
     return "finished"
 
 

@@ -15,6 +15,7 @@ from core import data
 from core.artifacts import ArtifactError, ModelWriter, Run, now_iso, stored_path, write_json
 from core.data import DataError
 from core.inference import load_trained, predict_loaded
+from core.metrics import headline_rule
 from trainer import ensemble, report
 from trainer.prepare import Prepared, build_cache, prepare, rows_for
 
@@ -71,7 +72,7 @@ def _score_networks(run: Run, prepared: Prepared, split_name: str, *, cache_dir,
         probs = predict_loaded(loaded, cache.images[rows_for(prepared, cache)])
         writer = ModelWriter(run.dir, art.name, prepared.root)
         _report(art.name, writer.score(split_name, [s.path for s in prepared.samples], prepared.labels(), probs,
-                                       thresholds))
+                                       thresholds), headline_rule(art.config))
         scored += 1
     return scored
 
@@ -88,13 +89,13 @@ def _score_ensembles(run: Run, split_name: str) -> int:
         except (ArtifactError, KeyError) as e:
             print(f"skip {art.name}: {e}", file=sys.stderr)
             continue
-        _report(art.name, m)
+        _report(art.name, m, headline_rule(art.config))
         scored += 1
     return scored
 
 
-def _report(name: str, m: dict) -> None:
-    print(f"{name:<24} {report.headline(m)}")
+def _report(name: str, m: dict, rule: str) -> None:
+    print(f"{name:<24} {report.headline(m, rule)}")
 
 
 def _overlap_with_run(run: Run, samples) -> list[str]:

@@ -26,12 +26,13 @@ def _duration(seconds: float) -> str:
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
-def headline(m: dict) -> str:
-    """One line of a split's figures (a metrics_<split>.json) at the headline operating point, chosen on validation."""
-    at = m["at"][HEADLINE_RULE]
+def headline(m: dict, rule: str = HEADLINE_RULE) -> str:
+    """One line of a split's figures (a metrics_<split>.json) at the model's headline operating point (its
+    ``core.metrics.headline_rule``), chosen on validation."""
+    at = m["at"][rule]
     return (f"{m['split']} n={m['n']} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  "
             f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f}  "
-            f"at val-chosen threshold {at['threshold']:.3f}")
+            f"at val-chosen threshold {at['threshold']:.3f}" + ("" if rule == HEADLINE_RULE else f" ({rule})"))
 
 
 def _cells(r: dict) -> str:

@@ -14,7 +14,7 @@ from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, plain, start, stop
+from dashboard.common import cached_predictions, footer, guard, plain, start, stop
 
 MAX_IMAGES = 8
 MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
@@ -76,7 +76,7 @@ with guard("Test split"):
     for name in chosen or names:
         ma = run.model(name)
         if "test" in ma.splits():
-            preds = ma.predictions("test")
+            preds = cached_predictions(ma, "test")
             n_test = len(preds)
             for path, label in zip(preds["path"], preds["label"]):
                 found = ex.resolve_image_path(path, run)

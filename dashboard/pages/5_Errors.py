@@ -15,7 +15,7 @@ from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import footer, guard, plain, start, stop
+from dashboard.common import cached_predictions, footer, guard, plain, start, stop
 
 RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
@@ -57,7 +57,7 @@ scale = st.sidebar.radio("Colour scale", list(ex.SCALES), format_func=ex.SCALES.
 
 preds = threshold = None
 with guard(f"{model_name}, {split} split"):
-    preds = ma.predictions(split)
+    preds = cached_predictions(ma, split)
     threshold = ma.threshold(rule)
 if preds is None or threshold is None:
     stop()

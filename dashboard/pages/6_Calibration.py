@@ -8,90 +8,89 @@ import pandas as pd
 import streamlit as st
 
 from core import calibration
+from core.data import sort_splits
 from dashboard import figures, tables
-from dashboard.common import cached_metrics, cached_predictions, choose_models, footer, guard, start
+from dashboard.common import cached_metrics, cached_predictions, choose_models, footer, guard, plain, start, stop
 
 run = start("Calibration")
 chosen_entries = choose_models(run)
 st.title("Calibration")
-if run is not None:
-    models = run.models
-    colors = {e.label: e.color for e in chosen_entries}
-    splits = tables.sort_splits(s for m in models for s in m.splits())
-    if not splits:
-        st.info(f"No model of run `{run.id}` has predictions yet.")
+colors = {e.label: e.color for e in chosen_entries}
+splits = sort_splits(s for m in run.models for s in m.splits())
+if not splits:
+    stop(f"No model of run `{plain(run.id)}` has predictions yet.")
+c1, c2 = st.columns([3, 1])
+chosen = [e.label for e in chosen_entries]
+split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cal_split")
+use_cal = c1.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
+                   help="calibrated: temperature scaling fitted on validation (python -m trainer explain)")
+
+bins, rows, preds = {}, [], {}
+for name in chosen:
+    m = run.model(name)
+    if split not in m.splits():
+        st.info(f"{name}: no predictions for split `{split}` (yet).")
+        continue
+    met = pred = None
+    if use_cal == "calibrated":
+        with guard(f"{name}: calibration"):
+            t = calibration.read_temperature(m)
+            if t is None:
+                st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
+                continue
+            pred = cached_predictions(m, split).copy()
+            pred["probability"] = calibration.calibrate(pred["probability"], t)
+            preds[name] = pred
+            bins[name], _ = tables.calibration_from(None, pred)
+            rows.append(tables.calibration_row(name, None, pred))
+        continue
+    if (m.dir / f"metrics_{split}.json").exists():
+        with guard(f"{name}: metrics_{split}.json"):
+            met = cached_metrics(m, split)
+    with guard(f"{name}: predictions_{split}.csv"):
+        pred = cached_predictions(m, split)
+        preds[name] = pred
+    if met is None and pred is None:
+        continue
+    with guard(f"{name}: calibration"):
+        bins[name], _ = tables.calibration_from(met, pred)
+        rows.append(tables.calibration_row(name, met, pred))
+
+if rows:
+    table = tables.calibration_table(rows)
+    labels = {r["model"]: f"{r['model']} · ECE {r['ECE']:.3f}" for r in rows}
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.reliability_figure(bins, labels=labels, colors=colors), key="cal_reliability")
+    with right:
+        st.subheader("ECE and Brier score")
+        st.container(key="cal_table").dataframe(
+            table, hide_index=True, placeholder="–", height="content",
+            column_config={"ECE": st.column_config.NumberColumn(format="%.4f"),
+                           "Brier": st.column_config.NumberColumn(format="%.4f"),
+                           "n": st.column_config.NumberColumn(format="%d")})
+        st.caption("ECE: count-weighted mean |confidence − frequency| over equal-width bins (lower is "
+                   "better). Brier: mean squared error of the probability (0 is perfect, 0.25 is a coin "
+                   "toss at 50% prevalence). Both on the chosen split.")
+    if preds:
+        st.plotly_chart(figures.probability_histogram(preds, colors=colors), key="cal_hist")
+elif chosen:
+    st.info(f"Nothing to show for split {split}.")
+
+st.subheader("Before and after temperature scaling")
+with guard("calibration"):
+    ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
+    if ba:
+        st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "n", "ece_raw", "ece_calibrated",
+                                       "brier_raw", "brier_calibrated"]]
+                     .rename(columns={"temperature": "T", "ece_raw": "ECE raw", "ece_calibrated": "ECE cal.",
+                                      "brier_raw": "Brier raw", "brier_calibrated": "Brier cal."}),
+                     hide_index=True, width="stretch", height=min(40 + 35 * len(ba), 600),
+                     column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                    for c in ("T", "ECE raw", "ECE cal.", "Brier raw", "Brier cal.")})
+        st.caption("One temperature T per model, fitted on validation only (p_cal = sigmoid(logit(p) / T)); "
+                   "scored on test and official_val. The map is monotonic: no film changes label. "
+                   "Temperature fixes over- or under-confidence, not a shift between classes.")
     else:
-        c1, c2 = st.columns([3, 1])
-        chosen = [e.label for e in chosen_entries]
-        split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cal_split")
-        use_cal = c1.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
-                           help="calibrated: temperature scaling fitted on validation (python -m trainer explain)")
-
-        bins, rows, preds = {}, [], {}
-        for name in chosen:
-            m = run.model(name)
-            if split not in m.splits():
-                st.info(f"{name}: no predictions for split `{split}` (yet).")
-                continue
-            met = pred = None
-            if use_cal == "calibrated":
-                with guard(f"{name}: calibration"):
-                    t = calibration.read_temperature(m)
-                    if t is None:
-                        st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
-                        continue
-                    pred = cached_predictions(m, split).copy()
-                    pred["probability"] = calibration.calibrate(pred["probability"], t)
-                    preds[name] = pred
-                    bins[name], _ = tables.calibration_from(None, pred)
-                    rows.append(tables.calibration_row(name, None, pred))
-                continue
-            if (m.dir / f"metrics_{split}.json").exists():
-                with guard(f"{name}: metrics_{split}.json"):
-                    met = cached_metrics(m, split)
-            with guard(f"{name}: predictions_{split}.csv"):
-                pred = cached_predictions(m, split)
-                preds[name] = pred
-            if met is None and pred is None:
-                continue
-            with guard(f"{name}: calibration"):
-                bins[name], _ = tables.calibration_from(met, pred)
-                rows.append(tables.calibration_row(name, met, pred))
-
-        if rows:
-            table = tables.calibration_table(rows)
-            labels = {r["model"]: f"{r['model']} · ECE {r['ECE']:.3f}" for r in rows}
-            left, right = st.columns([3, 2])
-            left.plotly_chart(figures.reliability_figure(bins, labels=labels, colors=colors), key="cal_reliability")
-            with right:
-                st.subheader("ECE and Brier score")
-                st.container(key="cal_table").dataframe(table, hide_index=True, placeholder="–",
-                             column_config={"ECE": st.column_config.NumberColumn(format="%.4f"),
-                                            "Brier": st.column_config.NumberColumn(format="%.4f"),
-                                            "n": st.column_config.NumberColumn(format="%d")})
-                st.caption("ECE: count-weighted mean |confidence − frequency| over equal-width bins (lower is "
-                           "better). Brier: mean squared error of the probability (0 is perfect, 0.25 is a coin "
-                           "toss at 50% prevalence). Both on the chosen split.")
-            if preds:
-                st.plotly_chart(figures.probability_histogram(preds, colors=colors), key="cal_hist")
-        elif chosen:
-            st.info(f"Nothing to show for split {split}.")
-
-        st.subheader("Before and after temperature scaling")
-        with guard("calibration"):
-            ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
-            if ba:
-                st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "n", "ece_raw", "ece_calibrated",
-                                               "brier_raw", "brier_calibrated"]]
-                             .rename(columns={"temperature": "T", "ece_raw": "ECE raw", "ece_calibrated": "ECE cal.",
-                                              "brier_raw": "Brier raw", "brier_calibrated": "Brier cal."}),
-                             hide_index=True, width="stretch", height=min(40 + 35 * len(ba), 600),
-                             column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                            for c in ("T", "ECE raw", "ECE cal.", "Brier raw", "Brier cal.")})
-                st.caption("One temperature T per model, fitted on validation only (p_cal = sigmoid(logit(p) / T)); "
-                           "scored on test and official_val. The map is monotonic: no film changes label. "
-                           "Temperature fixes over- or under-confidence, not a shift between classes.")
-            else:
-                st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
+        st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
 
 footer()
