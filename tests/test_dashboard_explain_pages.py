@@ -20,10 +20,15 @@ def committed(monkeypatch):
     return Run(RUN)
 
 
-def _app(name: str):
+def _app(name: str, run: str = RUN.name):
+    """The page with ``run`` chosen (the artifacts root may hold newer runs, which the selector would pick)."""
     from streamlit.testing.v1 import AppTest
 
-    return AppTest.from_file(str(PAGES / name), default_timeout=120)
+    from dashboard.common import RUN_KEY
+
+    at = AppTest.from_file(str(PAGES / name), default_timeout=120)
+    at.session_state[RUN_KEY] = run
+    return at
 
 
 def test_faithfulness_page_shows_the_stored_figures(committed):
@@ -41,7 +46,7 @@ def test_faithfulness_page_shows_the_stored_figures(committed):
 
 def test_faithfulness_page_without_figures_says_how_to_compute_them(tiny_run, monkeypatch):
     monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_run))
-    at = _app("9_Faithfulness.py").run()
+    at = _app("9_Faithfulness.py", "tiny").run()
     assert not at.exception and any("python -m trainer faithfulness" in i.value for i in at.info)
 
 
