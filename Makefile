@@ -28,6 +28,7 @@ train: setup
 
 results-table:
 	$(PY) -m trainer report --run artifacts/kermany-lineup --update README.md
+	$(PY) -m trainer report --run artifacts/kermany-robust --update README.md
 
 bench: setup-dev
 	$(PY) -m bench

@@ -1,9 +1,10 @@
 """Benchmark suite: ``python -m bench [--quick] [--only data,train,infer,cam,dashboard,lungs]``.
 
-Sections (one module each): data pipeline, training step, inference, CAM latency, dashboard, lung focus. Every figure is a
-median of repeated runs after a warm-up; every comparison is a ratio of two figures measured in the same run,
-interleaved (A B A B ...) so that a change in the shared machine's load hits both sides alike. Results: a table
-on stdout and JSON in ``bench/results/<timestamp>.json`` and ``bench/results/latest.json`` (see BENCHMARKS.md).
+Sections (one module each): data pipeline, training step, inference, CAM latency, dashboard, lung focus.
+Every figure is a median of repeated runs after a warm-up; every comparison is a ratio of two figures measured
+in the same run, interleaved (A B A B ...) so that a change in the shared machine's load hits both sides alike.
+Results: a table on stdout and JSON in ``bench/results/<timestamp>.json`` and ``bench/results/latest.json``
+(see BENCHMARKS.md).
 """
 
 from __future__ import annotations

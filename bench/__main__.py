@@ -43,9 +43,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
-    import core  # noqa: F401  (first, so that any process-wide setting core makes precedes torch's import)
     import torch
 
+    import core  # noqa: F401  (first, so that any process-wide setting core makes precedes torch's import)
     from bench import report
     from bench.timing import Ctx, loadavg
 

@@ -82,14 +82,14 @@ def run(ctx: Ctx) -> dict:
         backend = "torch" if method.endswith("(torch)") else "auto"
         method_name = method.removesuffix(" (torch)")
 
-        def forward():
+        def forward(model=model, x=x):
             with torch.inference_mode():
                 model(x)
 
         slow = method_name == "Score-CAM"
         reps = 1 if backend == "torch" else 1 if slow else ctx.reps(5, 20)
 
-        def cam():
+        def cam(model=model, x=x, backend=backend, method_name=method_name, spec=spec):
             with _backend(backend):
                 return explain(model, spec, x, method_name)
 

@@ -243,7 +243,11 @@ def _interaction(page, path: str) -> tuple[str, float | None]:
     elif how.startswith("select:"):
         widget.click()
         options, want = page.locator("[role='option']"), how.split(":", 1)[1]
-        (options.nth(int(want[1:])) if want.startswith("#") else options.filter(has_text=want).first).click()
+        option = options.nth(int(want[1:])) if want.startswith("#") else options.filter(has_text=want).first
+        if not option.count():  # e.g. a select box with one option: nothing to change to
+            page.keyboard.press("Escape")
+            return f"{what} (no other option)", None
+        option.click()
     else:
         widget.click()
     try:

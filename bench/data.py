@@ -77,7 +77,8 @@ def _ours(cache, seed: int = 0):
 
 def _naive(root: Path, samples):
     from torch.utils.data import ConcatDataset, DataLoader, Subset
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     from core.models import IMAGENET_MEAN, IMAGENET_STD
 

@@ -1,10 +1,10 @@
 """Parallel, sharded fill of the image cache (``core.cache``), sized for data sets of 100k+ films.
 
 The caller creates ``images.npy`` (N x S x S uint8, its disk space reserved: ``core.cache``), and this module
-hands out shards of consecutive rows to worker processes. Each worker decodes its shard's files and writes the pixels straight
-into its rows of the file through its own memory map, unmaps it, and returns only which rows decoded and why
-the others failed. No image travels through a pipe and no list of arrays is held anywhere, so peak memory is
-about one shard's pages per worker plus the path list, whatever N. At most two shards per worker are in
+hands out shards of consecutive rows to worker processes. Each worker decodes its shard's files and writes the
+pixels straight into its rows of the file through its own memory map, unmaps it, and returns only which rows
+decoded and why the others failed. No image travels through a pipe and no list of arrays is held anywhere, so peak
+memory is about one shard's pages per worker plus the path list, whatever N. At most two shards per worker are in
 flight, so the parent's bookkeeping stays small too.
 
 Workers are forked where the platform can (as the serial-era pool was): ``spawn`` would re-run an unguarded

@@ -8,8 +8,20 @@ import streamlit as st
 from core import summary
 from core.artifacts import ArtifactError, ModelArtifacts, list_runs
 from dashboard import tables
-from dashboard.common import (DEFAULT_TOP, NOTICE, artifacts_root, cached_history, cached_metrics, choose_models,
-                              compared_run, entries, footer, guard, plain, start)
+from dashboard.common import (
+    DEFAULT_TOP,
+    NOTICE,
+    artifacts_root,
+    cached_history,
+    cached_metrics,
+    choose_models,
+    compared_run,
+    entries,
+    footer,
+    guard,
+    plain,
+    start,
+)
 
 SHIFT_CAVEAT = (
     "**Read the columns side by side.** `test` was carved from the same collection as the training films (by "

@@ -21,6 +21,7 @@ from core.artifacts import HISTORY_COLUMNS, ArtifactError
 from core.data import sort_splits
 from core.labels import CLASSES
 from core.metrics import HEADLINE_RULE
+
 RATE_NAMES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
 # Kermany et al., Cell 2018, pneumonia vs normal on their 624-image test set (for reference on the ROC only).
 KERMANY_2018 = {"sensitivity": 0.932, "specificity": 0.901, "fpr": 1 - 0.901,

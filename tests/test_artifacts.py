@@ -2,7 +2,6 @@
 
 import doctest
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -81,7 +80,7 @@ def test_half_written_json_is_a_clear_artifact_error(tmp_path, content):
     run = _tiny_run(tmp_path)
     (run / "a" / "config.json").write_text(content)
     with pytest.raises(ArtifactError, match="config.json"):
-        Run(run).model("a").config
+        _ = Run(run).model("a").config
     assert Run(run).model("b").config["arch"] == "small_cnn"  # the other model still reads
 
 

@@ -13,12 +13,14 @@ from trainer import report
 RUN = REPO / "artifacts" / "kermany-lineup"
 
 
-def test_readme_results_table_matches_the_committed_artifacts():
-    if not (RUN / "run.json").exists():
-        pytest.skip("no committed run in artifacts/kermany-lineup")
-    expected = report.block(Run(RUN), ["test", "official_val"])
-    assert report.current(REPO / "README.md") == expected, \
-        "README is stale: run `python -m trainer report --run artifacts/kermany-lineup --update README.md`"
+@pytest.mark.parametrize("run_id", ["kermany-lineup", "kermany-robust"])
+def test_readme_results_table_matches_the_committed_artifacts(run_id):
+    run_dir = REPO / "artifacts" / run_id
+    if not (run_dir / "run.json").exists():
+        pytest.skip(f"no committed run in artifacts/{run_id}")
+    expected = report.block(Run(run_dir), ["test", "official_val"])
+    assert report.current(REPO / "README.md", run_id) == expected, \
+        f"README is stale: run `python -m trainer report --run artifacts/{run_id} --update README.md`"
 
 
 def test_committed_run_is_compact_and_has_no_resume_state():

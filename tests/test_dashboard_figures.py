@@ -289,7 +289,7 @@ def test_history_figure_styles_and_best_epoch(run):
     assert len([t for t in fig.data if t.meta == "train raw"]) == len(hist)  # faint raw line when smoothed
     stars = [t for t in fig.data if t.marker and t.marker.symbol == "star"]
     assert len(stars) == len(hist)
-    for name, h in hist.items():
+    for h in hist.values():
         best = tables.best_epoch(h)
         assert best == int(h.loc[h["val_auc"].idxmax(), "epoch"])
     gap = figures.gap_figure(hist)

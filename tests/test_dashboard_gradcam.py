@@ -164,7 +164,7 @@ def test_concurrent_maps_equal_sequential_and_hooks_are_released(tiny_run, kerma
         th.join(120)
     assert not errors, errors
     assert len(results) == 2 * 2 * len(jobs)
-    for (t, i, rep), got in results.items():
+    for (t, i, _rep), got in results.items():
         want = sequential[i]
         assert got.probability == pytest.approx(want.probability, abs=1e-6)
         np.testing.assert_allclose(got.heatmap, want.heatmap, atol=1e-5, err_msg=f"thread {t} job {i}")

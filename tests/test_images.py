@@ -3,6 +3,7 @@
 import io
 import struct
 import zlib
+
 import numpy as np
 import pytest
 from PIL import Image

@@ -45,7 +45,8 @@ def test_rates_with_empty_denominator_are_nan():
 def test_youden_threshold_maximises_j(case):
     y, p = case
     t = metrics.youden_threshold(y, p)
-    j = lambda th: metrics.confusion_at(y, p, th)["sensitivity"] + metrics.confusion_at(y, p, th)["specificity"]
+    def j(th):
+        return metrics.confusion_at(y, p, th)["sensitivity"] + metrics.confusion_at(y, p, th)["specificity"]
     assert all(j(t) >= j(other) - 1e-12 for other in np.unique(p))
 
 

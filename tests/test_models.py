@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from core.cams import explain
-from core.models import (MIN_INPUT_SIZE, REGISTRY, UnknownModelError, check_input_size, count_params, create_model,
-                         get_spec, list_specs, set_backbone_trainable, vit_tokens_to_map)
+from core.models import (
+    MIN_INPUT_SIZE,
+    REGISTRY,
+    check_input_size,
+    count_params,
+    create_model,
+    get_spec,
+    list_specs,
+    set_backbone_trainable,
+    vit_tokens_to_map,
+)
 
 LINEUP = ["small_cnn", "deep_cnn", "mobilenet_v2", "resnet18", "resnet50", "densenet121", "efficientnet_lite0",
           "vit_tiny"]

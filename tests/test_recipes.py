@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import KERMANY224, need
 
 from core import metrics
 from core.artifacts import Run
@@ -21,8 +22,6 @@ from trainer import config as cfgmod
 from trainer.cli import main
 from trainer.robust import WeightAverage, mixup
 from trainer.shift import test_split_samples as split_samples
-
-from conftest import KERMANY224, need
 
 
 def _film(seed=0, size=64) -> torch.Tensor:
@@ -201,6 +200,7 @@ def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
 
 def test_undertrained_rows_are_flagged():
     import pandas as pd
+
     from core.summary import model_row, undertrained
 
     def hist(*losses):
@@ -222,6 +222,7 @@ def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess(
     """The committed robust model, loaded as the dashboard loads it, gives the trainer's probabilities back on the
     original films: only because its recorded ``preprocess`` (CLAHE) is applied on the way in."""
     from conftest import REPO
+
     from core.images import load_for_model
 
     run_dir = REPO / "artifacts" / "kermany-robust"

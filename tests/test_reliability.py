@@ -282,7 +282,8 @@ def _kermany(root: Path, n: int = 4) -> Path:
     for split in ("train", "test"):
         for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
             for i in range(n):
-                _png(root / split / cls / f"person{i}{split}{cls}_{i}.png", value=40 * i + 7 * label + (split == "test"))
+                value = 40 * i + 7 * label + (split == "test")
+                _png(root / split / cls / f"person{i}{split}{cls}_{i}.png", value=value)
     return root
 
 

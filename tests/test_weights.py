@@ -12,8 +12,14 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
 from core import weights as W
-from core.models import IMAGENET_MEAN, IMAGENET_STD, create_model, get_spec, remap_efficientnet_lite0, \
-    remap_torchvision_densenet
+from core.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    create_model,
+    get_spec,
+    remap_efficientnet_lite0,
+    remap_torchvision_densenet,
+)
 from core.weights import WeightsError, load_backbone, resolve_weights
 
 MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
@@ -227,7 +233,8 @@ def test_lite0_pretrained_features_are_imagenet_like(lite0_state):
             ref = mobilenet(prep(img, IMAGENET_MEAN, IMAGENET_STD))
             assert set(p.topk(5).indices[0].tolist()) & set(ref.topk(5).indices[0].tolist()), name
             # a network that has learnt ImageNet is far from uniform over the 1000 classes; a random one is not
-            entropy = lambda q: float(-(q * q.clamp_min(1e-12).log()).sum())
+            def entropy(q):
+                return float(-(q * q.clamp_min(1e-12).log()).sum())
             assert entropy(p) < entropy(random_lite0(x).softmax(1)) - 1.0, name
 
 

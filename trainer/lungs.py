@@ -79,7 +79,8 @@ def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[tor
     x: (N, S, S) floats in [0, 1]; y: (N, S, S) masks in {0, 1}.
     """
     n = x.shape[0]
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
     angle, scale = u(-10, 10) * math.pi / 180, u(0.88, 1.12)
     tx, ty = u(-0.07, 0.07), u(-0.07, 0.07)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
@@ -206,7 +207,8 @@ def run(args) -> int:
         "epochs": args.epochs, "n_train": len(train_df), "heldout": summary,
         "heldout_groups": sorted(held_df["group"].unique().tolist())})
     for name, s in summary.items():
-        print(f"held-out {name:<18} n={s['n']:>3}  Dice {s['dice']:.4f}  IoU {s['iou']:.4f}  (min Dice {s['dice_min']:.3f})")
+        print(f"held-out {name:<18} n={s['n']:>3}  Dice {s['dice']:.4f}  IoU {s['iou']:.4f}  "
+              f"(min Dice {s['dice_min']:.3f})")
     return 0
 
 

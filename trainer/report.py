@@ -14,7 +14,10 @@ from core import metrics, summary
 from core.artifacts import ArtifactError, Run
 from core.metrics import HEADLINE_RULE
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+def markers(run_id: str) -> tuple[str, str]:
+    """The README markers around one run's generated tables (one block per committed run)."""
+    return f"<!-- results:{run_id}:begin -->", f"<!-- results:{run_id}:end -->"
 
 
 def _pct(x: float) -> str:
@@ -78,18 +81,21 @@ def block(run: Run, splits: list[str]) -> str:
 
 
 def update(readme: str | Path, run: Run, splits: list[str]) -> bool:
-    """Rewrite the block between the markers; returns whether anything changed."""
+    """Rewrite the block between the run's markers; returns whether anything changed."""
     path = Path(readme)
     text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise ArtifactError(f"{path}: markers {BEGIN} ... {END} not found")
-    new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{block(run, splits)}\n{END}",
+    begin, end = markers(run.id)
+    if begin not in text or end not in text:
+        raise ArtifactError(f"{path}: markers {begin} ... {end} not found")
+    new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{block(run, splits)}\n{end}",
                  text, flags=re.S)
     if new != text:
         path.write_text(new)
     return new != text
 
 
-def current(readme: str | Path) -> str:
+def current(readme: str | Path, run_id: str) -> str:
+    """The block the README holds now for ``run_id``."""
+    begin, end = markers(run_id)
     text = Path(readme).read_text()
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    return text.split(begin, 1)[1].split(end, 1)[0].strip()

@@ -11,8 +11,7 @@ import streamlit as st
 from core import metrics as cm
 from core.data import sort_splits
 from dashboard import figures, tables
-from dashboard.common import (cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start,
-                              stop)
+from dashboard.common import cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start, stop
 
 THRESHOLDS_KEY = "thresholds"  # {model label: threshold}, kept across pages and model switches
 VIEWS = ("zoomed", "full 0–1")

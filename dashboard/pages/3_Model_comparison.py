@@ -9,8 +9,7 @@ import streamlit as st
 
 from core.data import sort_splits
 from dashboard import figures, tables
-from dashboard.common import (cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start,
-                              stop)
+from dashboard.common import cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start, stop
 
 run = start("Model comparison")
 compare = compared_run(run)
