@@ -86,7 +86,8 @@ def test_moved_run_draws_maps_of_its_test_films(moved_run):
         heat = explain(loaded.model, loaded.spec, x, "Grad-CAM")
         assert heat.shape == (loaded.input_size, loaded.input_size) and 0 <= heat.min() < heat.max() <= 1
         gray = load_xray(film)
-        assert overlay(gray, heat).shape == (*gray.shape, 3)
+        drawn = overlay(gray, heat, alpha=0.4, units="evidence (test)")
+        assert drawn.shape[1:] == (gray.shape[1], 3) and drawn.shape[0] > gray.shape[0]  # film + its colour bar
 
 
 def test_every_committed_checkpoint_loads_and_reproduces_its_predictions(moved_run):
