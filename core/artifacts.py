@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from core.data import sort_splits
-from core.metrics import HEADLINE_RULE, evaluate_split
+from core.metrics import evaluate_split, headline_rule
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -414,8 +414,10 @@ class ModelArtifacts:
                 raise ArtifactError(f"{self.dir / f'metrics_{split}.json'}: missing key {key!r}")
         return m
 
-    def threshold(self, rule: str = HEADLINE_RULE) -> float:
-        """The operating threshold chosen on validation (never on any other split)."""
+    def threshold(self, rule: str | None = None) -> float:
+        """The operating threshold chosen on validation (never on any other split), by default at the model's own
+        headline rule (its recipe's ``threshold_rule``)."""
+        rule = rule or headline_rule(self.config)
         return float(self.metrics("val")["thresholds"][rule]["value"])
 
     def best_checkpoint(self) -> Path:

@@ -78,6 +78,28 @@ def stop(message: str | None = None, kind: str = "info") -> None:
     st.stop()
 
 
+def model_names(run: Run) -> list[str]:
+    """The run's trained model names; ends the page with a warning when it has none."""
+    names: list[str] = []
+    with guard(f"Run {run.id}"):
+        names = [m.name for m in run.models]
+    if not names:
+        stop(f"Run `{run.id}` has no trained models yet.", kind="warning")
+    return names
+
+
+def chosen_with_splits(run: Run, compare: Run | None) -> tuple[list[Entry], list[str]]:
+    """The sidebar's chosen models and the splits they have predictions for; ends the page when either is empty."""
+    from core.data import sort_splits
+    chosen = choose_models(run, compare)
+    splits = sort_splits(s for e in chosen for s in e.model.splits())
+    if not chosen:
+        stop("Choose one or more models in the sidebar.")
+    if not splits:
+        stop(f"None of the chosen models of run `{run.id}` has predictions yet.")
+    return chosen, splits
+
+
 def select_run() -> Run | None:
     """Sidebar run selector shared by all pages; ``None`` (with a message) when there are no runs."""
     root = artifacts_root()

@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.artifacts import ArtifactError, ModelArtifacts, now_iso
 from core.labels import CLASSES, POSITIVE
+from core.metrics import headline_rule
 
 
 @dataclass
@@ -34,14 +35,14 @@ class Verdict:
 
 
 def split_figures(model: ModelArtifacts, splits=("test", "official_val")) -> dict:
-    """AUC, sensitivity and specificity at the validation (Youden) threshold, per split the model has."""
+    """AUC, sensitivity and specificity at the model's own validation threshold rule, per split the model has."""
     out = {}
     for split in splits:
         try:
-            m = model.metrics(split)
+            m, rule = model.metrics(split), headline_rule(model.config)
         except ArtifactError:
             continue
-        at = m.get("at", {}).get("youden", {})
+        at = m.get("at", {}).get(rule, {})
         out[split] = {"n": m.get("n"), "auc": m.get("auc"), "sensitivity": at.get("sensitivity"),
                       "specificity": at.get("specificity")}
     return out

@@ -9,9 +9,17 @@ chosen model's operating point. Presets are the thresholds chosen on validation 
 import streamlit as st
 
 from core import metrics as cm
-from core.data import sort_splits
 from dashboard import figures, tables
-from dashboard.common import cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start, stop
+from dashboard.common import (
+    cached_metrics,
+    cached_predictions,
+    chosen_with_splits,
+    compared_run,
+    footer,
+    guard,
+    start,
+    stop,
+)
 
 THRESHOLDS_KEY = "thresholds"  # {model label: threshold}, kept across pages and model switches
 VIEWS = ("zoomed", "full 0–1")
@@ -31,7 +39,8 @@ def keep_threshold(label: str) -> None:
 
 
 def threshold_of(label: str, presets: dict) -> float:
-    return st.session_state.get(THRESHOLDS_KEY, {}).get(label, presets.get("youden", 0.5))
+    """The threshold last set for this model, else its first preset (the model's own rule: see ``load``)."""
+    return st.session_state.get(THRESHOLDS_KEY, {}).get(label, next(iter(presets.values()), 0.5))
 
 
 def load(chosen, split: str) -> dict:
@@ -50,8 +59,10 @@ def load(chosen, split: str) -> dict:
                     met = cached_metrics(m, split)
             with guard(f"{e.label}: validation thresholds (metrics_val.json)"):
                 val = cached_metrics(m, "val")
-            data[e.label] = (pred["label"].to_numpy(), pred["probability"].to_numpy(), met,
-                             tables.threshold_presets(val))
+            presets = tables.threshold_presets(val)
+            own = cm.headline_rule(m.config)  # the rule the model's figures are quoted at comes first
+            presets = {own: presets[own], **presets} if own in presets else presets
+            data[e.label] = (pred["label"].to_numpy(), pred["probability"].to_numpy(), met, presets)
     return data
 
 
@@ -84,13 +95,8 @@ def operating_panel(data: dict, prevalence: float) -> None:
 
 run = start("ROC, PR and confusion")
 compare = compared_run(run)
-chosen = choose_models(run, compare)
 st.title("ROC, precision–recall and confusion")
-splits = sort_splits(s for e in chosen for s in e.model.splits())
-if not chosen:
-    stop("Choose one or more models in the sidebar.")
-if not splits:
-    stop(f"None of the chosen models of run `{run.id}` has predictions yet.")
+chosen, splits = chosen_with_splits(run, compare)
 
 c1, c2, c3 = st.columns([2, 2, 2])
 split = c1.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="roc_split")

@@ -7,19 +7,22 @@ models are compared on exactly the same images.
 
 import streamlit as st
 
-from core.data import sort_splits
 from dashboard import figures, tables
-from dashboard.common import cached_metrics, cached_predictions, choose_models, compared_run, footer, guard, start, stop
+from dashboard.common import (
+    cached_metrics,
+    cached_predictions,
+    chosen_with_splits,
+    compared_run,
+    footer,
+    guard,
+    start,
+    stop,
+)
 
 run = start("Model comparison")
 compare = compared_run(run)
-chosen = choose_models(run, compare)
 st.title("Model comparison")
-splits = sort_splits(s for e in chosen for s in e.model.splits())
-if not chosen:
-    stop("Choose one or more models in the sidebar.")
-if not splits:
-    stop(f"None of the chosen models of run `{run.id}` has predictions yet.")
+chosen, splits = chosen_with_splits(run, compare)
 colors = {e.label: e.color for e in chosen}
 c1, _ = st.columns([1, 3])
 split = c1.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cmp_split")

@@ -14,7 +14,7 @@ from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import cached_predictions, footer, guard, plain, start, stop
+from dashboard.common import cached_predictions, footer, guard, model_names, plain, start, stop
 
 MAX_IMAGES = 8
 MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
@@ -28,12 +28,7 @@ st.caption("Class activation maps of the run's trained models on your films or o
            "not whether it was right. Probabilities are calibrated on validation (temperature scaling). "
            "**Research use only — not for diagnosis.**")
 
-names: list[str] = []
-with guard(f"Run {run.id}"):
-    names = [m.name for m in run.models]
-if not names:
-    st.warning(f"Run `{run.id}` has no trained models yet.")
-    stop()
+names = model_names(run)
 
 st.sidebar.header("Grad-CAM")
 chosen = st.sidebar.multiselect("Models (side by side)", names, default=names[: min(2, len(names))],
@@ -121,7 +116,7 @@ for name in chosen:
     except Exception as e:  # a broken model must not take the page down
         models[name] = f"cannot load: {type(e).__name__}: {e}"
     try:
-        thresholds[name] = run.model(name).threshold("youden")
+        thresholds[name] = run.model(name).threshold()  # at the model's own rule
     except (ArtifactError, KeyError, TypeError, ValueError) as e:
         thresholds[name] = f"no validation threshold ({e})"
 

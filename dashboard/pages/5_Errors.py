@@ -10,14 +10,14 @@ import pandas as pd
 import streamlit as st
 
 from core import calibration
+from core import metrics as cm
 from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import cached_predictions, footer, guard, plain, start, stop
+from dashboard.common import cached_predictions, footer, guard, model_names, plain, start, stop
 
-RULES = {"youden": "Youden (max sensitivity + specificity)", "sens95": "sensitivity ≥ 95 %", "default": "fixed 0.5"}
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
 THUMB_SIDE = 512
 
@@ -26,12 +26,7 @@ st.title("Errors: false positives and false negatives")
 st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first, "
            "each as the plain film beside its map. Probabilities are calibrated on validation when the run has a "
            "calibration. **Research use only — not for diagnosis.**")
-names: list[str] = []
-with guard(f"Run {run.id}"):
-    names = [m.name for m in run.models]
-if not names:
-    st.warning(f"Run `{run.id}` has no trained models yet.")
-    stop()
+names = model_names(run)
 
 st.sidebar.header("Errors")
 model_name = st.sidebar.selectbox("Model", names, key="err_model")
@@ -43,7 +38,12 @@ if not splits:
     st.warning(f"{model_name} has no predictions yet (the trainer writes them after the last epoch).")
     stop()
 split = st.sidebar.selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="err_split")
-rule = st.sidebar.selectbox("Threshold (chosen on validation)", list(RULES), format_func=RULES.get, key="err_rule")
+rules = [cm.YOUDEN, cm.DEFAULT_RULE]
+with guard(f"{model_name}: validation thresholds"):
+    rules = list(ma.metrics("val")["thresholds"])  # every rule the trainer chose on validation, by its own name
+own = cm.headline_rule(ma.config)
+rule = st.sidebar.selectbox("Threshold (chosen on validation)", rules, index=rules.index(own) if own in rules else 0,
+                            format_func=cm.rule_label, key="err_rule")
 per_kind = st.sidebar.slider("Films per kind", 1, 24, 2, key="err_n")
 show_cams = st.sidebar.toggle("Show CAMs", value=True, key="err_cams")
 # Score-CAM (one forward pass per feature channel, minutes per film on a CPU) is left to the Grad-CAM page.
@@ -75,7 +75,7 @@ def shown_probability(p: float) -> float:
 
 c = st.columns(4)
 c[0].metric(f"Films ({split})", len(preds))
-c[1].metric("Threshold", f"{threshold:.3f}", help=f"{RULES[rule]}, chosen on the validation split")
+c[1].metric("Threshold", f"{threshold:.3f}", help=f"{cm.rule_label(rule)}, chosen on the validation split")
 c[2].metric("False positives", len(fp), help="NORMAL films called PNEUMONIA")
 c[3].metric("False negatives", len(fn), help="PNEUMONIA films called NORMAL")
 if split == "val":

@@ -92,7 +92,7 @@ def verdict(model_name: str) -> cs.Verdict:
     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
     t = calibration.read_temperature(ma)
     scale = (lambda v: v) if t is None else (lambda v: float(calibration.calibrate(v, t)))
-    thr = ma.threshold("youden")
+    thr = ma.threshold()  # at the model's own rule, as in the README and leaderboard
     view = ex.map_view(result, ma.dir, model_name, ex.SHARED, t)
     notes = [view.note] if view.note else []
     if view.coloured and (focus := ex.lung_focus(film, result)) is not None:
