@@ -18,7 +18,7 @@ import pytest
 from core import lungs
 from core.artifacts import read_json
 from core.focus import BORDER_BAND, body_mask, map_focus, ranking, read_focus
-from tests.conftest import KERMANY224, SHARED_DATA, need
+from tests.conftest import KERMANY224, SHARED_DATA, missing, need
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "tests" / "data" / "lungs"
@@ -139,7 +139,9 @@ def test_committed_sample_reaches_the_recorded_per_film_dice():
 
 
 def test_committed_weights_reach_the_reported_heldout_dice():
-    data = need(LUNGMASKS)
+    if not LUNGMASKS.is_dir():  # a user's clone: the committed sample's held-out films are checked above
+        missing(f"the full lung-mask set is not at {LUNGMASKS}: only the committed sample's 4 held-out films ran")
+    data = LUNGMASKS
     from trainer.lungs import evaluate, read_pairs, split_groups
     m = committed_metrics()
     df = read_pairs(data)

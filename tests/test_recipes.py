@@ -232,9 +232,10 @@ def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess(
     art = run.model("mobilenet_v2_robust")
     loaded = load_trained(art)
     assert loaded.preprocess == "clahe" and metrics.headline_rule(art.config) == "sens95"
-    preds = art.predictions("test").head(6)
-    films = [run.locate(p) for p in preds["path"]]
-    if any(f is None for f in films):
+    preds = art.predictions("test")
+    located = preds["path"].map(run.locate)  # the full data set, or the committed sample's test films
+    preds, films = preds[located.notna()].head(6), list(located.dropna().head(6))
+    if len(films) < 6:
         pytest.skip("the training films are not on this machine")
     batch = np.stack([load_for_model(f, loaded.input_size) for f in films])
     np.testing.assert_allclose(predict_loaded(loaded, batch), preds["probability"], atol=5e-3)
