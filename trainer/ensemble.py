@@ -42,7 +42,7 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
     writer.config({"name": name, "arch": ENSEMBLE_ARCH, "members": members, "input_size": None,
                    "pretrained": all(c.get("pretrained") for c in configs),
                    "params": int(sum(c.get("params", 0) for c in configs)),
-                   "target_sensitivity": target_sensitivity})
+                   "target_sensitivity": target_sensitivity, "threshold_rule": _shared_rule(configs)})
     val = mean_predictions(run, members, "val")
     thresholds = metrics.choose_thresholds(val["label"], val["probability"], target_sensitivity=target_sensitivity)
     for split in splits:
@@ -54,6 +54,12 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
     writer.status("finished", epoch=0, epochs=0, eta_seconds=0.0, train_seconds=seconds,
                   message=f"mean of {', '.join(members)}")
     return ModelArtifacts(run.dir, name).metrics("val")
+
+
+def _shared_rule(configs: list[dict]) -> str:
+    """The members' headline threshold rule when they all share it (the robust run's sens95), else the default."""
+    rules = {metrics.headline_rule(c) for c in configs}
+    return rules.pop() if len(rules) == 1 else metrics.HEADLINE_RULE
 
 
 def score_split(run: Run, name: str, members: list[str], split: str, thresholds: dict) -> dict:
