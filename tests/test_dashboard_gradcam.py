@@ -215,7 +215,7 @@ def test_resolve_image_path_relative_to_data_root(tiny_run, tmp_path):
     assert not Path(rel).is_absolute()
     absolute = Path(run.info["data_root"]) / rel
     assert ex.resolve_image_path(rel, run) == absolute.resolve()
-    assert ex.resolve_image_path(str(absolute), run) == absolute
+    assert ex.resolve_image_path(str(absolute), run) == absolute.resolve()
     assert ex.resolve_image_path(str(tmp_path / "nope.jpeg"), run) is None
 
 
