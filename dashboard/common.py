@@ -21,6 +21,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, list_runs
+from core.data import sort_splits
 from dashboard import figures
 from dashboard.tables import plain
 
@@ -90,7 +91,6 @@ def model_names(run: Run) -> list[str]:
 
 def chosen_with_splits(run: Run, compare: Run | None) -> tuple[list[Entry], list[str]]:
     """The sidebar's chosen models and the splits they have predictions for; ends the page when either is empty."""
-    from core.data import sort_splits
     chosen = choose_models(run, compare)
     splits = sort_splits(s for e in chosen for s in e.model.splits())
     if not chosen:

@@ -236,16 +236,17 @@ def roc_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
                                  marker=dict(symbol="x", size=12, color="black"),
                                  hovertemplate=k["label"] + "<br>published operating point on their own test "
                                                             "set, for reference<extra></extra>"))
-    title = "ROC"
-    if zoom:
-        fig.update_xaxes(range=[-0.002, zoom["fpr_max"]])
-        fig.update_yaxes(range=[zoom["tpr_min"], 1.005])
-        title += "  <span style='font-size:12px;color:grey'>(zoomed: top-left corner)</span>"
-    else:
-        fig.update_xaxes(range=[-0.01, 1.01])
-        fig.update_yaxes(range=[-0.01, 1.01])
+    title = _zoom(fig, "ROC", zoom and ([-0.002, zoom["fpr_max"]], [zoom["tpr_min"], 1.005]), "top-left")
     return _layout(fig, title, "false positive rate (1 − specificity)", "true positive rate (sensitivity)",
                    height=height or _height_with_legend(len(curves) + 2), **LEGEND_BELOW)
+
+
+def _zoom(fig: go.Figure, title: str, ranges: tuple | None, corner: str) -> str:
+    """Set the axes to ``ranges`` (x, y) when zoomed, else the full 0-1 square; the title says which."""
+    x, y = ranges or ([-0.01, 1.01], [-0.01, 1.01])
+    fig.update_xaxes(range=x)
+    fig.update_yaxes(range=y)
+    return title + (f"  <span style='font-size:12px;color:grey'>(zoomed: {corner} corner)</span>" if ranges else "")
 
 
 def pr_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
@@ -267,14 +268,8 @@ def pr_figure(curves: dict[str, dict], *, labels: dict[str, str] | None = None,
             fig.add_trace(_point_trace(pt["sensitivity"], pt["ppv"], name, color,
                                        f"{name} at threshold {pt['threshold']:.4f}<br>recall {pt['sensitivity']:.3f}"
                                        f"<br>precision {pt['ppv']:.3f}<extra></extra>"))
-    title = "Precision–recall"
-    if zoom:
-        fig.update_xaxes(range=[zoom["tpr_min"], 1.005])
-        fig.update_yaxes(range=[zoom["precision_min"], 1.005])
-        title += "  <span style='font-size:12px;color:grey'>(zoomed: top-right corner)</span>"
-    else:
-        fig.update_xaxes(range=[-0.01, 1.01])
-        fig.update_yaxes(range=[-0.01, 1.01])
+    title = _zoom(fig, "Precision–recall",
+                  zoom and ([zoom["tpr_min"], 1.005], [zoom["precision_min"], 1.005]), "top-right")
     return _layout(fig, title, "recall (sensitivity)", "precision (PPV)",
                    height=height or _height_with_legend(len(curves) + 2), **LEGEND_BELOW)
 
