@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import framing as framing_mod
 from core import onnx_backend
 from core.artifacts import ArtifactError, ModelArtifacts, is_ensemble
 from core.checkpoints import load_best
@@ -34,12 +35,17 @@ class LoadedModel:
     std: tuple
     tta: int = 1
     preprocess: str = "none"  # intensity standardisation the model was trained with (core.transforms.standardize)
+    framing: str = "none"  # what part of the film it sees (core.framing): applied to uint8 squares before ``inputs``
     checkpoint: Path | None = None  # best.safetensors it was loaded from; None for an in-memory model
     _onnx: object = field(default=None, init=False, repr=False)
     _onnx_failed: str | None = field(default=None, init=False, repr=False)
 
+    def frame(self, batch_u8) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (B, S, S) squares → (the squares as this model sees them, their boxes); see core.framing."""
+        return framing_mod.frame(np.asarray(batch_u8), self.framing)
+
     def inputs(self, batch_u8) -> torch.Tensor:
-        """uint8 (B, S, S) at ``input_size`` → normalised model input."""
+        """uint8 (B, S, S) at ``input_size``, already framed (``frame``) → normalised model input."""
         return normalize(to_float(torch.as_tensor(np.asarray(batch_u8))), self.mean, self.std, self.preprocess)
 
     def onnx_model(self) -> onnx_backend.OnnxModel:
@@ -90,7 +96,7 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     return LoadedModel(name=artifacts.name, spec=spec, model=model, input_size=size,
                        mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
                        tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"),
-                       checkpoint=artifacts.best_checkpoint())
+                       framing=str(cfg.get("framing") or "none"), checkpoint=artifacts.best_checkpoint())
 
 
 @torch.inference_mode()
@@ -119,6 +125,7 @@ def predict_probabilities(model, images_u8, mean, std, *, batch_size: int = 64, 
 
 def predict_loaded(loaded: LoadedModel, images_u8, *, batch_size: int = 64, backend: str | None = None,
                    tta: int | None = None) -> np.ndarray:
-    """``predict_probabilities`` with the model's own recipe (normalisation, TTA) on the chosen backend."""
-    return predict_probabilities(loaded.forward(backend), images_u8, loaded.mean, loaded.std, batch_size=batch_size,
+    """``predict_probabilities`` with the model's own recipe (framing, normalisation, TTA) on the chosen backend."""
+    framed, _ = loaded.frame(images_u8)
+    return predict_probabilities(loaded.forward(backend), framed, loaded.mean, loaded.std, batch_size=batch_size,
                                  tta=loaded.tta if tta is None else tta, preprocess=loaded.preprocess)

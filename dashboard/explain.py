@@ -41,6 +41,7 @@ from core.cams import (
     read_reference,
     shared_units,
 )
+from core.framing import unframe
 from core.images import load_for_model, load_xray
 from core.inference import LoadedModel, load_trained, predict_loaded
 from core.labels import CLASSES, POSITIVE
@@ -173,8 +174,10 @@ def explain_one(cm: CachedModel, image_u8: np.ndarray, method: str = "Grad-CAM",
     t0 = time.perf_counter()
     with cm.lock:
         prob = float(predict_loaded(cm.loaded, image_u8[None])[0])
-        x = cm.loaded.inputs(image_u8[None])
-        heat, raw = explain_with_raw(cm.loaded.model, cm.loaded.spec, x, method, target=int(target))
+        framed, boxes = cm.loaded.frame(image_u8[None])
+        heat, raw = explain_with_raw(cm.loaded.model, cm.loaded.spec, cm.loaded.inputs(framed), method,
+                                     target=int(target))
+        heat, raw = unframe(np.asarray(heat)[None], boxes)[0], unframe(raw[None], boxes)[0]  # on the whole film
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0).clip(0, 1)
     for a in (heat, raw):
         a.setflags(write=False)

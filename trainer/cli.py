@@ -28,6 +28,7 @@ from core.artifacts import (
 )
 from core.cache import ImageCache
 from core.data import DataError
+from core.framing import framed_cache
 from core.labels import CLASSES
 from core.locks import run_lock
 from core.metrics import headline_rule
@@ -192,8 +193,10 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
     if args.resume and _finished(writer):
         print(f"== {recipe.name}: finished earlier, skipped")
         return "skipped"
-    print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs)")
+    print(f"== {recipe.name} ({recipe.arch}, {cache.size}px, {recipe.epochs} epochs"
+          + (f", framed to the {recipe.framing})" if recipe.framing != "none" else ")"))
     try:
+        cache = framed_cache(cache, recipe.framing)
         st = train_entry(recipe, cache, split_rows, writer, seed=cfg.seed, device=device, resume=args.resume,
                          weights_dir=args.weights_dir, compile=args.compile)
     except KeyboardInterrupt as e:  # Ctrl-C, or torchrun stopping this process (core.distributed.Terminated)

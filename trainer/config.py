@@ -60,6 +60,7 @@ class Recipe:
     max_train_batches: int | None = None  # cap per epoch: for quick runs only
     # robust-recipe keys (docs/recipes.md); each default leaves training as it was
     preprocess: str = "none"  # none | equalize | clahe: intensity standardisation, also applied at inference
+    framing: str = "none"  # none | lungs: what part of the film the model sees (core.framing), also at inference
     crop_area_min: float = 1.0  # < 1: random-resized crops covering [crop_area_min, 1] of the film
     photometric_scale: float = 1.0  # multiplies the brightness/contrast/gamma augmentation ranges
     noise_std: float = 0.0  # > 0: Gaussian noise augmentation, std up to this (pixel units)
@@ -140,6 +141,7 @@ RULES: dict[str, Rule] = {
     "tta": Rule(int, 1, 64), "half_checkpoint": Rule(bool), "target_sensitivity": Rule(float, 0, 1, True, True),
     "max_train_batches": Rule(int, 1, 10**9, optional=True),
     "preprocess": Rule(str, choices=("none", "equalize", "clahe")),  # = core.transforms.PREPROCESS
+    "framing": Rule(str, choices=("none", "lungs")),  # = core.framing.FRAMINGS
     "crop_area_min": Rule(float, 0.05, 1), "photometric_scale": Rule(float, 0, 4), "noise_std": Rule(float, 0, 0.5),
     "ema_decay": Rule(float, 0, 1, hi_open=True), "mixup_alpha": Rule(float, 0, 10),
     "threshold_rule": Rule(str, check=lambda v: None if re.fullmatch(r"youden|default|sens\d{1,2}", v) else

@@ -62,11 +62,12 @@ def load_films(run: Run, paths, size: int) -> np.ndarray:
 
 
 def maps_for(loaded, films_u8: np.ndarray, methods, target: int, batch: int = BATCH) -> dict:
-    """Raw maps {method: (N, S, S)} of ``films_u8`` in batches; gradient methods share one pass per batch."""
+    """Raw maps {method: (N, S, S)} of ``films_u8`` in batches, over the model's framed inputs (the values a
+    reference is taken from do not depend on where the box lies); gradient methods share one pass per batch."""
     shared = [m for m in methods if m not in GRADIENT_FREE]
     out = {m: [] for m in methods}
     for i in range(0, len(films_u8), batch):
-        x = loaded.inputs(films_u8[i:i + batch])
+        x = loaded.inputs(loaded.frame(films_u8[i:i + batch])[0])
         found = raw_maps_many(loaded.model, loaded.spec, x, shared, target) if shared else {}
         found.update({m: raw_maps(loaded.model, loaded.spec, x, m, target) for m in methods if m in GRADIENT_FREE})
         for m in methods:
@@ -209,7 +210,7 @@ def faithfulness_run(run_dir, models=None, *, n: int = FAITHFULNESS_SAMPLE, meth
         model = run.model(name)
         loaded = load_trained(model)
         rows = sample_rows(model, "test", n, seed)
-        x = loaded.inputs(load_films(run, rows["path"], loaded.input_size))
+        x = loaded.inputs(loaded.frame(load_films(run, rows["path"], loaded.input_size))[0])
         twin = faithfulness.with_random_head(loaded.model, loaded.spec, seed)
         t0, result = time.perf_counter(), {}
         for method in methods:

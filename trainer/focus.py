@@ -93,17 +93,20 @@ def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: 
     """One row per film and method: lung focus and border mass of the model's raw PNEUMONIA map (the map the
     Grad-CAM page measures), computed in batches; gradient methods share one forward and backward pass."""
     from core.cams import GRADIENT_FREE, raw_maps, raw_maps_many
+    from core.framing import unframe
     from core.inference import load_trained
     loaded = load_trained(artifacts)
     grad_methods = [m for m in methods if m not in GRADIENT_FREE]
     rows = []
     for start in range(0, len(films), batch):
         chunk = films.iloc[start:start + batch]
-        x = loaded.inputs(np.stack([load_for_model(f, loaded.input_size) for f in chunk["file"]]))
+        framed, boxes = loaded.frame(np.stack([load_for_model(f, loaded.input_size) for f in chunk["file"]]))
+        x = loaded.inputs(framed)
         maps = raw_maps_many(loaded.model, loaded.spec, x, grad_methods, target=POSITIVE) if grad_methods else {}
         for m in methods:
             if m in GRADIENT_FREE:
                 maps[m] = raw_maps(loaded.model, loaded.spec, x, m, target=POSITIVE)
+        maps = {m: unframe(v, boxes) for m, v in maps.items()}  # on the whole film, where the masks are
         for i, (_, film) in enumerate(chunk.iterrows()):
             lungs, body = masks[start + i]
             for m in methods:
