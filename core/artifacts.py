@@ -545,6 +545,22 @@ def _data_base(root: Path) -> Path | None:
     return None
 
 
+DEFAULT_RUN_FILE = "DEFAULT_RUN"  # in the artifacts root: the id of the run shown first (one line)
+
+
+def default_run(runs: list[Run], root: str | Path | None = None) -> Run | None:
+    """The run shown first: the one named in ``<root>/DEFAULT_RUN`` when it is among ``runs``; otherwise the one
+    with the most models (the lineup, not a one-model experiment beside it), the newest of equals."""
+    if not runs:
+        return None
+    path = (Path(root) if root is not None else default_root()) / DEFAULT_RUN_FILE
+    try:
+        named = path.read_text(encoding="utf-8", errors="replace")[:200].strip()
+    except OSError:
+        named = ""
+    return next((r for r in runs if r.id == named), None) or max(runs, key=lambda r: len(r.models))
+
+
 def list_runs(root: str | Path | None = None) -> list[Run]:
     """Run folders (those with a run.json), newest first."""
     root = Path(root) if root is not None else default_root()

@@ -38,6 +38,24 @@ def weights_label(config: dict | None) -> str:
     return "ImageNet" if config.get("pretrained") else "scratch"
 
 
+def recipe_label(config: dict | None) -> str:
+    """The recipe that made a model, in a few words (docs/recipes.md): ``lung crop`` (framing), ``CLAHE`` or
+    ``equalize`` (intensity standardisation), ``strong aug`` (random-resized crops, wider photometric ranges or
+    noise), ``EMA``, ``mixup``, ``no aug``; ``standard`` for the plain recipe, ``mean of N`` for an ensemble."""
+    cfg = config or {}
+    if is_ensemble(cfg):
+        return f"mean of {len(cfg.get('members') or [])}"
+    if not cfg:
+        return "–"
+    tags = ["lung crop" if cfg.get("framing") == "lungs" else "",
+            {"clahe": "CLAHE", "equalize": "equalize"}.get(str(cfg.get("preprocess")), ""),
+            "strong aug" if (_num(cfg.get("crop_area_min")) < 1 or _num(cfg.get("photometric_scale")) > 1
+                             or _num(cfg.get("noise_std")) > 0) else "",
+            "EMA" if _num(cfg.get("ema_decay")) > 0 else "", "mixup" if _num(cfg.get("mixup_alpha")) > 0 else "",
+            "no aug" if cfg.get("augment") is False else ""]
+    return ", ".join(t for t in tags if t) or "standard"
+
+
 def train_seconds(status: dict | None, history: pd.DataFrame | None = None) -> float:
     """``train_seconds`` from status.json when the trainer recorded it, else the sum of per-epoch seconds."""
     if status and status.get("train_seconds") is not None:
@@ -77,6 +95,7 @@ def model_row(name: str, config: dict | None, status: dict | None, metrics: dict
     ci = list(m.get("auc_ci") or [None, None]) + [None, None]
     return {
         "model": name, "arch": cfg.get("arch"), "state": state_of(status), "ensemble": is_ensemble(cfg),
+        "recipe": recipe_label(config),
         "weights": weights_label(config), "weights_source": cfg.get("weights_source") or "",
         "input_size": cfg.get("input_size"), "params": _num(cfg.get("params")),
         "best_epoch": st.get("best_epoch"), "epoch": st.get("epoch"), "epochs": st.get("epochs"),

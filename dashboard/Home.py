@@ -5,7 +5,7 @@
 
 import streamlit as st
 
-from core import summary
+from core import metrics, summary
 from core.artifacts import ArtifactError, ModelArtifacts, list_runs
 from dashboard import tables
 from dashboard.common import (
@@ -63,6 +63,12 @@ def split_sizes(rows: list[dict], splits: list[str]) -> str:
     return ", ".join(f"`{s}` n = {n}" for s, n in sizes.items() if n is not None)
 
 
+def rule_labels(rows: list[dict]) -> str:
+    """The threshold rules of the shown models (each model's own headline rule), for captions."""
+    rules = sorted({metrics.headline_rule(e.get("config") or {}) for e in rows})
+    return "; ".join(metrics.rule_label(r) for r in rules) or metrics.rule_label(metrics.HEADLINE_RULE)
+
+
 def show_leaderboard(rows: list[dict]) -> None:
     splits = tables.board_splits(s for e in rows for s in (e.get("metrics") or {}))
     board = tables.leaderboard(rows, splits)
@@ -71,10 +77,10 @@ def show_leaderboard(rows: list[dict]) -> None:
     fmt["model"] = st.column_config.TextColumn(width=180)
     st.container(key="home_leaderboard").dataframe(board, hide_index=True, placeholder="–", column_config=fmt,
                                                    height="content")
-    first = splits[0] if splits else ""
+    first, rules = (splits[0] if splits else ""), rule_labels(rows)
     st.caption(f"{split_sizes(rows, splits)}. AUC: area under the ROC curve; 95% CI: its stratified bootstrap "
                f"interval on `{first}`. sens / spec: sensitivity and specificity at the threshold chosen on "
-               "validation (Youden's J). init: ImageNet weights or from scratch. Epochs: best/trained (an ensemble "
+               f"validation ({rules}). init: ImageNet weights or from scratch. Epochs: best/trained (an ensemble "
                "trains none). " + (summary.UNDERTRAINED_NOTE if board["epochs"].str.endswith("†").any() else ""))
     if len(splits) > 1:
         st.info(SHIFT_CAVEAT)
@@ -83,7 +89,7 @@ def show_leaderboard(rows: list[dict]) -> None:
             tables.training_table(rows), hide_index=True, placeholder="–", height="content",
             column_config={"params": st.column_config.NumberColumn(format="localized"),
                            "threshold": st.column_config.NumberColumn(
-                               format="%.3f", help="the operating threshold, chosen on validation (Youden's J)"),
+                               format="%.3f", help=f"the operating threshold, chosen on validation ({rules})"),
                            "input (px)": st.column_config.NumberColumn(format="%d")})
     for e in rows:
         s = e.get("status") or {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, list_runs
+from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, default_run, list_runs
 from core.data import sort_splits
 from dashboard import figures
 from dashboard.tables import plain
@@ -112,16 +112,10 @@ def select_run() -> Run | None:
         return None
     ids = [r.id for r in runs]
     current = st.session_state.get(RUN_KEY)
-    index = ids.index(current) if current in ids else ids.index(default_run(runs).id)
+    index = ids.index(current) if current in ids else ids.index(default_run(runs, root).id)
     chosen = st.sidebar.selectbox("Run", ids, index=index, help=f"runs in {root}")
     st.session_state[RUN_KEY] = chosen
     return runs[ids.index(chosen)]
-
-
-def default_run(runs: list[Run]) -> Run:
-    """The run shown first: the one with the most models (the lineup, not a one-model experiment beside it); of
-    those, the first ``list_runs`` gives (the newest)."""
-    return max(runs, key=lambda r: len(r.models))  # max keeps the first of equals
 
 
 def other_runs(run: Run) -> list[Run]:

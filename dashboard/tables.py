@@ -160,18 +160,18 @@ def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
 
 
 def training_table(entries: list[dict]) -> pd.DataFrame:
-    """How each model was trained: weights, input size, parameters, time, epochs (best/trained), and
-    the operating threshold chosen on validation (Youden's J, from any split's metrics file)."""
+    """How each model was trained: its recipe, weights, input size, parameters, time, epochs (best/trained), and
+    the operating threshold chosen on validation (at the model's own headline rule)."""
     rows = []
     for e in entries:
         r = next(iter(summary_rows(e, sorted(e.get("metrics") or {}) or ["test"]).values()))
         members = (e.get("config") or {}).get("members") or []
-        rows.append({"model": e["model"],
+        rows.append({"model": e["model"], "recipe": r["recipe"],
                      "weights": "mean of " + ", ".join(members) if r["ensemble"] else r["weights_source"],
                      "input (px)": _num(r["input_size"]), "params": r["params"],
                      "train time": format_seconds(r["train_seconds"]), "epochs (best/trained)": epochs_label(r),
                      "threshold": r["threshold"]})
-    return pd.DataFrame(rows, columns=["model", "epochs (best/trained)", "train time", "params", "input (px)",
+    return pd.DataFrame(rows, columns=["model", "recipe", "epochs (best/trained)", "train time", "params", "input (px)",
                                        "threshold", "weights"])
 
 

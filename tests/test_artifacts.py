@@ -12,7 +12,7 @@ import pytest
 
 import core.metrics
 from core import artifacts
-from core.artifacts import ArtifactError, ModelWriter, Run, list_runs
+from core.artifacts import DEFAULT_RUN_FILE, ArtifactError, ModelWriter, Run, default_run, list_runs
 from core.data import Sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +73,18 @@ def test_reader_lists_runs_and_models_in_run_order(tmp_path):
     assert m.history()["val_auc"].tolist() == [0.9]
     assert m.predictions("val")["probability"].tolist() == [0.2, 0.7]
     assert m.splits() == ["val"]
+
+
+def test_the_default_run_is_the_one_named_in_the_root_else_the_biggest(tmp_path):
+    _tiny_run(tmp_path)
+    artifacts.write_json(tmp_path / "small" / "run.json", {"schema_version": 1})
+    ModelWriter(tmp_path / "small", "only").config({"arch": "small_cnn"})
+    runs = list_runs(tmp_path)
+    assert default_run(runs, tmp_path).id == "r1"  # no file: the run with the most models
+    for named, shown in (("small\n", "small"), ("gone", "r1"), ("\x00" * 5000, "r1")):
+        (tmp_path / DEFAULT_RUN_FILE).write_text(named)
+        assert default_run(runs, tmp_path).id == shown
+    assert default_run([], tmp_path) is None
 
 
 @pytest.mark.parametrize("content", ["{\"auc\": 0.9", "", "[1, 2]", "\x00\x01garbage"])

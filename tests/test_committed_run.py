@@ -18,7 +18,7 @@ def test_readme_results_table_matches_the_committed_artifacts(run_id):
     run_dir = REPO / "artifacts" / run_id
     if not (run_dir / "run.json").exists():
         pytest.skip(f"no committed run in artifacts/{run_id}")
-    expected = report.block(Run(run_dir), ["test", "official_val"])
+    expected = report.table(Run(run_dir), ["test", "official_val"])
     assert report.current(REPO / "README.md", run_id) == expected, \
         f"README is stale: run `python -m trainer report --run artifacts/{run_id} --update README.md`"
 

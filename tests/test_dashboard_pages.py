@@ -19,7 +19,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import metrics as cm
-from core.artifacts import ModelWriter, list_runs, write_json
+from core.artifacts import DEFAULT_RUN_FILE, ModelWriter, list_runs, write_json
 
 DASH = Path(__file__).resolve().parents[1] / "dashboard"
 PAGES = {"home": DASH / "Home.py", "curves": DASH / "pages" / "1_Training_curves.py",
@@ -35,9 +35,14 @@ def run(tiny_run):
     return r
 
 
-def open_page(name: str, root: Path, monkeypatch) -> AppTest:
+def open_page(name: str, root: Path, monkeypatch, run_id: str | None = None) -> AppTest:
+    """The page over the artifacts in ``root``, with run ``run_id`` chosen (default: the page's own choice)."""
+    from dashboard.common import RUN_KEY
+
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
     at = AppTest.from_file(str(PAGES[name]), default_timeout=60)
+    if run_id is not None:
+        at.session_state[RUN_KEY] = run_id
     at.run(timeout=60)
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -347,7 +352,7 @@ def test_defaults_are_the_best_three_by_validation_auc_plus_the_ensemble(committ
     (run,) = [r for r in list_runs(committed) if r.id == "kermany-lineup"]
     val = {m.name: m.metrics("val")["auc"] for m in run.models if m.name != "ensemble"}
     best3 = sorted(val, key=val.get, reverse=True)[:3]
-    at = open_page("home", committed, monkeypatch)
+    at = open_page("home", committed, monkeypatch, "kermany-lineup")
     assert not errors(at)
     assert sorted(sidebar_models(at)) == sorted(best3 + ["ensemble"])
     board = shown_table(at, "home_leaderboard").set_index("model")
@@ -377,8 +382,9 @@ def test_training_curves_say_why_an_ensemble_has_none(committed, monkeypatch):
     assert not errors(at)
     assert not any("no finished epoch" in i.value for i in at.info)
     assert any("ensemble" in c.value and "trains nothing" in c.value for c in at.caption)
+    assert at.sidebar.selectbox[0].value == (committed / DEFAULT_RUN_FILE).read_text().strip()  # shown first
     (lineup,) = [r for r in list_runs(committed) if r.id == "kermany-lineup"]
-    assert at.sidebar.selectbox[0].value == "kermany-lineup"  # the run with the most models comes first
+    at.sidebar.selectbox[0].set_value("kermany-lineup").run()
     at.sidebar.multiselect[0].set_value([m.name for m in lineup.models]).run()
     assert at.get("segmented_control")[0].value == "one chart per model"  # 11 trained models: small multiples
     grid = chart(at, "curves_grid")

@@ -218,6 +218,20 @@ def test_undertrained_rows_are_flagged():
     assert model_row("e", {"arch": "ensemble", "members": ["a", "b"]}, {}, {}, None)["undertrained"] is None
 
 
+def test_recipe_label_names_the_keys_that_made_a_model():
+    from core.summary import model_row, recipe_label
+
+    assert recipe_label({"arch": "mobilenet_v2", "augment": True, "blur_prob": 0.2}) == "standard"
+    assert recipe_label({"arch": "deep_cnn", "augment": False}) == "no aug"
+    robust = {"arch": "mobilenet_v2", "preprocess": "clahe", "crop_area_min": 0.75, "ema_decay": 0.995}
+    assert recipe_label(robust) == "CLAHE, strong aug, EMA"
+    lungs = {**robust, "framing": "lungs", "mixup_alpha": 0.2}
+    assert recipe_label(lungs) == "lung crop, CLAHE, strong aug, EMA, mixup"
+    assert recipe_label({"arch": "ensemble", "members": ["a", "b", "c"]}) == "mean of 3"
+    assert recipe_label(None) == "–"
+    assert model_row("m", robust, {}, {})["recipe"] == "CLAHE, strong aug, EMA"
+
+
 def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess():
     """The committed robust model, loaded as the dashboard loads it, gives the trainer's probabilities back on the
     original films: only because its recorded ``preprocess`` (CLAHE) is applied on the way in."""

@@ -285,7 +285,7 @@ def cmd_report(args) -> int:
         changed = report.update(args.update, run, splits)
         print(f"{args.update}: {'updated' if changed else 'already up to date'}")
     else:
-        print(report.block(run, splits))
+        print(report.table(run, splits))
     return 0
 
 

@@ -151,6 +151,9 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     st.caption(f"calibrated on validation (raw {p:.3f})" if temperature else "raw (this run has no calibration)")
     if view.note:
         st.info(view.note)
+    if cm.loaded.framing == "lungs":
+        st.caption("This model sees only the lung box of each film (recipe: lung crop); no colour outside it "
+                   "means it saw nothing there, not that nothing is there.")
     with guard(f"lung focus of {name}"):
         if view.coloured and (focus := ex.lung_focus(image.display(), result)) is not None:
             (st.warning if focus.flagged else st.caption)(focus.caption())
