@@ -9,6 +9,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see core/__init__.py
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -98,3 +99,45 @@ def tiny_run(tmp_path_factory) -> Path:
     """An artifacts root holding run 'tiny' (small_cnn + mobilenet_v2) written by the real trainer."""
     base = tmp_path_factory.mktemp("tiny-run")
     return train_tiny(base / "artifacts", tmp_path_factory.getbasetemp() / "image-cache")
+
+
+def write_dicom(target, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None, center=None, width=None,
+                frames=1, preamble=True, bits_stored=None, raw_tags=None):
+    """Write a real DICOM film (Secondary Capture, explicit VR little endian) to ``target`` (a path or a binary
+    file object) and return it. ``raw_tags`` = {keyword: DS text} are written unvalidated ("nan", "inf"...)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    pixels = np.asarray(pixels)
+    rgb = photometric == "RGB"
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
+    ds.SamplesPerPixel = 3 if rgb else 1
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    bits = pixels.dtype.itemsize * 8
+    stored = bits_stored or bits
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, stored, stored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if center is not None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+    for key, value in (raw_tags or {}).items():
+        ds[key] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(key), "DS", value, validation_mode=0)
+    ds.PixelData = pixels.tobytes()
+    if preamble:
+        ds.save_as(target, enforce_file_format=True)
+    else:
+        pydicom.dcmwrite(target, ds, implicit_vr=False, little_endian=True)
+    return target

@@ -22,7 +22,7 @@ from core.images import load_for_model
 from core.inference import load_trained, predict_loaded
 from core.models import REGISTRY
 from dashboard import explain as ex
-from tests.conftest import FULLRES, REPO, need
+from tests.conftest import FULLRES, REPO, need, write_dicom
 
 PAGES = REPO / "dashboard" / "pages"
 GRADCAM = str(PAGES / "4_Grad-CAM.py")
@@ -74,23 +74,9 @@ def _png16(gray: np.ndarray) -> bytes:
 
 
 def _dicom(gray: np.ndarray) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (gray.astype(np.uint16) * 16).tobytes()
+    """A 12-bit DICOM of ``gray`` (8-bit values scaled by 16), as bytes."""
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    write_dicom(buf, gray.astype(np.uint16) * 16, bits_stored=12)
     return buf.getvalue()
 
 

@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import write_dicom
 from PIL import Image
 
 from core import images
@@ -282,49 +283,10 @@ def test_exif_orientation_is_applied(tmp_path):
 # ----------------------------------------------------------------------------------------------------- DICOM
 
 
-def _dicom(path, pixels, *, photometric="MONOCHROME2", slope=None, intercept=None, center=None, width=None,
-           frames=1, preamble=True):
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    pixels = np.asarray(pixels)
-    rgb = photometric == "RGB"
-    ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
-    ds.SamplesPerPixel = 3 if rgb else 1
-    if rgb:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if center is not None:
-        ds.WindowCenter, ds.WindowWidth = center, width
-    ds.PixelData = pixels.tobytes()
-    if preamble:
-        ds.save_as(path, enforce_file_format=True)
-    else:
-        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=True)
-    return path
-
-
 def test_dicom_monochrome2_min_max_and_monochrome1_inverted(tmp_path):
     pix = np.tile(np.linspace(100, 3000, 32).astype(np.uint16), (16, 1))
-    m2 = load_xray(_dicom(tmp_path / "m2.dcm", pix))
-    m1 = load_xray(_dicom(tmp_path / "m1.dcm", pix, photometric="MONOCHROME1"))
+    m2 = load_xray(write_dicom(tmp_path / "m2.dcm", pix))
+    m1 = load_xray(write_dicom(tmp_path / "m1.dcm", pix, photometric="MONOCHROME1"))
     assert m2.dtype == np.uint8 and m2.shape == (16, 32)
     assert m2[0, 0] == 0 and m2[0, -1] == 255 and np.all(np.diff(m2[0].astype(int)) >= 0)
     assert np.array_equal(m1, 255 - m2)
@@ -333,50 +295,50 @@ def test_dicom_monochrome2_min_max_and_monochrome1_inverted(tmp_path):
 def test_dicom_rescale_then_window(tmp_path):
     stored = np.array([[0, 500, 1000, 1250, 1500, 2000]], dtype=np.uint16)
     # HU = 2 * stored - 2000 -> -2000, -1000, 0, 500, 1000, 2000; window 0 +- 1000
-    out = load_xray(_dicom(tmp_path / "w.dcm", stored, slope=2, intercept=-2000, center=0, width=2000))
+    out = load_xray(write_dicom(tmp_path / "w.dcm", stored, slope=2, intercept=-2000, center=0, width=2000))
     assert list(out[0]) == [0, 0, 128, 191, 255, 255]
     # same values, window given as multi-valued (several presets): the first one is used
-    out2 = load_xray(_dicom(tmp_path / "w2.dcm", stored, slope=2, intercept=-2000, center=[0, 400],
+    out2 = load_xray(write_dicom(tmp_path / "w2.dcm", stored, slope=2, intercept=-2000, center=[0, 400],
                             width=[2000, 100]))
     assert np.array_equal(out, out2)
     # without the rescale the window would sit elsewhere: proves slope/intercept are applied
-    raw = load_xray(_dicom(tmp_path / "w3.dcm", stored, center=0, width=2000))
+    raw = load_xray(write_dicom(tmp_path / "w3.dcm", stored, center=0, width=2000))
     assert list(raw[0]) == [128, 191, 255, 255, 255, 255]
 
 
 def test_dicom_signed_pixels_min_max(tmp_path):
     pix = np.array([[-1000, 0, 1000]], dtype=np.int16)
-    assert list(load_xray(_dicom(tmp_path / "s.dcm", pix))[0]) == [0, 128, 255]
+    assert list(load_xray(write_dicom(tmp_path / "s.dcm", pix))[0]) == [0, 128, 255]
 
 
 def test_dicom_without_preamble_detected_by_extension(tmp_path):
     pix = np.array([[0, 10], [20, 30]], dtype=np.uint16)
-    path = _dicom(tmp_path / "raw.dcm", pix, preamble=False)
+    path = write_dicom(tmp_path / "raw.dcm", pix, preamble=False)
     assert path.read_bytes()[128:132] != b"DICM"
     assert load_xray(path).tolist() == [[0, 85], [170, 255]]
 
 
 def test_dicom_detected_by_magic_whatever_the_name(tmp_path):
     pix = np.array([[0, 10], [20, 30]], dtype=np.uint16)
-    data = _dicom(tmp_path / "a.dcm", pix).read_bytes()
+    data = write_dicom(tmp_path / "a.dcm", pix).read_bytes()
     assert load_xray(data, name="upload.bin").tolist() == [[0, 85], [170, 255]]
 
 
 def test_dicom_multiframe_uses_first_frame(tmp_path):
     frames = np.stack([np.array([[0, 100], [200, 300]], dtype=np.uint16), np.full((2, 2), 7, dtype=np.uint16)])
-    out = load_xray(_dicom(tmp_path / "mf.dcm", frames, frames=2))
+    out = load_xray(write_dicom(tmp_path / "mf.dcm", frames, frames=2))
     assert out.tolist() == [[0, 85], [170, 255]]
 
 
 def test_dicom_rgb_to_gray(tmp_path):
     rgb = np.zeros((2, 3, 3), dtype=np.uint8)
     rgb[:, 0, 0], rgb[:, 1, 1], rgb[:, 2, 2] = 255, 255, 255
-    out = load_xray(_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    out = load_xray(write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
     assert out.shape == (2, 3) and list(out[0]) == [76, 150, 29]
 
 
 def test_dicom_too_large_is_refused(tmp_path):
-    path = _dicom(tmp_path / "big.dcm", np.zeros((40, 40), dtype=np.uint16))
+    path = write_dicom(tmp_path / "big.dcm", np.zeros((40, 40), dtype=np.uint16))
     with pytest.raises(ImageTooLargeError, match="big.dcm"):
         load_xray(path, max_pixels=1000)
 
@@ -384,7 +346,7 @@ def test_dicom_too_large_is_refused(tmp_path):
 def test_dicom_without_pixels_is_unsupported(tmp_path):
     import pydicom
 
-    path = _dicom(tmp_path / "nopix.dcm", np.zeros((4, 4), dtype=np.uint16))
+    path = write_dicom(tmp_path / "nopix.dcm", np.zeros((4, 4), dtype=np.uint16))
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(path)
@@ -393,7 +355,7 @@ def test_dicom_without_pixels_is_unsupported(tmp_path):
 
 
 def test_truncated_dicom_is_corrupt(tmp_path):
-    data = _dicom(tmp_path / "t.dcm", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).read_bytes()
+    data = write_dicom(tmp_path / "t.dcm", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).read_bytes()
     with pytest.raises(CorruptImageError, match="cut.dcm"):
         load_xray(data[: len(data) - 4000], name="cut.dcm")
 

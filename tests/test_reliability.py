@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_dicom
 from PIL import Image
 
 from core import artifacts, cache, data, images
@@ -175,29 +176,9 @@ def test_model_input_size_is_bounded_before_allocation():
         images.resize_square(np.zeros((8, 8), np.uint8), 30000)
 
 
-def _dicom(path: Path, **tags) -> Path:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, generate_uid(), "CR"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 16, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    for key, value in tags.items():
-        ds[key] = pydicom.DataElement(pydicom.datadict.tag_for_keyword(key), "DS", value, validation_mode=0)
-    ds.PixelData = np.arange(256, dtype=np.uint16).reshape(16, 16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+def _film_dicom(path: Path, **tags) -> Path:
+    """A 16x16 16-bit ramp with the given DS tags written as text, unvalidated."""
+    return write_dicom(path, np.arange(256, dtype=np.uint16).reshape(16, 16), raw_tags=tags)
 
 
 @pytest.mark.parametrize("tags", [{"WindowCenter": "nan", "WindowWidth": "400"},
@@ -206,14 +187,14 @@ def _dicom(path: Path, **tags) -> Path:
                                   {"RescaleSlope": "1", "RescaleIntercept": "nan"}],
                          ids=["center-nan", "width-inf", "slope-inf", "intercept-nan"])
 def test_dicom_with_non_finite_window_or_rescale_is_refused(tmp_path, tags):
-    path = _dicom(tmp_path / "f.dcm", **tags)
+    path = _film_dicom(tmp_path / "f.dcm", **tags)
     bad = next(k for k, v in tags.items() if v in ("nan", "inf"))
     with pytest.raises(images.CorruptImageError, match=f"{bad} is {tags[bad]}"):
         images.load_xray(path)
 
 
 def test_dicom_with_finite_window_still_decodes(tmp_path):
-    out = images.load_xray(_dicom(tmp_path / "f.dcm", WindowCenter="128", WindowWidth="256"))
+    out = images.load_xray(_film_dicom(tmp_path / "f.dcm", WindowCenter="128", WindowWidth="256"))
     assert out.shape == (16, 16) and out.max() >= 250 and out.min() == 0
 
 
