@@ -1,7 +1,8 @@
 """Prediction with a trained model: the trainer's evaluation, the dashboard and the benchmarks share it.
 
-Scoring runs on the fastest backend at hand (``core.onnx_backend``: ONNX Runtime unless ``CXR_BACKEND=torch`` or
-``backend="torch"``), with eager torch as the fallback; both give the same probabilities to 1e-4
+Scoring runs on the fastest backend at hand (``core.onnx_backend``: under ``CXR_BACKEND=auto``, the default, ONNX
+Runtime for the architectures it was measured faster on, ``ModelSpec.onnx_faster``, eager torch for the others;
+``onnx`` or ``torch`` force one), with eager torch as the fallback; both give the same probabilities to 1e-4
 (tests/test_onnx.py). Test-time augmentation feeds all views of a batch to the model in one forward pass.
 """
 
@@ -65,9 +66,10 @@ class LoadedModel:
         return self._onnx
 
     def forward(self, backend: str | None = None):
-        """What maps a normalised batch to logits: the ONNX session or the torch model (see module docstring)."""
+        """What maps a normalised batch to logits: the ONNX session or the torch model (see module docstring).
+        ``auto`` takes ONNX Runtime only for architectures it was measured faster on (``ModelSpec.onnx_faster``)."""
         choice = onnx_backend.choose_backend(backend)
-        if choice == "torch" or self._onnx_failed:
+        if choice == "torch" or (choice == "auto" and not self.spec.onnx_faster) or self._onnx_failed:
             return self.model
         try:
             return self.onnx_model()

@@ -43,6 +43,7 @@ class ModelSpec:
     reshape_transform: Callable | None  # ViT tokens -> (B, C, H, W)
     head: Callable[[nn.Module], nn.Module]  # the classifier, trainable in the frozen stage
     input_multiple: int = 1  # input sizes must be a multiple of this (the ViT's patch size)
+    onnx_faster: bool = True  # CXR_BACKEND=auto scores it on ONNX Runtime (measured 2-3.6x eager; BENCHMARKS.md)
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -266,7 +267,7 @@ register(ModelSpec(
     build=lambda: torchvision.models.resnet18(num_classes=NUM_CLASSES),
     input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights=_torchvision("resnet18-f37072fd.pth", hf="timm/resnet18.tv_in1k"),
-    cam_layer=lambda m: m.layer4[-1], reshape_transform=None, head=lambda m: m.fc))
+    cam_layer=lambda m: m.layer4[-1], reshape_transform=None, head=lambda m: m.fc, onnx_faster=False))
 
 register(ModelSpec(
     name="resnet50",
@@ -274,7 +275,7 @@ register(ModelSpec(
     build=lambda: torchvision.models.resnet50(num_classes=NUM_CLASSES),
     input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights=_torchvision("resnet50-11ad3fa6.pth", hf="timm/resnet50.tv2_in1k"),
-    cam_layer=lambda m: m.layer4[-1], reshape_transform=None, head=lambda m: m.fc))
+    cam_layer=lambda m: m.layer4[-1], reshape_transform=None, head=lambda m: m.fc, onnx_faster=False))
 
 register(ModelSpec(
     name="densenet121",
@@ -283,7 +284,7 @@ register(ModelSpec(
     input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     weights=_torchvision("densenet121-a639ec97.pth", hf="timm/densenet121.tv_in1k",
                          remap=remap_torchvision_densenet),
-    cam_layer=lambda m: m.features.norm5, reshape_transform=None, head=lambda m: m.classifier))
+    cam_layer=lambda m: m.features.norm5, reshape_transform=None, head=lambda m: m.classifier, onnx_faster=False))
 
 register(ModelSpec(
     name="efficientnet_lite0",
@@ -309,4 +310,4 @@ register(ModelSpec(
                           url=f"https://huggingface.co/timm/{_VIT_TAG}/resolve/main/model.safetensors",
                           hf_hub_id=f"timm/{_VIT_TAG}"),
     cam_layer=lambda m: m.blocks[-1].norm1, reshape_transform=vit_tokens_to_map, head=lambda m: m.head,
-    input_multiple=16))
+    input_multiple=16, onnx_faster=False))

@@ -5,7 +5,8 @@ On this project's 2-core CPU, ONNX Runtime runs the lineup's networks several ti
 checked with ``onnx.checker``) and either stored beside its checkpoint (``trainer export``) or built on first use
 into a cache folder keyed by the checkpoint's sha256, so a retrained model never reuses a stale graph and a
 read-only run folder still works. ``CXR_BACKEND`` (``torch``, ``onnx`` or ``auto``, the default) picks the
-backend; ``auto`` falls back to eager torch, with a warning, when the export or ONNX Runtime fails.
+backend; ``auto`` uses ONNX Runtime only for architectures it was measured faster on (``ModelSpec.onnx_faster``)
+and falls back to eager torch, with a warning, when the export or ONNX Runtime fails.
 """
 
 from __future__ import annotations

@@ -102,6 +102,13 @@ def test_backend_switch_env_argument_and_errors(monkeypatch):
         loaded.forward()
 
 
+def test_auto_uses_onnx_runtime_only_where_it_was_measured_faster():
+    assert isinstance(_loaded("small_cnn").forward("auto"), onnx_backend.OnnxModel)
+    resnet = _loaded("resnet18")
+    assert not resnet.spec.onnx_faster and resnet.forward("auto") is resnet.model
+    assert isinstance(resnet.forward("onnx"), onnx_backend.OnnxModel)  # still there when asked for
+
+
 def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_forced_says_why(monkeypatch, capsys):
     def broken(*a, **k):
         raise RuntimeError("exporter exploded")
