@@ -108,6 +108,7 @@ def framed_cache(cache, framing: str, log=print):
         fd, tmp = tempfile.mkstemp(dir=cache.dir, prefix=".framed-", suffix=".npy")
         with os.fdopen(fd, "wb") as f:
             np.save(f, images)
+        os.chmod(tmp, 0o644)  # as readable as the image cache beside it (mkstemp makes 0600)
         os.replace(tmp, path)
     except OSError as e:
         log(f"  (framed films kept in memory: {e})")
