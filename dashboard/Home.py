@@ -90,7 +90,13 @@ def show_leaderboard(rows: list[dict]) -> None:
             column_config={"params": st.column_config.NumberColumn(format="localized"),
                            "threshold": st.column_config.NumberColumn(
                                format="%.3f", help=f"the operating threshold, chosen on validation ({rules})"),
-                           "input (px)": st.column_config.NumberColumn(format="%d")})
+                           "input (px)": st.column_config.NumberColumn(format="%d"),
+                           "recipe": st.column_config.TextColumn(help="what made it: docs/recipes.md")})
+        members = tables.ensemble_members(rows)
+        st.caption("Recipe: lung crop = the film cropped to its lung fields; CLAHE = contrast-limited histogram "
+                   "equalisation; strong aug = random-resized crops, wider photometric changes, noise; EMA = "
+                   "weight averaging (docs/recipes.md). Starting weights: each model's config.json."
+                   + (f" Ensembles: {members}." if members else ""))
     for e in rows:
         s = e.get("status") or {}
         if s.get("state") == "failed":

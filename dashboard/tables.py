@@ -17,7 +17,7 @@ from scipy import stats
 
 from core import metrics as cm
 from core import summary
-from core.artifacts import HISTORY_COLUMNS, ArtifactError
+from core.artifacts import HISTORY_COLUMNS, ArtifactError, is_ensemble
 from core.data import sort_splits
 from core.labels import CLASSES
 from core.metrics import HEADLINE_RULE
@@ -160,19 +160,23 @@ def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
 
 
 def training_table(entries: list[dict]) -> pd.DataFrame:
-    """How each model was trained: its recipe, weights, input size, parameters, time, epochs (best/trained), and
-    the operating threshold chosen on validation (at the model's own headline rule)."""
+    """How each model was trained: its recipe (``core.summary.recipe_label``), epochs (best/trained), time,
+    parameters, input size, and the operating threshold chosen on validation (at the model's own headline rule).
+    Where the starting weights came from is in each config.json; ensemble members are in ``ensemble_members``."""
     rows = []
     for e in entries:
         r = next(iter(summary_rows(e, sorted(e.get("metrics") or {}) or ["test"]).values()))
-        members = (e.get("config") or {}).get("members") or []
-        rows.append({"model": e["model"], "recipe": r["recipe"],
-                     "weights": "mean of " + ", ".join(members) if r["ensemble"] else r["weights_source"],
-                     "input (px)": _num(r["input_size"]), "params": r["params"],
-                     "train time": format_seconds(r["train_seconds"]), "epochs (best/trained)": epochs_label(r),
-                     "threshold": r["threshold"]})
-    return pd.DataFrame(rows, columns=["model", "recipe", "epochs (best/trained)", "train time", "params", "input (px)",
-                                       "threshold", "weights"])
+        rows.append({"model": e["model"], "recipe": r["recipe"], "input (px)": _num(r["input_size"]),
+                     "params": r["params"], "train time": format_seconds(r["train_seconds"]),
+                     "epochs (best/trained)": epochs_label(r), "threshold": r["threshold"]})
+    return pd.DataFrame(rows, columns=["model", "recipe", "epochs (best/trained)", "train time", "params",
+                                       "input (px)", "threshold"])
+
+
+def ensemble_members(entries: list[dict]) -> str:
+    """``name = mean of a, b`` for each ensemble among ``entries`` ("; "-joined), empty when there is none."""
+    return "; ".join(f"{e['model']} = mean of {', '.join(map(str, (e.get('config') or {}).get('members') or []))}"
+                     for e in entries if is_ensemble(e.get("config") or {}))
 
 
 # --- training curves -------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def test_leaderboard_puts_splits_side_by_side_and_ensembles_have_no_epochs():
     row = board.iloc[0]
     assert (row["AUC official_val"], row["spec official_val"]) == (0.7, 0.5)
     assert row["epochs"] == "–"  # not "0/0"
-    assert tables.training_table(entries).iloc[0]["weights"] == "mean of a, b"
+    assert tables.training_table(entries).iloc[0]["recipe"] == "mean of 2"
+    assert tables.ensemble_members(entries) == "ens = mean of a, b"
 
 
 def test_model_colours_are_colour_blind_safe_distinct_and_black_for_ensembles():

@@ -59,7 +59,7 @@ for name in chosen:
 if rows:
     table = tables.calibration_table(rows)
     labels = {r["model"]: f"{r['model']} · ECE {r['ECE']:.3f}" for r in rows}
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])  # the table's model names need half the width
     left.plotly_chart(figures.reliability_figure(bins, labels=labels, colors=colors), key="cal_reliability")
     with right:
         st.subheader("ECE and Brier score")
