@@ -24,7 +24,7 @@ class Verdict:
 
     model: str
     p_raw: float
-    p_shown: float  # calibrated when the model has a temperature, else raw
+    p_shown: float  # calibrated when the model has a calibration, else raw
     calibrated: bool
     threshold_raw: float
     threshold_shown: float  # the validation threshold on the same scale as p_shown
@@ -126,7 +126,7 @@ figure{{margin:0}}img{{width:100%}}.film img{{max-width:480px}}</style></head><b
 <b>{k} of {n}</b> models call this film PNEUMONIA.</p>
 <figure class="film">{_img(film_png, "film " + film_name)}<figcaption>the film</figcaption></figure>
 <h2>What each model says</h2>
-<p>P(PNEUMONIA) calibrated on validation (temperature scaling) unless marked raw; label at each model's threshold
+<p>P(PNEUMONIA) calibrated on validation (temperature and bias) unless marked raw; label at each model's threshold
 chosen on validation. Test is from the training hospital batch (easy); official_val is 16 films from another
 batch (too few to conclude anything, but it shows the shift).</p>
 <table><tr><th>model</th><th>P(PNEUMONIA)</th><th>threshold</th><th>label</th><th>test AUC</th><th>test sens.</th>

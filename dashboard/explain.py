@@ -260,12 +260,12 @@ class MapView:
 
 
 def map_view(result: Explanation, model_dir, model_name: str, scale: str = SHARED,
-             temperature: float | None = None) -> MapView:
+             scaling: calibration.Scaling | None = None) -> MapView:
     """The map on the shared scale (raw / the model's validation reference × its calibrated probability of the
     target class) or, when asked or when the run has no reference for this method, contrast-stretched and labelled
     so. Empty maps are said to be empty."""
     target_name = CLASSES[result.target]
-    p = result.probability if temperature is None else float(calibration.calibrate(result.probability, temperature))
+    p = result.probability if scaling is None else float(scaling(result.probability))
     p_target = p if result.target == POSITIVE else 1.0 - p
     reference = read_reference(model_dir, result.method, target_name) if scale == SHARED else None
     raw = result.raw if result.raw is not None else result.heatmap

@@ -1,4 +1,5 @@
-"""Temperature scaling: recovers a known temperature, lowers ECE, never changes a label, stored as one number."""
+"""Calibration (temperature and bias on the logit): recovers a known temperature and a known class shift, lowers
+ECE, never changes a label, stored as two numbers (old files with a temperature alone still read)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,36 @@ def test_calibration_is_monotonic_so_no_label_changes():
     assert calibration.calibrate(0.5, 7.0) == pytest.approx(0.5)
 
 
+def test_fit_recovers_a_shift_between_the_classes_that_temperature_alone_cannot():
+    """A class-weighted model trained as if both classes were equally common: its logits sit log(74/26) too low."""
+    rng = np.random.default_rng(1)
+    z = rng.normal(1.0, 2.0, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(int)
+    p = 1 / (1 + np.exp(-(z - 1.05)))
+    scaling = calibration.fit(y, p)
+    assert scaling.temperature == pytest.approx(1.0, rel=0.15) and scaling.bias == pytest.approx(1.05, abs=0.2)
+    t_only = calibration.calibrate(p, calibration.fit_temperature(y, p))
+    assert ece(y, scaling(p)) < 0.5 * ece(y, t_only)
+    order = np.argsort(p, kind="stable")
+    assert np.all(np.diff(scaling(p)[order]) >= 0)  # still monotonic: no label changes
+
+
 def test_fit_needs_both_classes():
     with pytest.raises(ValueError, match="both classes"):
         calibration.fit_temperature([1, 1, 1], [0.2, 0.9, 0.7])
+    with pytest.raises(ValueError, match="both classes"):
+        calibration.fit([0, 0], [0.2, 0.9])
 
 
-def test_read_temperature_rejects_nonsense(tmp_path):
+def test_read_scaling_rejects_nonsense_and_reads_old_files(tmp_path):
     m = ModelArtifacts(tmp_path, "m")
-    assert calibration.read_temperature(m) is None  # no file: shown raw
-    write_json(tmp_path / "m" / "calibration.json", {"temperature": -1})
-    with pytest.raises(ArtifactError, match="positive"):
-        calibration.read_temperature(m)
-    write_json(tmp_path / "m" / "calibration.json", {"temperature": 0.5})
-    assert calibration.read_temperature(m) == 0.5
+    assert calibration.read_scaling(m) is None  # no file: shown raw
+    for bad, message in (({"temperature": -1}, "positive"), ({"temperature": True}, "positive"),
+                         ({"temperature": 1.0, "bias": "x"}, "bias"), ({"temperature": 1.0, "bias": None}, "bias")):
+        write_json(tmp_path / "m" / "calibration.json", bad)
+        with pytest.raises(ArtifactError, match=message):
+            calibration.read_scaling(m)
+    write_json(tmp_path / "m" / "calibration.json", {"temperature": 0.5})  # written before the bias existed
+    assert calibration.read_scaling(m) == calibration.Scaling(0.5, 0.0)
+    write_json(tmp_path / "m" / "calibration.json", {"temperature": 0.5, "bias": 1.2})
+    assert calibration.read_scaling(m)(0.5) == pytest.approx(calibration.calibrate(0.5, 0.5, 1.2))

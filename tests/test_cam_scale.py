@@ -82,7 +82,7 @@ def test_shared_scale_holds_for_every_committed_model():
 def test_committed_run_has_references_and_calibration_for_every_model():
     run = _committed()
     for m in run.models:
-        assert calibration.read_temperature(m) is not None, m.name
+        assert calibration.read_scaling(m) is not None, m.name
     for name in networks(run):
         refs = json.loads((run.dir / name / REFERENCE_FILE).read_text())
         assert refs["split"] == "val" and refs["n"] >= 32
@@ -95,7 +95,7 @@ def test_trainer_writes_references_and_calibration_and_the_commands_rerun(tiny_r
         refs = json.loads((run.dir / name / REFERENCE_FILE).read_text())
         assert set(refs["methods"]) == {"Grad-CAM", "Grad-CAM++", "HiResCAM", "XGradCAM", "LayerCAM"}
         assert refs["n"] == len(run.model(name).predictions("val"))  # the tiny run has fewer val films than n
-        assert calibration.read_temperature(run.model(name)) > 0
+        assert calibration.read_scaling(run.model(name)).temperature > 0
     assert main(["explain", "--run", str(run.dir), "--calibration-table"]) == 0
     assert "| small_cnn |" in capsys.readouterr().out
     assert main(["explain", "--run", str(run.dir), "--models", "nope"]) == 2  # a clear error, nothing lost

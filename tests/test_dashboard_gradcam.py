@@ -223,8 +223,8 @@ def test_map_view_uses_the_stored_reference_and_says_what_it_shows(tmp_path):
     assert ex.map_view(_explanation(strong), tmp_path, "m").values.max() == pytest.approx(0.5)
     # weighted by P(target): the same evidence on a film the model calls NORMAL (p = 0.01) is nearly uncoloured
     assert ex.map_view(_explanation(strong, p=0.01), tmp_path, "m").values.max() == pytest.approx(0.005)
-    # with a temperature, the calibrated probability weighs: T = 0.5 turns p = 0.2 into 1/17
-    cal = ex.map_view(_explanation(strong * 2, p=0.2), tmp_path, "m", temperature=0.5)
+    # with a calibration, the calibrated probability weighs: T = 0.5 turns p = 0.2 into 1/17
+    cal = ex.map_view(_explanation(strong * 2, p=0.2), tmp_path, "m", scaling=calibration.Scaling(0.5))
     assert cal.values.max() == pytest.approx(1 / 17, rel=1e-4)
     # targeting NORMAL weighs by 1 - P(PNEUMONIA)
     assert ex.map_view(_explanation(strong, target=0, p=0.25), tmp_path, "m").values.max() == pytest.approx(0.75)
@@ -320,12 +320,12 @@ def test_gradcam_page_test_split_pick_matches_core_inference(tiny_run, monkeypat
     assert [m.label for m in at.metric] == ["P(PNEUMONIA)", "P(PNEUMONIA)"]
     for metric, model in zip(at.metric, ["small_cnn", "mobilenet_v2"]):
         want = _independent_probability(tiny_run, model, run.locate(path))
-        t = calibration.read_temperature(run.model(model))  # the trainer fitted one after training
-        assert t is not None and metric.value == f"{calibration.calibrate(want, t):.3f}"
+        scaling = calibration.read_scaling(run.model(model))  # the trainer fitted one after training
+        assert scaling is not None and metric.value == f"{scaling(want):.3f}"
         csv = run.model(model).predictions("test").set_index("path")["probability"][path]
         assert abs(want - csv) < 1e-3  # the trainer's own evaluation saw the same pixels
         thr = run.model(model).threshold("youden")
-        shown_thr = calibration.calibrate(thr, t)
+        shown_thr = scaling(thr)
         assert any(f"threshold {shown_thr:.3f}: **{ex.label_at(want, thr)}**" in md.value for md in at.markdown)
         assert any(f"raw {want:.3f}" in c.value for c in at.caption)
     assert sum("Research use only" in c.value for c in at.caption) == 1  # the notice once per page, not per map
@@ -363,8 +363,8 @@ def test_gradcam_page_uploads_good_and_bad_files(tiny_run, monkeypatch):
     assert len(at.image) == 3 * 3  # three good films, each: the film + two overlays
     assert len(at.metric) == 3 * 2
     want = _independent_probability(tiny_run, "small_cnn", jpeg)
-    t = calibration.read_temperature(_run(tiny_run).model("small_cnn"))
-    assert at.metric[0].value == f"{calibration.calibrate(want, t):.3f}"
+    scaling = calibration.read_scaling(_run(tiny_run).model("small_cnn"))
+    assert at.metric[0].value == f"{scaling(want):.3f}"
     assert [s.value for s in at.subheader] == [f[0] for f in files]  # errors sit in each file's own spot
 
 

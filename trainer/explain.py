@@ -2,7 +2,7 @@
 
 * ``cam_reference.json``: for each CAM method and target class, the ``REFERENCE_PERCENTILE`` of the model's raw
   maps over a fixed sample of validation films: the value that full colour means (``core.cams``).
-* ``calibration.json``: the validation-fitted temperature (``core.calibration``).
+* ``calibration.json``: the validation-fitted temperature and bias (``core.calibration``).
 
 The trainer runs it after training; this command adds it to runs that lack it (``--force`` recomputes).
 """
@@ -100,14 +100,14 @@ def scale_check(run: Run, name: str, k: int = 20, method: str = "Grad-CAM") -> d
     reference = read_reference(model.dir, method, "PNEUMONIA")
     if reference is None:
         raise ArtifactError(f"{model.dir / REFERENCE_FILE}: no {method} reference; run `python -m trainer explain`")
-    t = calibration.read_temperature(model)
+    scaling = calibration.read_scaling(model)
     loaded = load_trained(model)
     pred = model.predictions("val").sort_values("probability", kind="stable")
     out = {}
     for group, rows in (("confident_normal", pred.head(k)), ("confident_pneumonia", pred.tail(k))):
         films = load_films(run, rows["path"], loaded.input_size)
         raw = maps_for(loaded, films, [method], 1)[method]
-        p = rows["probability"].to_numpy() if t is None else calibration.calibrate(rows["probability"], t)
+        p = rows["probability"].to_numpy() if scaling is None else scaling(rows["probability"])
         weighted = [on_shared_scale(m, reference, q).max() for m, q in zip(raw, p)]
         out[group] = np.array(weighted)
         out[group + "_unweighted"] = on_shared_scale(raw, reference).reshape(len(raw), -1).max(axis=1)
@@ -155,7 +155,7 @@ def _calibrate(model: ModelArtifacts, log) -> None:
     except ValueError as e:  # one class in validation: nothing to fit, not an error of the model
         log(f"{model.name}: not calibrated ({e}); its probabilities are shown raw")
         return
-    log(f"{model.name}: temperature {c['temperature']:.3f}")
+    log(f"{model.name}: temperature {c['temperature']:.3f}, bias {c['bias']:+.3f}")
 
 
 def cmd_explain(args) -> int:
@@ -163,12 +163,17 @@ def cmd_explain(args) -> int:
         rows = calibration.before_after(Run(Path(args.run)))
         print(calibration.markdown_table(rows) if rows else "no model of this run has a calibration.json yet")
         return 0
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.recalibrate:
+        run = Run(Path(args.run))
+        for name in models or [m.name for m in run.models]:
+            _calibrate(run.model(name), print)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.scale_check:
         print_scale_check(Run(Path(args.run)), args.models)
         return 0
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else REFERENCE_METHODS
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown:
@@ -251,6 +256,9 @@ def add_commands(sub) -> None:
     e.add_argument("--threads", type=int)
     e.add_argument("--calibration-table", action="store_true",
                    help="only print ECE and Brier before/after calibration on test and official_val (Markdown)")
+    e.add_argument("--recalibrate", action="store_true",
+                   help="only refit calibration.json (temperature and bias on validation), e.g. for files written "
+                        "before the bias existed")
     e.add_argument("--scale-check", action="store_true",
                    help="only print the shared scale's check: PNEUMONIA map maxima on confidently NORMAL vs "
                         "confidently PNEUMONIA validation films")

@@ -25,7 +25,7 @@ run = start("Grad-CAM")
 st.title("Grad-CAM: where the models look")
 st.caption("Class activation maps of the run's trained models on your films or on films of the run's test split. "
            "Warm colours mark the regions that raised the chosen class's score. A map shows what a model used, "
-           "not whether it was right. Probabilities are calibrated on validation (temperature scaling). "
+           "not whether it was right. Probabilities are calibrated on validation (temperature and bias). "
            "**Research use only — not for diagnosis.**")
 
 names = model_names(run)
@@ -136,19 +136,19 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
         result = ex.explain_one(cm, pixels, method, target)
     ma = run.model(name)
     p, thr = result.probability, thresholds[name]
-    temperature = calibration.read_temperature(ma)
-    on_scale = (lambda v: v) if temperature is None else (lambda v: float(calibration.calibrate(v, temperature)))
-    view = ex.map_view(result, ma.dir, name, scale, temperature)
+    scaling = calibration.read_scaling(ma)
+    on_scale = (lambda v: v) if scaling is None else (lambda v: float(scaling(v)))
+    view = ex.map_view(result, ma.dir, name, scale, scaling)
     rgb = ex.overlay_image(image.display(), view, alpha)
     when = "cached" if result.cached else f"{result.seconds:.2f} s"
     st.image(rgb, caption=f"{method} of {CLASSES[target]} · {when}", width="stretch")  # level with the film
     st.metric(f"P({CLASSES[POSITIVE]})", f"{on_scale(p):.3f}",
-              help="calibrated: temperature scaling fitted on validation" if temperature else "raw model output")
+              help="calibrated: temperature and bias fitted on validation" if scaling else "raw model output")
     if isinstance(thr, str):
         st.warning(f"{name}: {plain(thr)}; no label shown.")
     else:
         st.markdown(f"Label at the validation-chosen threshold {on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
-    st.caption(f"calibrated on validation (raw {p:.3f})" if temperature else "raw (this run has no calibration)")
+    st.caption(f"calibrated on validation (raw {p:.3f})" if scaling else "raw (this run has no calibration)")
     if view.note:
         st.info(view.note)
     if cm.loaded.framing == "lungs":

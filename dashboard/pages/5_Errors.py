@@ -63,14 +63,14 @@ if preds is None or threshold is None:
     stop()
 
 fp, fn = ex.errors_of(preds, threshold)
-temperature = None
+scaling = None
 with guard(f"{model_name}: calibration"):
-    temperature = calibration.read_temperature(ma)
+    scaling = calibration.read_scaling(ma)
 
 
 def shown_probability(p: float) -> float:
-    """Calibrated when the model has a temperature (validation-fitted), else raw; labels never change."""
-    return float(p) if temperature is None else float(calibration.calibrate(p, temperature))
+    """Calibrated when the model has a calibration (validation-fitted), else raw; labels never change."""
+    return float(p) if scaling is None else float(scaling(p))
 
 
 c = st.columns(4)
@@ -114,7 +114,7 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
                 image = ex.decoded(path, name)
                 try:
                     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
-                    view = ex.map_view(result, ma.dir, model_name, scale, temperature)
+                    view = ex.map_view(result, ma.dir, model_name, scale, scaling)
                     rgb = ex.overlay_image(image.display(THUMB_SIDE), view, alpha)
                 except ImageError as e:
                     st.error(f"Cannot read {plain(name)}: {plain(e)}")

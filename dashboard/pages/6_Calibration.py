@@ -23,7 +23,8 @@ c1, c2 = st.columns([3, 1])
 chosen = [e.label for e in chosen_entries]
 split = c2.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cal_split")
 use_cal = c1.radio("Probabilities", ["raw", "calibrated"], key="cal_which", horizontal=True,
-                   help="calibrated: temperature scaling fitted on validation (python -m trainer explain)")
+                   help="calibrated: temperature and bias on the logit, fitted on validation "
+                        "(python -m trainer explain)")
 
 bins, rows, preds = {}, [], {}
 for name in chosen:
@@ -34,12 +35,12 @@ for name in chosen:
     met = pred = None
     if use_cal == "calibrated":
         with guard(f"{name}: calibration"):
-            t = calibration.read_temperature(m)
-            if t is None:
+            scaling = calibration.read_scaling(m)
+            if scaling is None:
                 st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
                 continue
             pred = cached_predictions(m, split).copy()
-            pred["probability"] = calibration.calibrate(pred["probability"], t)
+            pred["probability"] = scaling(pred["probability"])
             preds[name] = pred
             bins[name], _ = tables.calibration_from(None, pred)
             rows.append(tables.calibration_row(name, None, pred))
@@ -76,20 +77,22 @@ if rows:
 elif chosen:
     st.info(f"Nothing to show for split {split}.")
 
-st.subheader("Before and after temperature scaling")
+st.subheader("Before and after calibration")
 with guard("calibration"):
     ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
     if ba:
-        st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "n", "ece_raw", "ece_calibrated",
+        st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "bias", "n", "ece_raw", "ece_calibrated",
                                        "brier_raw", "brier_calibrated"]]
-                     .rename(columns={"temperature": "T", "ece_raw": "ECE raw", "ece_calibrated": "ECE cal.",
+                     .rename(columns={"temperature": "T", "bias": "b", "ece_raw": "ECE raw",
+                                      "ece_calibrated": "ECE cal.",
                                       "brier_raw": "Brier raw", "brier_calibrated": "Brier cal."}),
                      hide_index=True, width="stretch", height=min(40 + 35 * len(ba), 600),
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                    for c in ("T", "ECE raw", "ECE cal.", "Brier raw", "Brier cal.")})
-        st.caption("One temperature T per model, fitted on validation only (p_cal = sigmoid(logit(p) / T)); "
-                   "scored on test and official_val. The map is monotonic: no film changes label. "
-                   "Temperature fixes over- or under-confidence, not a shift between classes.")
+                                    for c in ("T", "b", "ECE raw", "ECE cal.", "Brier raw", "Brier cal.")})
+        st.caption("One temperature T and bias b per model, fitted on validation only (p_cal = "
+                   "sigmoid(logit(p) / T + b)); scored on test and official_val. The map is monotonic: no film "
+                   "changes label. T fixes over- or under-confidence; b fixes the shift between the classes that "
+                   "the class-weighted loss makes on purpose (it trains as if both classes were equally common).")
     else:
         st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
 

@@ -90,17 +90,17 @@ def verdict(model_name: str) -> cs.Verdict:
     ma = run.model(model_name)
     cm = ex.cached_model(ma)
     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
-    t = calibration.read_temperature(ma)
-    scale = (lambda v: v) if t is None else (lambda v: float(calibration.calibrate(v, t)))
+    scaling = calibration.read_scaling(ma)
+    scale = (lambda v: v) if scaling is None else (lambda v: float(scaling(v)))
     thr = ma.threshold()  # at the model's own rule, as in the README and leaderboard
-    view = ex.map_view(result, ma.dir, model_name, ex.SHARED, t)
+    view = ex.map_view(result, ma.dir, model_name, ex.SHARED, scaling)
     notes = [view.note] if view.note else []
     if view.coloured and (focus := ex.lung_focus(film, result)) is not None:
         notes.append(focus.caption())
     if (rho := faithfulness.failing(sanity, model_name, method)) is not None:
         notes.append(f"{method} failed the randomisation sanity check for this model (rho {rho:.2f}).")
     return cs.Verdict(model=model_name, p_raw=result.probability, p_shown=scale(result.probability),
-                      calibrated=t is not None, threshold_raw=thr, threshold_shown=scale(thr),
+                      calibrated=scaling is not None, threshold_raw=thr, threshold_shown=scale(thr),
                       label=ex.label_at(result.probability, thr),
                       overlay_png=ex.png_bytes(ex.overlay_image(film, view, ALPHA)), note=" ".join(notes),
                       figures=cs.split_figures(ma))
@@ -121,7 +121,7 @@ c[1].metric("Models calling NORMAL", f"{n - k} of {n}")
 if truth is not None:
     c[2].metric("True label (test split)", CLASSES[truth])
 st.dataframe(cs.display_table(verdicts), hide_index=True, width="stretch")
-st.caption("P(PNEUMONIA) is calibrated on validation (temperature scaling); the threshold is shown on the same "
+st.caption("P(PNEUMONIA) is calibrated on validation (temperature and bias); the threshold is shown on the same "
            "scale, so the label is exactly the trainer's. test: the training hospital batch; official_val: 16 films "
            "of another batch.")
 
