@@ -148,7 +148,8 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
         st.warning(f"{name}: {plain(thr)}; no label shown.")
     else:
         st.markdown(f"Label at the validation-chosen threshold {on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
-    st.caption(f"calibrated on validation (raw {p:.3f})" if scaling else "raw (this run has no calibration)")
+    st.caption(f"calibrated on validation, i.e. to the training batch's share of pneumonia (raw {p:.3f})" if scaling
+               else "raw (this run has no calibration)")
     if view.note:
         st.info(view.note)
     if cm.loaded.framing == "lungs":
