@@ -196,6 +196,17 @@ def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
     ov = art.metrics("official_val")
     assert m["official_val"]["auc"] == pytest.approx(ov["auc"])
     assert m["official_val"]["at"]["sens95"]["specificity"] == pytest.approx(ov["at"]["sens95"]["specificity"])
+    # --models rescored one model into the stored file (same shifts and limit), or says why it cannot
+    stored = json.loads((run.dir / "shift.json").read_text())
+    stored["models"]["other"] = {**stored["models"]["m"], "mean_auc": 0.5}  # another model's result: must survive
+    (run.dir / "shift.json").write_text(json.dumps(stored))
+    args = ["shift", "--run", str(run.dir), "--shifts", "none,gamma_dark,border_crop", "--limit", "24"]
+    assert main([*args, "--models", "m"]) == 0
+    again = json.loads((run.dir / "shift.json").read_text())
+    assert again["models"]["other"]["mean_auc"] == 0.5 and again["models"]["m"]["shifts"]["none"]["auc"] == \
+        pytest.approx(m["shifts"]["none"]["auc"]) and again["command"].count("trainer shift") == 2
+    assert main([*args[:-1], "30", "--models", "m"]) == 2  # another --limit: rerun without --models
+    assert main([*args, "--models", "nope"]) == 2
 
 
 def test_undertrained_rows_are_flagged():

@@ -366,8 +366,9 @@ def _add_report(sub) -> None:
 def cmd_shift(args) -> int:
     from trainer.shift import shift_run, table
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else None
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     result = shift_run(args.run, shifts=shifts, limit=args.limit, cache_dir=args.cache_dir, workers=args.workers,
-                       command=_command(args.argv))
+                       command=_command(args.argv), models=models)
     print(table(result, args.rule))
     return 0
 
@@ -378,6 +379,8 @@ def _add_shift(sub) -> None:
     h.add_argument("--shifts", help="comma-separated names from core/shift.py (default: all)")
     h.add_argument("--limit", type=int, help="score a fixed random subset of this many test images (quick look)")
     h.add_argument("--rule", help="print the table at this validation threshold rule (default: each model's own)")
+    h.add_argument("--models", help="score only these models (comma-separated), keeping the others' results in "
+                                    "shift.json (made with the same --shifts and --limit)")
     h.add_argument("--cache-dir")
     h.add_argument("--workers", type=int)
     h.set_defaults(func=cmd_shift)

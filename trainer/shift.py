@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from core import metrics
-from core.artifacts import ArtifactError, Run, now_iso, write_json
+from core.artifacts import ArtifactError, Run, now_iso, read_json, write_json
 from core.cache import load_or_build
 from core.data import DataError, Sample
 from core.inference import load_trained, predict_loaded
@@ -46,20 +46,38 @@ def score(y: np.ndarray, p: np.ndarray, thresholds: dict, rule: str) -> dict:
     return {"auc": metrics.auc(y, p), "rule": rule, **at[rule], "at": at}
 
 
+def _kept(run: Run, models, shifts, limit) -> tuple[dict, str]:
+    """With ``models``, the other models' results of the stored shift.json (made with the same shifts and limit)
+    and its command; without, nothing."""
+    if not models:
+        return {}, ""
+    path = run.dir / "shift.json"
+    stored = read_json(path) if path.exists() else {"models": {}, "shifts": {s: None for s in shifts},
+                                                     "limit": limit, "command": ""}
+    if list(stored.get("shifts") or {}) != shifts or stored.get("limit") != limit:
+        raise DataError(f"{path} was made with other shifts or --limit: rerun without --models")
+    unknown = sorted(set(models) - {m.name for m in run.models})
+    if unknown:
+        raise ArtifactError(f"{run.dir}: no model named {', '.join(unknown)}")
+    return {k: v for k, v in stored["models"].items() if k not in models}, str(stored.get("command") or "")
+
+
 def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None, workers=None,
-              command=None) -> dict:
+              command=None, models: list[str] | None = None) -> dict:
+    """Score the run's models (only ``models`` when given, keeping the others' stored results) and write it."""
     run = Run(Path(run_dir))
     shifts = list(shifts or SHIFTS)
     unknown = [s for s in shifts if s not in SHIFTS]
     if unknown:
         raise DataError(f"unknown shifts {unknown}; known: {', '.join(SHIFTS)}")
+    kept, before = _kept(run, models, shifts, limit)
     samples = test_split_samples(run, limit)
     y = np.array([s.label for s in samples])
     images: dict[int, dict[str, np.ndarray]] = {}  # size -> shift -> uint8 batch
     probs: dict[str, dict[str, np.ndarray]] = {}
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = dict(kept)
     for art in run.models:
-        if art.is_ensemble:
+        if art.is_ensemble or (models and art.name not in models):
             continue
         try:
             loaded = load_trained(art)
@@ -84,9 +102,11 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
             print(_line(art.name, results[art.name]), flush=True)
     if not results:
         raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
+    order = [m.name for m in run.models]
     out = {"created": now_iso(), "n": len(samples), "n_pos": int(y.sum()), "limit": limit,
-           "shifts": {s: SHIFTS[s][0] for s in shifts}, "models": results,
-           "command": command or ""}
+           "shifts": {s: SHIFTS[s][0] for s in shifts},
+           "models": {k: results[k] for k in sorted(results, key=lambda k: order.index(k) if k in order else 0)},
+           "command": "; ".join(c for c in (before, command or "") if c)}
     write_json(run.dir / "shift.json", out)
     return out
 
