@@ -77,8 +77,7 @@ if rows:
 elif chosen:
     st.info(f"Nothing to show for split {split}.")
 
-st.subheader("Before and after calibration")
-with guard("calibration"):
+with st.expander("Before and after calibration: temperature, bias, ECE and Brier per model"), guard("calibration"):
     ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
     if ba:
         st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "bias", "n", "ece_raw", "ece_calibrated",
