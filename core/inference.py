@@ -128,6 +128,12 @@ def predict_probabilities(model, images_u8, mean, std, *, batch_size: int = 64, 
 def predict_loaded(loaded: LoadedModel, images_u8, *, batch_size: int = 64, backend: str | None = None,
                    tta: int | None = None) -> np.ndarray:
     """``predict_probabilities`` with the model's own recipe (framing, normalisation, TTA) on the chosen backend."""
-    framed, _ = loaded.frame(images_u8)
-    return predict_probabilities(loaded.forward(backend), framed, loaded.mean, loaded.std, batch_size=batch_size,
+    return predict_framed(loaded, loaded.frame(images_u8)[0], batch_size=batch_size, backend=backend, tta=tta)
+
+
+def predict_framed(loaded: LoadedModel, framed_u8, *, batch_size: int = 64, backend: str | None = None,
+                   tta: int | None = None) -> np.ndarray:
+    """``predict_loaded`` for squares already framed (``LoadedModel.frame``): callers that also draw a map frame
+    once."""
+    return predict_probabilities(loaded.forward(backend), framed_u8, loaded.mean, loaded.std, batch_size=batch_size,
                                  tta=loaded.tta if tta is None else tta, preprocess=loaded.preprocess)

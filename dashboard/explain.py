@@ -10,8 +10,9 @@
   slider or switching pages redraws without running the network again.
 * Uploads are never written to disk: the pages hand bytes to ``core.images`` directly.
 
-Preprocessing is exactly the trainer's: ``core.images.load_for_model`` → ``LoadedModel.inputs`` → model, and the
-probability comes from ``core.inference.predict_loaded`` (test-time augmentation included when the recipe used it).
+Preprocessing is exactly the trainer's: ``core.images.load_for_model`` → ``LoadedModel.frame`` → ``inputs`` → model,
+and the probability comes from ``core.inference.predict_framed`` on the same framed film the map is drawn from
+(test-time augmentation included when the recipe used it).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from core.cams import (
 )
 from core.framing import unframe
 from core.images import load_for_model, load_xray
-from core.inference import LoadedModel, load_trained, predict_loaded
+from core.inference import LoadedModel, load_trained, predict_framed
 from core.labels import CLASSES, POSITIVE
 
 DISPLAY_SIDE = 768  # longest side of the film under an overlay (and of the downloadable PNG)
@@ -173,8 +174,8 @@ def explain_one(cm: CachedModel, image_u8: np.ndarray, method: str = "Grad-CAM",
         return replace(hit, cached=True)
     t0 = time.perf_counter()
     with cm.lock:
-        prob = float(predict_loaded(cm.loaded, image_u8[None])[0])
         framed, boxes = cm.loaded.frame(image_u8[None])
+        prob = float(predict_framed(cm.loaded, framed)[0])
         heat, raw = explain_with_raw(cm.loaded.model, cm.loaded.spec, cm.loaded.inputs(framed), method,
                                      target=int(target))
         heat, raw = unframe(np.asarray(heat)[None], boxes)[0], unframe(raw[None], boxes)[0]  # on the whole film
