@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data import sort_splits
-from core.metrics import evaluate_split, headline_rule
+from core.data import MANIFEST_SUFFIXES, STRATA, sort_splits
+from core.metrics import evaluate_split, headline_rule, strata_metrics
 
 SCHEMA_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ STALE_AFTER_SECONDS = 600
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"]
 PREDICTION_COLUMNS = ["path", "label", "probability"]
 SPLIT_COLUMNS = ["path", "label", "patient_id", "split"]
+STRATUM_COLUMNS = ["source", *STRATA]  # optional columns of split.csv and predictions_<split>.csv
 SKIPPED_COLUMNS = ["path", "reason"]
 
 
@@ -78,13 +80,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # read-only or not ours: name the file meant, not a random temporary name
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk fails the write with no file name: name the file meant
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -126,9 +134,9 @@ def write_csv(path: str | Path, rows, columns: list[str]) -> None:
 
 
 def data_folder(data_root: str | Path) -> Path:
-    """The folder stored image paths are relative to: the data folder, or a CSV manifest's own folder."""
+    """The folder stored image paths are relative to: the data folder, or a manifest's own folder."""
     root = Path(data_root).expanduser()
-    return root.parent if root.suffix.lower() == ".csv" else root
+    return root.parent if root.suffix.lower() in MANIFEST_SUFFIXES else root
 
 
 def stored_path(path: str | Path, data_root: str | Path | None) -> str:
@@ -159,23 +167,32 @@ class ModelWriter:
     def history(self, rows: list[dict]) -> None:
         write_csv(self.dir / "history.csv", rows, HISTORY_COLUMNS)
 
-    def predictions(self, split: str, paths, labels, probabilities) -> None:
+    def predictions(self, split: str, paths, labels, probabilities, strata: dict | None = None) -> None:
         # repr() round-trips a float exactly, so counts recomputed from this file at a threshold (itself one
         # of these probabilities) equal the ones in metrics_<split>.json
         rows = [{"path": stored_path(a, self.data_root), "label": int(b), "probability": repr(float(c))}
                 for a, b, c in zip(paths, labels, probabilities)]
-        write_csv(self.dir / f"predictions_{split}.csv", rows, PREDICTION_COLUMNS)
+        extra = [c for c in STRATUM_COLUMNS if c in (strata or {})]
+        for column in extra:
+            for row, value in zip(rows, strata[column]):
+                row[column] = value
+        write_csv(self.dir / f"predictions_{split}.csv", rows, PREDICTION_COLUMNS + extra)
 
     def metrics(self, split: str, metrics: dict) -> None:
         write_json(self.dir / f"metrics_{split}.json", metrics)
 
-    def score(self, split: str, paths, labels, probabilities, thresholds: dict) -> dict:
+    def score(self, split: str, paths, labels, probabilities, thresholds: dict, strata: dict | None = None) -> dict:
         """Write a split's predictions and its metrics at ``thresholds`` (chosen on validation); return the metrics.
 
         The one place where scored probabilities become artifacts: training, ``evaluate`` and ensembles use it.
+        ``strata`` ({column: value per image}: source, view, sex, age band) adds each image's stratum to the
+        predictions and per-stratum figures under the metrics' ``by`` key.
         """
-        self.predictions(split, paths, labels, probabilities)
-        m = evaluate_split(np.asarray(labels), np.asarray(probabilities), thresholds, split=split)
+        self.predictions(split, paths, labels, probabilities, strata)
+        y, p = np.asarray(labels), np.asarray(probabilities)
+        m = evaluate_split(y, p, thresholds, split=split)
+        if strata:
+            m["by"] = strata_metrics(y, p, thresholds, strata)
         self.metrics(split, m)
         return m
 
@@ -196,10 +213,13 @@ class RunWriter:
         return ModelWriter(self.dir, name, self.data_root)
 
     def split(self, samples) -> None:
-        """One row per sample (``core.data.Sample``): path, label, patient_id, split."""
+        """One row per sample (``core.data.Sample``): path, label, patient_id, split, and the stratum columns
+        (source, view, sex, age band) that any sample has."""
+        extra = [c for c in STRATUM_COLUMNS if any(s.stratum(c) for s in samples)]
         write_csv(self.dir / "split.csv", [{"path": stored_path(s.path, self.data_root), "label": s.label,
-                                            "patient_id": s.patient_id, "split": s.split} for s in samples],
-                  SPLIT_COLUMNS)
+                                            "patient_id": s.patient_id, "split": s.split,
+                                            **{c: s.stratum(c) for c in extra}} for s in samples],
+                  SPLIT_COLUMNS + extra)
 
     def skipped(self, skipped: list[tuple[str, str]]) -> None:
         write_csv(self.dir / "skipped.csv", [{"path": stored_path(p, self.data_root), "reason": r}
@@ -224,26 +244,63 @@ MAX_JSON_BYTES = 16 * 2**20
 MAX_CSV_BYTES = 128 * 2**20
 
 
+def _not_regular(mode: int) -> str | None:
+    """What a special file is ("a named pipe", ...), or None for a regular file."""
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+    return None if stat.S_ISREG(mode) else next((k for test, k in kinds if test(mode)), "not a regular file")
+
+
 def _size_checked(path: Path, limit: int) -> Path:
+    """``path`` when it is a regular file of at most ``limit`` bytes. A named pipe (a tar can carry one) would block
+    the reader forever and a device never ends, so special files are refused before anything opens them."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
     except OSError as e:
         raise ArtifactError(f"{path}: unreadable ({e.strerror or e})") from None
-    if size > limit:
-        raise ArtifactError(f"{path}: {size:,} bytes, more than the {limit:,} an artifact of this kind may have")
+    if kind := _not_regular(st.st_mode):
+        raise ArtifactError(f"{path}: is {kind}, not a file; refusing to open it")
+    if st.st_size > limit:
+        raise ArtifactError(f"{path}: {st.st_size:,} bytes, more than the {limit:,} an artifact of this kind may have")
     return path
+
+
+def read_bytes(path: str | Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else ``ArtifactError``. Opened non-blocking and checked
+    again on the open file, so a file swapped for a pipe between the check and the open cannot hang the reader."""
+    path = _size_checked(Path(path), limit)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing") from None
+    except OSError as e:
+        raise ArtifactError(f"{path}: unreadable ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        if kind := _not_regular(os.fstat(fd).st_mode):
+            raise ArtifactError(f"{path}: is {kind}, not a file; refusing to read it")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise ArtifactError(f"{path}: unreadable ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise ArtifactError(f"{path}: more than the {limit:,} bytes an artifact of this kind may have")
+    return data
+
+
+def read_text(path: str | Path, limit: int = MAX_JSON_BYTES) -> str:
+    """A small text file (UTF-8, undecodable bytes replaced) read as ``read_bytes`` does: never a pipe or device."""
+    return read_bytes(path, limit).decode("utf-8", errors="replace")
 
 
 def read_json(path: str | Path, fields: dict | None = None) -> dict:
     """A JSON object, size-bounded; ``fields`` ({key: (description, check)}) type-checks the keys present."""
-    path = _size_checked(Path(path), MAX_JSON_BYTES)
+    path = Path(path)
+    raw = read_bytes(path, MAX_JSON_BYTES)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e}); the file may be half-written or corrupt") from None
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path}: expected a JSON object, found {type(obj).__name__}")
@@ -251,12 +308,11 @@ def read_json(path: str | Path, fields: dict | None = None) -> dict:
 
 
 def read_csv(path: str | Path, columns: list[str]) -> pd.DataFrame:
-    path = _size_checked(Path(path), MAX_CSV_BYTES)
+    path = Path(path)
+    raw = read_bytes(path, MAX_CSV_BYTES)
     try:
-        df = pd.read_csv(path)
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        df = pd.read_csv(io.BytesIO(raw))
+    except ( UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ArtifactError(f"{path}: unreadable CSV ({e})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -297,6 +353,17 @@ def _input_size(v) -> bool:
     return v is None or (_integer(v) and MIN_INPUT_SIZE <= v <= MAX_INPUT_SIZE)
 
 
+def _preprocess(v) -> bool:
+    from core.transforms import PREPROCESS  # an unknown name must not reach the model
+    return v is None or v in PREPROCESS
+
+
+def _framing(v) -> bool:
+    from core.framing import FRAMINGS
+    return v is None or v in FRAMINGS
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 TEXT = ("a string", lambda v: isinstance(v, str))
 TEXT_OR_NULL = ("a string or null", lambda v: v is None or isinstance(v, str))
 INTEGER = ("an integer", _integer)
@@ -312,6 +379,9 @@ RUN_FIELDS = {
     "run_id": NAME, "created": TEXT, "updated": TEXT, "data_root": TEXT, "data_root_given": TEXT,
     "data_layout": TEXT, "data_fingerprint": TEXT, "command": TEXT, "config": MAPPING, "versions": MAPPING,
     "split_rule": TEXT, "models": NAMES, "n_skipped": COUNT,
+    "sources": ("a list of {name, data} with names and relative paths", lambda v: isinstance(v, list) and all(
+        isinstance(s, dict) and name_problem(s.get("name")) is None and isinstance(s.get("data"), str)
+        for s in v)),
     "split_counts": ("an object {split: {class: count}}", lambda v: isinstance(v, dict) and all(
         isinstance(c, dict) and all(_integer(n) and n >= 0 for n in c.values()) for c in v.values())),
 }
@@ -322,6 +392,9 @@ CONFIG_FIELDS = {
     "mean": ("three numbers", lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v))),
     "std": ("three positive numbers", lambda v: isinstance(v, list) and len(v) == 3
             and all(_number(x) and x > 0 for x in v)),
+    "preprocess": ("one of the trainer's preprocess names (core.transforms.PREPROCESS), or null", _preprocess),
+    "framing": ("one of the trainer's framings (core.framing.FRAMINGS), or null", _framing),
+    "lung_model_sha256": ("a sha256 (64 hex digits)", lambda v: isinstance(v, str) and _SHA256.fullmatch(v)),
 }
 STATUS_FIELDS = {
     "state": (f"one of {', '.join(STATES)}", lambda v: v in STATES), "heartbeat": TEXT, "message": TEXT_OR_NULL,
@@ -329,17 +402,45 @@ STATUS_FIELDS = {
     "best_val_auc": NUMBER_OR_NULL, "eta_seconds": NUMBER_OR_NULL, "train_seconds": NUMBER_OR_NULL,
     "early_stopped": BOOL,
 }
+def _unit(v) -> bool:
+    """A number in [0, 1] (a rate, a probability, an AUC, a threshold), or null."""
+    return v is None or (_number(v) and 0 <= v <= 1)
+
+
+def _curves(v) -> bool:
+    """{name: list}: every value in [0, 1] but bin counts (non-negative); the curves are plotted as they are."""
+    return isinstance(v, dict) and all(isinstance(xs, list) and all(
+        (x is None or (_number(x) and x >= 0)) if k == "count" else _unit(x) for x in xs) for k, xs in v.items())
+
+
+COUNT_MEASURES = ("tp", "fp", "tn", "fn")  # in metrics "at": counts; every other measure is a rate in [0, 1]
+UNIT = ("a number in [0, 1], or null", _unit)
 METRICS_FIELDS = {
-    "split": TEXT, "n": COUNT, "n_pos": COUNT, "n_neg": COUNT, "auc": NUMBER_OR_NULL, "brier": NUMBER_OR_NULL,
-    "ece": NUMBER_OR_NULL, "prevalence": NUMBER_OR_NULL,
-    "auc_ci": ("two numbers (or nulls)", lambda v: isinstance(v, list) and len(v) == 2 and _numbers_or_null(v)),
-    "thresholds": ("an object {rule: {value: number}}", lambda v: isinstance(v, dict) and all(
-        isinstance(t, dict) and _number(t.get("value")) for t in v.values())),
-    "at": ("an object {rule: {measure: number}}", lambda v: isinstance(v, dict) and all(
-        isinstance(t, dict) and all(x is None or _number(x) for x in t.values()) for t in v.values())),
-    **{k: ("an object of number lists", lambda v: isinstance(v, dict) and all(map(_numbers_or_null, v.values())))
-       for k in ("roc", "pr", "calibration")},
+    "split": TEXT, "n": COUNT, "n_pos": COUNT, "n_neg": COUNT, "auc": UNIT, "brier": UNIT, "ece": UNIT,
+    "prevalence": UNIT,
+    "auc_ci": ("two numbers in [0, 1] (or nulls), low first", lambda v: isinstance(v, list) and len(v) == 2
+               and all(map(_unit, v)) and (None in v or v[0] <= v[1])),
+    "thresholds": ("an object {rule: {value: number in [0, 1]}}", lambda v: isinstance(v, dict) and all(
+        isinstance(t, dict) and t.get("value") is not None and _unit(t.get("value")) for t in v.values())),
+    "at": ("an object {rule: {measure: rate in [0, 1] or count}}", lambda v: isinstance(v, dict) and all(
+        isinstance(t, dict) and all((x is None or (_number(x) and x >= 0)) if k in COUNT_MEASURES else _unit(x)
+                                    for k, x in t.items()) for t in v.values())),
+    **{k: ("an object of lists of numbers in [0, 1]", _curves) for k in ("roc", "pr", "calibration")},
 }
+
+
+CLOCK_SKEW_SECONDS = 300  # a heartbeat this far ahead of our clock was not written by a live trainer here
+
+
+def heartbeat_stale(heartbeat) -> bool:
+    """Whether a running model's heartbeat says its trainer is gone: older than ``STALE_AFTER_SECONDS``, missing,
+    unparsable, without a time zone, or in the future (a crafted date must not make a run look alive forever)."""
+    try:
+        when = datetime.fromisoformat(heartbeat)
+        age = (datetime.now(timezone.utc) - when).total_seconds()
+    except (TypeError, ValueError, OverflowError):  # naive dates cannot be compared with aware ones: TypeError
+        return True
+    return not -CLOCK_SKEW_SECONDS <= age <= STALE_AFTER_SECONDS
 
 
 @dataclass
@@ -361,11 +462,7 @@ class ModelArtifacts:
         """Read fresh each time (a running model changes it); adds ``stale`` for a dead trainer."""
         st = read_json(self.dir / "status.json", STATUS_FIELDS)
         if st.get("state") == "running":
-            try:
-                age = (datetime.now(timezone.utc) - datetime.fromisoformat(st["heartbeat"])).total_seconds()
-                st["stale"] = age > STALE_AFTER_SECONDS
-            except (KeyError, TypeError, ValueError):
-                st["stale"] = True
+            st["stale"] = heartbeat_stale(st.get("heartbeat"))
         return st
 
     def history(self) -> pd.DataFrame:
@@ -408,11 +505,45 @@ class ModelArtifacts:
         return df.assign(path=df["path"].astype(str), label=label.astype(int), probability=prob.astype(float))
 
     def metrics(self, split: str) -> dict:
+        """A split's metrics_<split>.json; ``split:value`` (``test:nih_adult``) or ``split:column=value``
+        (``test:view=AP``) is one population of it (``population``)."""
+        if ":" in split:
+            return self.population(split)
         m = read_json(self.dir / f"metrics_{split}.json", METRICS_FIELDS)
         for key in ("auc", "thresholds", "at"):
             if key not in m:
                 raise ArtifactError(f"{self.dir / f'metrics_{split}.json'}: missing key {key!r}")
+        if all(k in m for k in ("n", "n_pos", "n_neg")) and m["n_pos"] + m["n_neg"] != m["n"]:
+            raise ArtifactError(f"{self.dir / f'metrics_{split}.json'}: n_pos + n_neg = {m['n_pos'] + m['n_neg']} "
+                                f"but n = {m['n']}; the counts do not add up")
         return m
+
+    def population(self, spec: str) -> dict:
+        """The figures of one stratum of a split, shaped like a split's metrics (``auc``, ``auc_ci``, ``at``,
+        ``thresholds``): ``test:nih_adult`` is the source nih_adult of test, ``test:view=AP`` its AP films."""
+        split, _, stratum = spec.partition(":")
+        column, _, value = stratum.rpartition("=")
+        whole = self.metrics(split)
+        by = whole.get("by")
+        path = self.dir / f"metrics_{split}.json"
+        group = (by or {}).get(column or "source", {}).get(value) if isinstance(by, dict) else None
+        if not isinstance(group, dict):
+            raise ArtifactError(f"{path}: no figures for {column or 'source'} {value!r}")
+        group = check_fields(dict(group), {k: METRICS_FIELDS[k] for k in ("n", "n_pos", "n_neg", "auc", "auc_ci",
+                                                                          "at")}, path)
+        if "at" not in group or "auc" not in group:
+            raise ArtifactError(f"{path}: figures for {value!r} lack auc or at")
+        return {**group, "split": spec, "thresholds": whole["thresholds"]}
+
+    def populations(self, split: str, column: str = "source") -> list[str]:
+        """The values of ``column`` that ``split`` has figures for (sources, views...), as ``split:value`` specs."""
+        try:
+            by = self.metrics(split).get("by") or {}
+        except ArtifactError:
+            return []
+        groups = by.get(column) if isinstance(by, dict) else None
+        prefix = "" if column == "source" else f"{column}="
+        return [f"{split}:{prefix}{v}" for v in sorted(groups)] if isinstance(groups, dict) else []
 
     def threshold(self, rule: str | None = None) -> float:
         """The operating threshold chosen on validation (never on any other split), by default at the model's own
@@ -483,7 +614,14 @@ class Run:
             return None
         here = [Path(given)] if Path(given).is_absolute() else [Path.cwd() / given, self.dir.parent.parent / given,
                                                                REPO / given]
-        return next((b for b in map(_data_base, here) if b is not None), None)
+        sources = [] if info is not self.info else self.source_roots()
+        return next((b for b in (_data_base(h, sources) for h in here) if b is not None), None)
+
+    def source_roots(self) -> list[str]:
+        """A multi-source run's source folders or manifests, relative to its data root, as recorded in run.json
+        (``sources``: [{name, data}]), else []."""
+        listed = self.info.get("sources") or []
+        return [s["data"] for s in listed if isinstance(s, dict) and isinstance(s.get("data"), str)]
 
     def locate(self, path: str | Path, split: str | None = None) -> Path | None:
         """The image file a split.csv/predictions path names, on this machine, or None when it is not here.
@@ -527,17 +665,24 @@ class Run:
         raise ArtifactError(f"{self.dir}: no model named {name!r}; has {[m.name for m in self.models]}")
 
 
-def _data_base(root: Path) -> Path | None:
-    """``root`` resolved, when it is a data set on this machine: a folder with class or split folders, or a CSV
-    manifest with path and label columns (its folder). Else None: a run.json
-    naming ``/`` as its data root must not open the whole disk."""
+def _data_base(root: Path, sources: list[str] = ()) -> Path | None:
+    """``root`` resolved, when it is a data set on this machine: a folder with class or split folders, or a CSV/TSV
+    manifest with path (file) and label (class) columns (its folder), or, for a multi-source run, a folder under
+    which every one of ``sources`` is a data set. Else None: a run.json naming ``/`` as its data root must not
+    open the whole disk."""
     wanted = {"normal", "pneumonia", "train", "val", "test"}
     try:
         real = root.resolve()
-        if real.is_file() and real.suffix.lower() == ".csv":
+        if sources and real.is_dir() and real != Path(real.anchor):  # each source lies under the common root
+            under = [_data_base(real / s) for s in sources if not Path(s).is_absolute() and ".." not in Path(s).parts]
+            ok = len(under) == len(sources) and all(b is not None and b.is_relative_to(real) for b in under)
+            return real if ok else None
+        if real.is_file() and real.suffix.lower() in MANIFEST_SUFFIXES:
             with open(real, encoding="utf-8-sig", errors="replace") as f:
-                header = {h.strip().lower() for h in f.readline(4096).split(",")}
-            return real.parent if {"path", "label"} <= header and real.parent != Path(real.anchor) else None
+                sep = "\t" if real.suffix.lower() == ".tsv" else ","
+                header = {h.strip().lower() for h in f.readline(4096).split(sep)}
+            return real.parent if ({"path", "file"} & header and {"label", "class"} & header
+                                   and real.parent != Path(real.anchor)) else None
         if real.is_dir() and real != Path(real.anchor) and {d.name.lower() for d in real.iterdir()} & wanted:
             return real
     except (OSError, ValueError, RuntimeError):
@@ -555,8 +700,8 @@ def default_run(runs: list[Run], root: str | Path | None = None) -> Run | None:
         return None
     path = (Path(root) if root is not None else default_root()) / DEFAULT_RUN_FILE
     try:
-        named = path.read_text(encoding="utf-8", errors="replace")[:200].strip()
-    except OSError:
+        named = read_text(path, 4096)[:200].strip() if path.exists() else ""
+    except (OSError, ArtifactError):  # a pipe or folder in its place must not hang or break Home
         named = ""
     return next((r for r in runs if r.id == named), None) or max(runs, key=lambda r: len(r.models))
 
@@ -567,4 +712,125 @@ def list_runs(root: str | Path | None = None) -> list[Run]:
     if not root.is_dir():
         return []
     runs = [Run(p.parent) for p in root.glob("*/run.json") if name_problem(p.parent.name) is None]
-    return sorted(runs, key=lambda r: r.dir.joinpath("run.json").stat().st_mtime, reverse=True)
+    return sorted(runs, key=_mtime, reverse=True)
+
+
+def _mtime(run: Run) -> float:
+    """When run.json last changed; 0 for a dangling link or an unreadable one (its page then says why)."""
+    try:
+        return run.dir.joinpath("run.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# --- site profiles (``python -m trainer site``, core/site.py): <model>/sites/<site>/profile.json ----------------
+
+SITES_DIR = "sites"
+
+
+def _scaling_ok(v) -> bool:
+    return (isinstance(v, dict) and _number(v.get("temperature")) and v["temperature"] > 0
+            and _number(v.get("bias", 0.0)))
+
+
+SITE_FIELDS = {
+    "site": NAME, "model": NAME, "labelled": BOOL, "n": COUNT, "n_pos": COUNT, "n_neg": COUNT, "created": TEXT,
+    "command": TEXT, "data_root": TEXT, "overlap": MAPPING, "figures": MAPPING, "val_prevalence": NUMBER_OR_NULL,
+    "threshold": ("an object {rule, value: number in [0, 1], source, val_value}", lambda v: isinstance(v, dict)
+                  and name_problem(v.get("rule")) is None and _number(v.get("value")) and 0 <= v["value"] <= 1
+                  and isinstance(v.get("source"), str) and _number(v.get("val_value"))),
+    "calibration": ("an object {temperature > 0, bias, source}", lambda v: _scaling_ok(v)
+                    and isinstance(v.get("source"), str)),
+    "val_calibration": ("null or an object {temperature > 0, bias}", lambda v: v is None or _scaling_ok(v)),
+    "prevalence": ("an object {value strictly between 0 and 1, source}", lambda v: isinstance(v, dict)
+                   and _number(v.get("value")) and 0 < v["value"] < 1 and isinstance(v.get("source"), str)),
+    "warnings": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+}
+
+
+def site_names(model: ModelArtifacts) -> list[str]:
+    """The sites a model has a profile for (folder names that could not be a name are ignored), sorted."""
+    base = model.dir / SITES_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p.parent.name for p in base.glob("*/profile.json") if name_problem(p.parent.name) is None)
+
+
+def run_site_names(run: Run) -> list[str]:
+    """Every site that at least one model of ``run`` has a profile for."""
+    return sorted({s for m in run.models for s in site_names(m)})
+
+
+def read_site_profile(model: ModelArtifacts, site: str) -> dict:
+    """A model's profile for ``site``, schema-checked; ``ArtifactError`` when missing or malformed."""
+    if (why := name_problem(site)) is not None:
+        raise ArtifactError(f"site {_short(site)} {why}")
+    path = model.dir / SITES_DIR / site / "profile.json"
+    prof = read_json(path, SITE_FIELDS)
+    for key in ("threshold", "calibration", "prevalence"):
+        if key not in prof:
+            raise ArtifactError(f"{path}: missing key {key!r}")
+    if prof.get("model", model.name) != model.name or prof.get("site", site) != site:
+        raise ArtifactError(f"{path}: names model {_short(prof.get('model'))} / site {_short(prof.get('site'))}, "
+                            f"not {model.name} / {site}")
+    return prof
+
+
+def read_site_predictions(model: ModelArtifacts, site: str) -> pd.DataFrame:
+    """path, label (0/1, or NaN for unlabelled films) and raw probability of the site's films."""
+    if (why := name_problem(site)) is not None:
+        raise ArtifactError(f"site {_short(site)} {why}")
+    path = model.dir / SITES_DIR / site / "predictions.csv"
+    df = read_csv(path, PREDICTION_COLUMNS)
+    prob = pd.to_numeric(df["probability"], errors="coerce")
+    label = pd.to_numeric(df["label"], errors="coerce")
+    if df.empty or not prob.between(0, 1).all() or not (label.isna() | label.isin([0, 1])).all():
+        raise ArtifactError(f"{path}: needs rows with labels 0/1 (or empty) and probabilities in [0, 1]")
+    return df.assign(path=df["path"].astype(str), label=label, probability=prob.astype(float))
+
+
+POPULATION_FILE = "population.json"  # per model: the population check's references (core/population.py)
+
+
+def _population_source(name, s, path) -> tuple[int, int]:
+    """Check one source of a population.json; return (feature size, principal axes)."""
+    if name_problem(name) is not None or not isinstance(s, dict):
+        raise ArtifactError(f"{path}: source {_short(name)} must be a name mapping to an object")
+    vectors = [s.get(k) for k in ("mean", "variances")] + list(s.get("axes") or [None])
+    if not all(isinstance(v, list) and v and all(map(_number, v)) for v in vectors):
+        raise ArtifactError(f"{path}: source {name!r} needs number lists mean, variances and axes")
+    dim, k = len(s["mean"]), len(s["variances"])
+    if len(s["axes"]) != k or any(len(a) != dim for a in s["axes"]) or min(s["variances"]) <= 0:
+        raise ArtifactError(f"{path}: source {name!r}: {k} positive variances, {k} axes of {dim} values expected")
+    for key in ("limit", "rest_variance"):
+        if not (_number(s.get(key)) and s[key] > 0):
+            raise ArtifactError(f"{path}: source {name!r}: {key} must be a positive number, found "
+                                f"{_short(s.get(key))}")
+    for key in ("n_fit", "n_limit"):
+        if not (_integer(s.get(key)) and s[key] >= 0):
+            raise ArtifactError(f"{path}: source {name!r}: {key} must be a count, found {_short(s.get(key))}")
+    return dim, k
+
+
+def read_population(model_dir: str | Path) -> dict:
+    """A model's population.json, checked: at least one training source, every source (and every ``known``
+    outside population) with the same feature size, every vector the right length and finite; ``measured``
+    rates in [0, 1]. ``ArtifactError`` otherwise."""
+    path = Path(model_dir) / POPULATION_FILE
+    obj = read_json(path, {"schema_version": INTEGER, "model": NAME, "quantile": NUMBER_OR_NULL,
+                           "sources": MAPPING, "measured": MAPPING})
+    if obj.get("schema_version") != 1:
+        raise ArtifactError(f"{path}: schema_version {_short(obj.get('schema_version'))}; this code reads 1")
+    if not obj.get("sources"):
+        raise ArtifactError(f"{path}: no source to judge a film against")
+    if not isinstance(obj.get("known", {}), dict):
+        raise ArtifactError(f"{path}: field 'known' must be an object")
+    dims = {_population_source(n, s, path)[0] for part in ("sources", "known")
+            for n, s in (obj.get(part) or {}).items()}
+    if len(dims) != 1:
+        raise ArtifactError(f"{path}: sources disagree on the feature size ({sorted(dims)})")
+    for name, m in (obj.get("measured") or {}).items():
+        if not (isinstance(m, dict) and _integer(m.get("n")) and _number(m.get("outside"))
+                and 0 <= m["outside"] <= 1):
+            raise ArtifactError(f"{path}: measured set {_short(name)} needs n and an outside rate in [0, 1]")
+    return obj

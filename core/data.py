@@ -32,8 +32,13 @@ def sort_splits(names) -> list[str]:
 EXCLUDED = "excluded"  # pool images of a patient who is already in a fixed split (e.g. the given test/)
 LAYOUTS_HELP = (
     "accepted layouts: ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/* (Kermany; any of the split folders), "
-    "ROOT/{NORMAL,PNEUMONIA}/* (flat), or a CSV manifest with columns path,label[,patient_id][,split]"
+    "ROOT/{NORMAL,PNEUMONIA}/* (flat), or a CSV/TSV manifest with columns path (or file),label (or class)"
+    "[,patient_id][,split][,view,sex,age]"
 )
+MANIFEST_SUFFIXES = (".csv", ".tsv")
+# Manifest columns kept with each film and reported per stratum (docs/recipes.md, "Populations"): the view is tied
+# to the class in the NIH adult films, so a model can score by view; age and sex say whom a figure is about.
+STRATA = ("view", "sex", "age")
 
 
 class DataError(ValueError):
@@ -46,6 +51,14 @@ class Sample:
     label: int  # index into core.labels.CLASSES
     patient_id: str
     split: str | None  # "train" | "val" | "test" | None (not assigned yet) | a manifest's own name
+    source: str = ""  # the data source's name in a multi-source run (core.data.Source); "" for a single source
+    meta: tuple = ()  # ((column, value), ...) of a manifest's stratum columns (STRATA): reported per stratum
+
+    def stratum(self, column: str) -> str:
+        """The sample's value of a stratum column ("" when unknown); ``source`` is one too."""
+        if column == "source":
+            return self.source
+        return dict(self.meta).get(column, "")
 
 
 @dataclass
@@ -85,8 +98,8 @@ def scan(root) -> Scan:
     if not root_path.exists():
         raise DataError(f"data root {root_path} does not exist; {LAYOUTS_HELP}")
     if root_path.is_file():
-        if root_path.suffix.lower() != ".csv":
-            raise DataError(f"data root {root_path} is a file but not a .csv manifest; {LAYOUTS_HELP}")
+        if root_path.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise DataError(f"data root {root_path} is a file but not a .csv or .tsv manifest; {LAYOUTS_HELP}")
         return _scan_manifest(root_path)
 
     split_dirs = _split_dirs(root_path)
@@ -204,18 +217,46 @@ def _parse_label(value: str) -> int | None:
     return upper.index(v) if v in upper else None
 
 
+_ALIASES = {"patientid": "patient_id", "patient": "patient_id", "file": "path", "class": "label",
+            "viewposition": "view", "patientage": "age", "patientsex": "sex", "gender": "sex"}
+
+
 def _column_name(header: str) -> str:
-    """Lower-case column name; NIH's "Patient ID" and RSNA's "patientId" are patient_id. Other columns (extra
-    findings, age, view) are allowed and ignored."""
+    """Lower-case column name with the usual aliases: NIH's "Patient ID" and RSNA's "patientId" are patient_id,
+    "file" is path, "class" is label, NIH's "View Position" is view. Other columns are allowed and ignored."""
     name = header.strip().lower()
-    return "patient_id" if name.replace(" ", "").replace("_", "") in ("patientid", "patient") else name
+    return _ALIASES.get(name.replace(" ", "").replace("_", ""), name)
+
+
+def age_band(value: str) -> str:
+    """An age in years as a reporting band (children, then adults by decades of risk); "" when not a number."""
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if not 0 <= age < 130:
+        return ""
+    return next(band for limit, band in ((18, "<18"), (40, "18-39"), (60, "40-59"), (130, "60+")) if age < limit)
+
+
+def _meta(cell) -> tuple:
+    """The stratum columns of one manifest row: view and sex upper-cased, age as a band."""
+    out = []
+    for column in STRATA:
+        value = cell(column)
+        value = age_band(value) if column == "age" else value.upper()[:20]
+        if value:
+            out.append((column, value))
+    return tuple(out)
 
 
 def _scan_manifest(csv_path: Path) -> Scan:
-    """Manifest rows: path (relative to the CSV's folder, or absolute), label, optional patient_id and split."""
+    """Manifest rows: path (relative to the manifest's folder, or absolute), label, optional patient_id, split and
+    stratum columns (``STRATA``). A .tsv manifest is tab-separated."""
+    delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            rows = list(csv.reader(f, delimiter=delimiter))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read manifest {csv_path}: {e}") from e
     if not rows:
@@ -224,7 +265,7 @@ def _scan_manifest(csv_path: Path) -> Scan:
     if "path" not in header or "label" not in header:
         raise DataError(f"manifest {csv_path} needs columns path and label (found: {', '.join(header)}); "
                         f"{LAYOUTS_HELP}")
-    col = {name: header.index(name) for name in ("path", "label", "patient_id", "split") if name in header}
+    col = {name: header.index(name) for name in ("path", "label", "patient_id", "split", *STRATA) if name in header}
 
     samples, skipped, seen = [], [], {}
     for line_no, row in enumerate(rows[1:], start=2):
@@ -254,7 +295,7 @@ def _scan_manifest(csv_path: Path) -> Scan:
             skipped.append((str(path), reason))
             continue
         split = cell("split").lower() or None
-        samples.append(Sample(str(path), label, cell("patient_id") or patient_id(path.name), split))
+        samples.append(Sample(str(path), label, cell("patient_id") or patient_id(path.name), split, meta=_meta(cell)))
 
     if not samples:
         raise DataError(f"manifest {csv_path} lists no usable images ({len(skipped)} skipped)")
@@ -299,20 +340,23 @@ def assign_splits(samples, *, val_fraction=0.15, test_fraction=0.15, seed=0) -> 
 
 
 def _carve(pool: list[Sample], fractions: dict[str, float], seed: int) -> dict[str, str]:
-    """patient -> split. Per class (a patient's majority label, ties to PNEUMONIA), walk the patients in a seeded
-    random order and fill each carved split in turn up to its share of that class's images; the rest is train."""
-    images = defaultdict(list)
+    """patient -> split. Per class (a patient's majority label, ties to PNEUMONIA) and, where a manifest gives it,
+    view (the NIH adult films' view is tied to their class: every split keeps the same class-by-view mix), walk the
+    patients in a seeded random order and fill each carved split in turn up to its share of that group's images;
+    the rest is train. Without views the groups are the classes alone, as before."""
+    images, views = defaultdict(list), {}
     for s in pool:
         images[s.patient_id].append(s.label)
-    by_label = defaultdict(list)
+        views.setdefault(s.patient_id, s.stratum("view"))
+    by_group = defaultdict(list)
     for pid in sorted(images):
         counts = Counter(images[pid])
-        by_label[max(counts, key=lambda lab: (counts[lab], lab))].append(pid)
+        by_group[(max(counts, key=lambda lab: (counts[lab], lab)), views[pid])].append(pid)
 
     rng = np.random.default_rng(seed)
     result = {}
-    for label in sorted(by_label):
-        pids = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+    for group in sorted(by_group):
+        pids = [by_group[group][i] for i in rng.permutation(len(by_group[group]))]
         total = sum(len(images[p]) for p in pids)
         bounds, acc = [], 0.0
         for split, frac in fractions.items():

@@ -146,8 +146,15 @@ def rule_label(rule: str) -> str:
     return rule
 
 
-def choose_thresholds(y_val, p_val, *, target_sensitivity: float = 0.95) -> dict:
-    """The operating points that other splits are scored at, all chosen on validation data."""
+def choose_thresholds(y_val, p_val, *, target_sensitivity: float = 0.95, groups=None) -> dict:
+    """The operating points that other splits are scored at, all chosen on validation data.
+
+    With ``groups`` (each validation image's source, in a multi-source run) one threshold still serves every
+    film, since a new film's source is not known, but the rules hold per source so that the big source cannot
+    hide the small one: the sensitivity rule keeps every source's sensitivity at the target, Youden's J is the
+    mean of the sources' J."""
+    if groups is not None and len(set(groups)) > 1:
+        return _grouped_thresholds(y_val, p_val, np.asarray(groups, dtype=str), target_sensitivity)
     return {
         YOUDEN: {"value": youden_threshold(y_val, p_val), "source": "val",
                  "rule": "max Youden J (sensitivity + specificity - 1) on validation"},
@@ -156,6 +163,82 @@ def choose_thresholds(y_val, p_val, *, target_sensitivity: float = 0.95) -> dict
             "rule": f"highest threshold with validation sensitivity >= {target_sensitivity:.2f}"},
         DEFAULT_RULE: {"value": 0.5, "source": "fixed", "rule": "0.5"},
     }
+
+
+def _grouped_thresholds(y, p, groups: np.ndarray, target: float) -> dict:
+    y, p = _as_arrays(y, p)
+    names = sorted(set(groups))
+    sens_t = min(threshold_for_sensitivity(y[groups == g], p[groups == g], target) for g in names)
+    candidates = np.unique(np.concatenate([p, [0.5]]))
+    j = np.zeros(candidates.size)
+    for g in names:
+        yg, pg = y[groups == g], p[groups == g]
+        if _both_classes(yg):
+            pos, neg = np.sort(pg[yg == 1]), np.sort(pg[yg == 0])
+            sens = 1 - np.searchsorted(pos, candidates, "left") / pos.size  # share of positives with p >= t
+            spec = np.searchsorted(neg, candidates, "left") / neg.size  # share of negatives with p < t
+            j += (sens + spec - 1) / len(names)
+    each = ", ".join(names)
+    return {
+        YOUDEN: {"value": float(candidates[int(np.argmax(j))]), "source": "val",
+                 "rule": f"max mean Youden J over the validation sources ({each})"},
+        sensitivity_rule(target): {
+            "value": sens_t, "source": "val",
+            "rule": f"highest threshold with validation sensitivity >= {target:.2f} in every source ({each})"},
+        DEFAULT_RULE: {"value": 0.5, "source": "fixed", "rule": "0.5"},
+    }
+
+
+def macro_auc(y, p, groups=None) -> float:
+    """AUC, or with ``groups`` the mean of the groups' AUCs: what a multi-source run selects epochs by, so that a
+    model cannot win on the big source while at chance on the small one."""
+    if groups is None or len(set(groups)) < 2:
+        return auc(y, p)
+    y, p = _as_arrays(y, p)
+    groups = np.asarray(groups, dtype=str)
+    values = [auc(y[groups == g], p[groups == g]) for g in sorted(set(groups))]
+    values = [v for v in values if math.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> list[float | None]:
+    """Wilson score interval of a proportion k/n (sensitivity, specificity): sound at 0/n and n/n and for the
+    small strata that per-population figures produce. [None, None] when n is 0."""
+    if n <= 0:
+        return [None, None]
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    phat = k / n
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def stratum_figures(y, p, thresholds: dict, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """One population's figures: counts, AUC with a bootstrap interval, and at each threshold the confusion
+    rates with Wilson intervals of sensitivity and specificity."""
+    y, p = _as_arrays(y, p)
+    lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
+    at, ci = {}, {}
+    for name, t in thresholds.items():
+        c = confusion_at(y, p, t["value"])
+        at[name] = c
+        ci[name] = {"sensitivity": wilson_interval(c["tp"], c["tp"] + c["fn"]),
+                    "specificity": wilson_interval(c["tn"], c["tn"] + c["fp"])}
+    return {"n": int(y.size), "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()), "auc": auc(y, p),
+            "auc_ci": [lo, hi], "at": at, "at_ci": ci}
+
+
+def strata_metrics(y, p, thresholds: dict, strata: dict) -> dict:
+    """``{column: {value: stratum_figures}}`` for each stratum column ({column: value per image}, "" = unknown):
+    the per-source and per-view (sex, age band) figures that metrics_<split>.json keeps under ``by``."""
+    y, p = _as_arrays(y, p)
+    out = {}
+    for column, values in strata.items():
+        values = np.asarray(values, dtype=str)
+        groups = {v: stratum_figures(y[values == v], p[values == v], thresholds) for v in sorted(set(values) - {""})}
+        if groups:
+            out[column] = groups
+    return out
 
 
 def headline_rule(config: dict | None) -> str:

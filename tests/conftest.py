@@ -20,6 +20,8 @@ DATA = SHARED_DATA if (SHARED_DATA / "kermany224").is_dir() else SAMPLE_DATA
 FULL_DATA = DATA != SAMPLE_DATA  # the whole data set, not the sample
 KERMANY224 = DATA / "kermany224"
 FULLRES = DATA / "kermany_fullres"
+# adult films: the whole NIH sample beside the full data set, else the 36 committed ones (tests/data/README.md)
+NIH_ADULT = DATA / "nih_adult" if (DATA / "nih_adult").is_dir() else SAMPLE_DATA / "nih_adult"
 # images per split and class that a scan finds, for tests that check a whole data set
 KERMANY224_COUNTS = ({"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 8, "PNEUMONIA": 8}}
                      if FULL_DATA else

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import platform
 import shlex
@@ -35,7 +36,7 @@ from core.metrics import headline_rule
 from core.models import input_size_for
 from trainer import config as cfgmod
 from trainer import ensemble, report
-from trainer.prepare import Prepared, build_cache, check_usable, prepare, split_data
+from trainer.prepare import Prepared, Source, build_cache, check_usable, prepare, prepare_sources, split_data
 
 EXIT_DATA, EXIT_CONFIG, EXIT_INTERRUPTED = 2, 3, 130
 SPLIT_RULE = ("val/test carved from train by patient, stratified by label (an existing test/ folder is kept as "
@@ -81,8 +82,8 @@ def _load_recipes(args) -> tuple[cfgmod.RunConfig, list[cfgmod.Recipe]]:
     from core.models import get_spec
 
     cfg = cfgmod.build(cfgmod.load_file(args.config) if args.config else {}, _flags(args))
-    if not cfg.data:
-        raise cfgmod.ConfigError("no data folder: give --data DIR (or 'data:' in --config)")
+    if not cfg.data and not cfg.sources:
+        raise cfgmod.ConfigError("no data folder: give --data DIR (or 'data:' or 'sources:' in --config)")
     recipes = cfgmod.entries(cfg)
     for r in recipes:
         try:
@@ -94,9 +95,15 @@ def _load_recipes(args) -> tuple[cfgmod.RunConfig, list[cfgmod.Recipe]]:
 
 def _prepare_run(cfg, recipes, run_dir: Path, resume: bool) -> tuple[Prepared, dict[int, ImageCache]]:
     """Scan and split the data (the recorded split wins on resume) and cache it at every size the lineup needs."""
-    print(f"data: {cfg.data}")
-    prepared = prepare(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       subset=cfg.subset)
+    if cfg.sources:
+        sources = [Source(s["name"], s["data"]) for s in cfg.sources]
+        print("data: " + ", ".join(f"{s.name} = {s.data}" for s in sources))
+        prepared = prepare_sources(sources, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                                   test_fraction=cfg.test_fraction, subset=cfg.subset)
+    else:
+        print(f"data: {cfg.data}")
+        prepared = prepare(cfg.data, seed=cfg.seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                           subset=cfg.subset)
     if resume and (run_dir / "split.csv").exists():
         cfgmod.check_nothing_vanished(run_dir, prepared.samples)
         _reuse_split(prepared, Run(run_dir))
@@ -116,7 +123,9 @@ def _write_run(writer: RunWriter, cfg, recipes, prepared: Prepared, argv: list[s
     _print_counts(counts, prepared.skipped)
     writer.split(prepared.samples)
     writer.skipped(prepared.skipped)
+    sources = [{"name": s["name"], "data": stored_path(s["data"], prepared.root)} for s in cfg.sources]
     writer.info(data_layout=prepared.layout, data_fingerprint=data.fingerprint(prepared.samples),
+                **({"sources": sources} if sources else {}),
                 command=_command(argv), config=cfgmod.as_dict(cfg), versions=_versions(), split_counts=counts,
                 split_rule=SPLIT_RULE, models=[r.name for r in recipes], n_skipped=len(prepared.skipped))
 
@@ -156,7 +165,7 @@ def _train_run(args, cfg, recipes, run_dir: Path, world: distributed.World, devi
     prepared, caches = _prepare_run(cfg, recipes, run_dir, args.resume)
     if world.local_rank == 0:
         distributed.barrier()
-    writer = RunWriter(run_dir, cfg.data)
+    writer = RunWriter(run_dir, prepared.root)
     if distributed.is_main():
         _write_run(writer, cfg, recipes, prepared, args.argv)
     print(f"device: {device}" + (f" x {world.size} processes ({world.backend})" if world.enabled else "")
@@ -205,6 +214,10 @@ def _train_recipe(recipe, writer: ModelWriter, cache: ImageCache, split_rows, cf
               "(same flags)", file=sys.stderr)
         return "stopped"
     except Exception as e:  # one broken entry must not cost the rest of the lineup
+        if isinstance(e, OSError) and e.errno in OS_HINTS:  # a full disk, a read-only folder: the run stops
+            with contextlib.suppress(OSError):
+                writer.status("stopped", message=f"{os_error_line(e)}; continue with --resume")
+            raise
         if distributed.world().enabled and distributed.is_peer_failure(e):
             writer.status("stopped", message=distributed.peer_failure_message(e))
             print(f"\nstopped: {distributed.peer_failure_message(e)}", file=sys.stderr)
@@ -423,9 +436,20 @@ def _add_explain(sub) -> None:
     explain.add_commands(sub)
 
 
+def _add_site(sub) -> None:
+    from trainer import card, site  # site profiles and model cards (issue 18)
+    site.add_parser(sub), card.add_parser(sub)
+
+
+def _add_population(sub) -> None:
+    from trainer import population  # the population check (core/population.py)
+
+    population.add_parser(sub)
+
+
 # One function a subcommand (or group), each adding its parser; a new command adds its function to this list.
 COMMANDS = [_add_models, _add_env, _add_train, _add_ensemble, _add_report, _add_evaluate, _add_shift, _add_export,
-            _add_lungs_and_focus, _add_explain]
+            _add_lungs_and_focus, _add_explain, _add_site, _add_population]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -443,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = argv
     try:
+        if os.environ.get("CXR_BACKEND"):  # a typo there fails now, not after the data is cached
+            from core.onnx_backend import choose_backend
+            choose_backend()
         return args.func(args)
     except (DataError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -453,3 +480,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopped.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:  # a full disk, a read-only run folder, a folder not ours: one line naming the file
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return EXIT_DATA
+    except Exception as e:
+        from core.accel import DeviceError
+        from core.onnx_backend import BackendError, OnnxError
+        if isinstance(e, (DeviceError, BackendError)):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        if isinstance(e, OnnxError):
+            print(f"error: {e} (CXR_BACKEND=torch scores without ONNX Runtime)", file=sys.stderr)
+            return EXIT_DATA
+        raise
+
+
+OS_HINTS = {errno.ENOSPC: "the disk is full: free some space, then run the command again (train: add --resume)",
+            errno.EDQUOT: "the disk quota is used up: free some space, then run the command again",
+            errno.EFBIG: "the file grew past the size this process may write (ulimit -f): the disk is full for it",
+            errno.EROFS: "the folder is read-only: use a writable copy of the run, or another --artifacts",
+            errno.EACCES: "permission denied: this user may not write (or read) there",
+            errno.EPERM: "not permitted: this user may not write (or read) there"}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a failed read or write: the file, what happened, what to do; never a traceback."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+    return f"{where}: {OS_HINTS.get(e.errno, e.strerror or type(e).__name__)}"

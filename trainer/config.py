@@ -67,6 +67,10 @@ class Recipe:
     ema_decay: float = 0.0  # > 0: keep, validate and save an exponential moving average of the weights
     mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha) weights
     threshold_rule: str = "youden"  # headline operating point: youden | sens<target%> | default
+    # multi-source runs (docs/recipes.md, "Populations"): each source's share of the training draws is
+    # proportional to (its training films) ** (1 - source_balance): 0 keeps the sources' natural proportions, 1
+    # gives every source the same share; classes are balanced within each source. One source: no effect.
+    source_balance: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class RunConfig:
     threads: int | None = None
     duplicates: str = "warn"  # byte-identical files in two splits: warn | refuse
     ensembles: tuple = ()  # ({name: ..., members: [...]}, ...): built after training (trainer/ensemble.py)
+    sources: tuple = ()  # ({name: ..., data: ...}, ...): several data sources instead of one ``data`` folder
     recipe: Recipe = field(default_factory=Recipe)
 
 
@@ -144,6 +149,7 @@ RULES: dict[str, Rule] = {
     "framing": Rule(str, choices=("none", "lungs")),  # = core.framing.FRAMINGS
     "crop_area_min": Rule(float, 0.05, 1), "photometric_scale": Rule(float, 0, 4), "noise_std": Rule(float, 0, 0.5),
     "ema_decay": Rule(float, 0, 1, hi_open=True), "mixup_alpha": Rule(float, 0, 10),
+    "source_balance": Rule(float, 0, 1),
     "threshold_rule": Rule(str, check=lambda v: None if re.fullmatch(r"youden|default|sens\d{1,2}", v) else
                            "is not a threshold rule: use youden, default or sens<NN> (e.g. sens95)"),
 }
@@ -229,10 +235,28 @@ def build(file_values: dict, flag_values: dict) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown config keys: {sorted(map(str, unknown))}; known: {sorted(RUN_KEYS | RECIPE_KEYS)}")
     recipe = _typed_recipe(Recipe(), {k: v for k, v in merged.items() if k in RECIPE_KEYS}, "config")
-    run = {k: check_value(k, v) for k, v in merged.items() if k in RUN_KEYS - {"models", "ensembles"}}
+    run = {k: check_value(k, v) for k, v in merged.items() if k in RUN_KEYS - {"models", "ensembles", "sources"}}
     run["models"] = _models(merged.get("models", RunConfig.models))
     run["ensembles"] = _ensembles(merged.get("ensembles", ()))
+    run["sources"] = _sources(merged.get("sources", ()))
+    if run["sources"] and run.get("data"):
+        raise ConfigError("give either data (one source) or sources (several), not both")
     return RunConfig(**run, recipe=recipe)
+
+
+def _sources(items) -> tuple:
+    """``sources``: a list of {name, data}; names distinct and usable as file-name parts."""
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"sources: expected a list of {{name: ..., data: ...}}, got {items!r}")
+    names = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"name", "data"} or not isinstance(item["data"], str):
+            raise ConfigError(f"sources: each item needs exactly 'name' and 'data' (a folder or manifest), "
+                              f"got {item!r}")
+        names.append(check_value("name", item["name"], "sources"))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sources: names must be distinct, got {names}")
+    return tuple({"name": i["name"], "data": i["data"]} for i in items)
 
 
 def _models(models) -> tuple:

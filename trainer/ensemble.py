@@ -13,18 +13,26 @@ import numpy as np
 import pandas as pd
 
 from core import metrics
-from core.artifacts import ENSEMBLE_ARCH, ArtifactError, ModelArtifacts, ModelWriter, Run
+from core.artifacts import ENSEMBLE_ARCH, STRATUM_COLUMNS, ArtifactError, ModelArtifacts, ModelWriter, Run
 
 
 def mean_predictions(run: Run, members: list[str], split: str) -> pd.DataFrame:
-    """path, label, probability: the members' mean, on the images that every member scored."""
+    """path, label, probability (and the stratum columns the first member has): the members' mean, on the images
+    that every member scored."""
     frames = [run.model(m).predictions(split).set_index("path") for m in members]
     paths = frames[0].index
     for name, f in zip(members[1:], frames[1:]):
         if set(f.index) != set(paths):
             raise ArtifactError(f"ensemble: {name} and {members[0]} scored different images on split {split!r}")
     probs = np.mean([f.loc[paths, "probability"].to_numpy() for f in frames], axis=0)
-    return pd.DataFrame({"path": paths, "label": frames[0].loc[paths, "label"].to_numpy(), "probability": probs})
+    strata = {c: frames[0].loc[paths, c].fillna("").astype(str).to_numpy()
+              for c in STRATUM_COLUMNS if c in frames[0].columns}
+    return pd.DataFrame({"path": paths, "label": frames[0].loc[paths, "label"].to_numpy(), "probability": probs,
+                         **strata})
+
+
+def _strata(df: pd.DataFrame) -> dict:
+    return {c: df[c].tolist() for c in STRATUM_COLUMNS if c in df.columns}
 
 
 def build(run: Run, name: str, members: list[str], *, target_sensitivity: float = 0.95) -> dict:
@@ -44,7 +52,9 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
                    "params": int(sum(c.get("params", 0) for c in configs)),
                    "target_sensitivity": target_sensitivity, "threshold_rule": _shared_rule(configs)})
     val = mean_predictions(run, members, "val")
-    thresholds = metrics.choose_thresholds(val["label"], val["probability"], target_sensitivity=target_sensitivity)
+    groups = val["source"].tolist() if "source" in val.columns else None
+    thresholds = metrics.choose_thresholds(val["label"], val["probability"], target_sensitivity=target_sensitivity,
+                                           groups=groups)
     for split in splits:
         score_split(run, name, members, split, thresholds)
     writer.history([])
@@ -65,4 +75,5 @@ def _shared_rule(configs: list[dict]) -> str:
 def score_split(run: Run, name: str, members: list[str], split: str, thresholds: dict) -> dict:
     """Write the ensemble's predictions and metrics on one split its members have scored."""
     df = mean_predictions(run, members, split)
-    return ModelWriter(run.dir, name).score(split, df["path"], df["label"], df["probability"], thresholds)
+    return ModelWriter(run.dir, name).score(split, df["path"], df["label"], df["probability"], thresholds,
+                                            _strata(df))

@@ -17,7 +17,7 @@ from core.data import DataError
 from core.inference import load_trained, predict_loaded
 from core.metrics import headline_rule
 from trainer import ensemble, report
-from trainer.prepare import Prepared, build_cache, prepare, rows_for
+from trainer.prepare import Prepared, build_cache, prepare, rows_for, strata_of
 
 RESERVED = {"train", "val"}
 
@@ -72,7 +72,7 @@ def _score_networks(run: Run, prepared: Prepared, split_name: str, *, cache_dir,
         probs = predict_loaded(loaded, cache.images[rows_for(prepared, cache)])
         writer = ModelWriter(run.dir, art.name, prepared.root)
         _report(art.name, writer.score(split_name, [s.path for s in prepared.samples], prepared.labels(), probs,
-                                       thresholds), headline_rule(art.config))
+                                       thresholds, strata_of(prepared.samples)), headline_rule(art.config))
         scored += 1
     return scored
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from core import data
+from core.artifacts import data_folder
 from core.cache import ImageCache, load_or_build
-from core.data import DataError, Sample
+from core.data import STRATA, DataError, Sample
 from core.labels import CLASSES
 
 
@@ -79,6 +81,52 @@ def prepare(root: str, *, seed: int = 0, val_fraction: float = 0.15, test_fracti
     return Prepared(root=str(root), layout=scan.layout, samples=samples, skipped=list(scan.skipped))
 
 
+@dataclass(frozen=True)
+class Source:
+    """One data source of a run: a name (``kermany``, ``nih_adult``, a hospital's own) and its folder or manifest."""
+
+    name: str
+    data: str  # as the user gave it (relative stays relative)
+
+
+def common_root(sources: list[Source]) -> str:
+    """The folder every source lies in: a multi-source run's data root, which its image paths are stored
+    relative to (``../shared/data`` for ``../shared/data/kermany224`` and ``../shared/data/nih_adult/...``)."""
+    folders = [os.path.normpath(data_folder(s.data)) for s in sources]
+    if len({os.path.isabs(f) for f in folders}) > 1:
+        folders = [os.path.abspath(f) for f in folders]
+    return os.path.commonpath(folders)
+
+
+def prepare_sources(sources: list[Source], *, seed: int = 0, val_fraction: float = 0.15,
+                    test_fraction: float = 0.15, subset: int | None = None) -> Prepared:
+    """Scan and split each source on its own (patients never cross sources, each source keeps its own class
+    balance in every split), then join them. Patient ids are prefixed with the source name so that two sources'
+    ids cannot collide; each film carries its source (``Sample.source``) into split.csv and the predictions."""
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise DataError(f"sources: names must be distinct, got {names}")
+    samples, skipped = [], []
+    for src in sources:
+        part = prepare(src.data, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, subset=subset)
+        try:
+            check_usable(part)
+        except DataError as e:
+            raise DataError(f"source {src.name!r} ({src.data}): {e}") from None
+        samples += [replace(s, source=src.name, patient_id=f"{src.name}:{s.patient_id}") for s in part.samples]
+        skipped += part.skipped
+    data.check_no_patient_overlap(samples)
+    return Prepared(root=common_root(sources), layout="sources", samples=sorted(samples, key=lambda s: s.path),
+                    skipped=sorted(skipped))
+
+
+def strata_of(samples: list[Sample]) -> dict[str, list[str]]:
+    """Stratum columns known for any of ``samples`` (source, view, sex, age band): {column: value per sample}."""
+    columns = ["source", *STRATA]
+    values = {c: [s.stratum(c) for s in samples] for c in columns}
+    return {c: v for c, v in values.items() if any(v)}
+
+
 def build_cache(prepared: Prepared, size: int, *, cache_dir=None, workers=None, quiet=False) -> ImageCache:
     """Decode once at ``size``; files that fail to decode are dropped from the samples and listed as skipped."""
     def progress(done, total):
@@ -107,6 +155,13 @@ class SplitData:
     rows: np.ndarray
     labels: np.ndarray
     paths: list[str]
+    strata: dict[str, list[str]] = field(default_factory=dict)  # ``strata_of``: source, view, sex, age band
+
+    @property
+    def sources(self) -> list[str] | None:
+        """Each image's source when the split holds more than one, else None (one population, nothing to weigh)."""
+        src = self.strata.get("source")
+        return src if src is not None and len(set(src)) > 1 else None
 
 
 def split_data(prepared: Prepared, cache: ImageCache) -> dict[str, SplitData]:
@@ -115,7 +170,8 @@ def split_data(prepared: Prepared, cache: ImageCache) -> dict[str, SplitData]:
     out = {}
     for split in prepared.splits():
         idx = prepared.indices(split)
-        out[split] = SplitData(rows[idx], labels[idx], [prepared.samples[i].path for i in idx])
+        samples = [prepared.samples[i] for i in idx]
+        out[split] = SplitData(rows[idx], labels[idx], [s.path for s in samples], strata_of(samples))
     return out
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from core import metrics, summary
-from core.artifacts import ArtifactError, Run
+from core.artifacts import ArtifactError, Run, read_text
 from core.metrics import HEADLINE_RULE
 
 
@@ -68,6 +68,7 @@ def table(run: Run, splits: list[str]) -> str:
     """Markdown table of every finished model of ``run``: its recipe and facts, then AUC, accuracy, sensitivity
     and specificity on each of ``splits`` side by side, at the threshold chosen on validation. Splits that no
     model has figures for are left out; a model without figures on a split gets dashes there."""
+    splits = by_population(run, splits)
     rows = {split: {r["model"]: r for r in summary.run_rows(run, split, finished_only=True)} for split in splits}
     splits = [s for s in splits if rows[s]]
     if not splits:
@@ -88,13 +89,61 @@ def table(run: Run, splits: list[str]) -> str:
     lines += ["", f"Total training time of these models: {_duration(total)}."]
     if any(r["undertrained"] for r in first.values()):
         lines[-1] += " " + summary.UNDERTRAINED_NOTE
+    pooled = {s.partition(":")[0] for s in splits if ":" in s}
+    for split in sorted(pooled):
+        strata = strata_table(run, split)
+        lines += ["", strata] if strata else []
     return "\n".join(lines)
+
+
+def by_population(run: Run, splits: list[str]) -> list[str]:
+    """Each split that holds several sources replaced by one column per source (``test`` -> ``test:kermany``,
+    ``test:nih_adult``): pooled over two populations, the big one hides the small one."""
+    out = []
+    for split in splits:
+        sources = next((m.populations(split) for m in run.models if m.populations(split)), [])
+        out += sources if len(sources) > 1 else [split]
+    return out
+
+
+STRATA_SHOWN = ("view", "sex", "age")
+
+
+def strata_table(run: Run, split: str) -> str:
+    """Markdown table of every finished model's figures per stratum of ``split`` (view, sex, age band), at its
+    own rule: AUC with a bootstrap interval, sensitivity and specificity with Wilson intervals. "" if none."""
+    lines = []
+    for art in run.models:
+        for column in STRATA_SHOWN:
+            for spec in art.populations(split, column):
+                try:
+                    m = art.metrics(spec)
+                    rule = metrics.headline_rule(art.config)
+                except ArtifactError:
+                    continue
+                at, ci = m["at"].get(rule, {}), (m.get("at_ci") or {}).get(rule, {})
+                lines.append(f"| {art.name} | {spec.partition(':')[2]} | {m['n']} | {_auc(m)} | "
+                             f"{_pct_ci(at.get('sensitivity'), ci.get('sensitivity'))} | "
+                             f"{_pct_ci(at.get('specificity'), ci.get('specificity'))} |")
+    if not lines:
+        return ""
+    return "\n".join([f"Per stratum of `{split}` (films whose manifest gives it), at each model's own rule; "
+                      "AUC bootstrap 95% CI, sensitivity and specificity Wilson 95% CI.", "",
+                      "| model | stratum | films | AUC [95% CI] | sens [95% CI] | spec [95% CI] |",
+                      "|---|---|---:|---|---|---|", *lines])
+
+
+def _pct_ci(x, ci) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    lo, hi = (list(ci or []) + [None, None])[:2]
+    return f"{100 * x:.1f}%" + (f" [{100 * lo:.0f}, {100 * hi:.0f}]" if lo is not None and hi is not None else "")
 
 
 def update(readme: str | Path, run: Run, splits: list[str]) -> bool:
     """Rewrite the block between the run's markers; returns whether anything changed."""
     path = Path(readme)
-    text = path.read_text()
+    text = read_text(path)  # never a pipe or device: one line, not a hang
     begin, end = markers(run.id)
     if begin not in text or end not in text:
         raise ArtifactError(f"{path}: markers {begin} ... {end} not found")

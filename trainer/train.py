@@ -51,17 +51,46 @@ def _param_groups(model, spec, recipe: Recipe):
             {"params": head, "lr": recipe.lr, "name": "head"}]
 
 
-def _epoch_order(n: int, labels: np.ndarray, recipe: Recipe, seed: int, epoch: int) -> np.ndarray:
+def source_weights(labels: np.ndarray, sources, balance: float, views=None) -> np.ndarray | None:
+    """Per-image draw weights of a multi-source training split, or None for one source.
+
+    Each source's share of the draws is proportional to (its images) ** (1 - ``balance``), split equally
+    between its two classes: a 400-film adult source beside 3,700 children's films gets 25 % of the draws at
+    balance 0.5 (each adult film drawn about 2.5 times an epoch) instead of 10 %, and neither source's class
+    balance leaks into the other's. Within a class, each view (AP, PA; where known) gets an equal share, so a view
+    tied to the class (NIH: 72 % of normal films AP, 45 % of pneumonia films) is no shortcut."""
+    if sources is None or len(set(sources)) < 2:
+        return None
+    sources = np.asarray(sources, dtype=str)
+    views = np.asarray(views if views is not None else [""] * len(labels), dtype=str)
+    names = sorted(set(sources))
+    share = np.array([(sources == g).sum() ** (1 - balance) for g in names], dtype=float)
+    share /= share.sum()
+    w = np.zeros(len(labels))
+    for g, sh in zip(names, share):
+        classes = [c for c in (0, 1) if ((sources == g) & (labels == c)).any()]
+        for c in classes:
+            in_class = (sources == g) & (labels == c)
+            cells = [in_class & (views == v) for v in sorted(set(views[in_class]))]
+            for m in cells:
+                w[m] = sh / len(classes) / len(cells) / m.sum()
+    return w / w.sum()
+
+
+def _epoch_order(n: int, labels: np.ndarray, recipe: Recipe, seed: int, epoch: int,
+                 weights: np.ndarray | None = None) -> np.ndarray:
     """Deterministic per (seed, epoch), so a resumed run sees the same batches as an uninterrupted one."""
     rng = np.random.default_rng([seed, epoch])
+    if weights is not None:
+        return rng.choice(n, size=n, replace=True, p=weights)
     if recipe.balanced_sampler:
         w = np.where(labels == 1, 1.0 / max(1, labels.sum()), 1.0 / max(1, (labels == 0).sum()))
         return rng.choice(n, size=n, replace=True, p=w / w.sum())
     return rng.permutation(n)
 
 
-def _class_weights(labels: np.ndarray, recipe: Recipe, device) -> torch.Tensor | None:
-    if not recipe.class_weights or recipe.balanced_sampler:
+def _class_weights(labels: np.ndarray, recipe: Recipe, device, balanced: bool = False) -> torch.Tensor | None:
+    if not recipe.class_weights or recipe.balanced_sampler or balanced:
         return None
     counts = np.bincount(labels, minlength=2).astype(float)
     return torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32, device=device)
@@ -82,6 +111,7 @@ class Fit:
     aug: AugmentConfig
     steps_per_epoch: int
     ema: WeightAverage | None = None  # recipe ema_decay > 0: the averaged weights are validated and kept
+    draw_weights: np.ndarray | None = None  # multi-source runs: ``source_weights`` of the training images
     accel: Accel = field(default_factory=lambda: choose("cpu"))  # mixed precision, pinned copies, compile
 
     @property
@@ -91,8 +121,10 @@ class Fit:
 
 
 def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, device: torch.device,
-             compile: bool = False) -> Fit:
-    """Optimiser with the recipe's parameter groups, warmup + cosine schedule over the run, class weights."""
+             compile: bool = False, train_sources=None, train_views=None) -> Fit:
+    """Optimiser with the recipe's parameter groups, warmup + cosine schedule over the run, class weights (or,
+    with several sources, draws weighted by source and class: ``source_weights``)."""
+    draw = source_weights(train_labels, train_sources, recipe.source_balance, train_views)
     opt_cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(_param_groups(model, spec, recipe), weight_decay=recipe.weight_decay)
     steps = math.ceil(len(train_labels) / recipe.batch_size)
@@ -101,10 +133,11 @@ def make_fit(model, spec: ModelSpec, recipe: Recipe, train_labels: np.ndarray, d
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * recipe.epochs,
                                                                int(recipe.warmup_epochs * steps)))
     accel = choose(str(device), compile=compile)
-    return Fit(model, spec, recipe, device, opt, sched, accel.scaler(), _class_weights(train_labels, recipe, device),
+    return Fit(model, spec, recipe, device, opt, sched, accel.scaler(),
+               _class_weights(train_labels, recipe, device, balanced=draw is not None),
                AugmentConfig(hflip=recipe.hflip, blur_prob=recipe.blur_prob, crop_area_min=recipe.crop_area_min,
                              noise_std=recipe.noise_std).scaled(recipe.photometric_scale), steps,
-               WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, accel)
+               WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None, draw, accel)
 
 
 @dataclass
@@ -159,7 +192,7 @@ def train_one_epoch(fit: Fit, images, rows: np.ndarray, labels: np.ndarray, *, s
                     on_batch=None) -> EpochStats:
     """One pass over the training rows in the epoch's seeded order; ``on_batch(b, stats)`` after each batch."""
     fit.model.train()
-    order = _epoch_order(len(rows), labels, fit.recipe, seed, epoch)
+    order = _epoch_order(len(rows), labels, fit.recipe, seed, epoch, fit.draw_weights)
     gen = torch.Generator().manual_seed(distributed.epoch_seed(seed, epoch))
     bs, stats, clock = fit.recipe.batch_size, EpochStats(), time.perf_counter
     for b in range(fit.steps_per_epoch):
@@ -253,7 +286,9 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
                    "params": count_params(model), "seed": seed, "device": str(device),
                    **{f"n_{split}": int(len(data[split].rows)) if split in data else 0
                       for split in ("train", "val", "test")}})
-    return make_fit(model, spec, recipe, data["train"].labels, device, compile), winfo.pretrained
+    train = data["train"]
+    return make_fit(model, spec, recipe, train.labels, device, compile, train.sources, train.strata.get("view")), \
+        winfo.pretrained
 
 
 def rng_state() -> dict:
@@ -356,7 +391,8 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
     seconds = time.perf_counter() - t0
     improved = progress.record({
         "epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val_loss,
-        "val_acc": float(np.mean((val_p >= 0.5) == val.labels)), "val_auc": metrics.auc(val.labels, val_p),
+        "val_acc": float(np.mean((val_p >= 0.5) == val.labels)),
+        "val_auc": metrics.macro_auc(val.labels, val_p, val.sources),  # several sources: their mean AUC
         "lr": fit.opt.param_groups[-1]["lr"], "seconds": round(seconds, 2)})
     _save_epoch(fit, progress, writer.dir / "checkpoints", improved)
     distributed.barrier()  # the other ranks read these checkpoints at the end (and on resume)
@@ -397,9 +433,10 @@ def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, Split
                                   preprocess=recipe.preprocess)
              for split, d in data.items() if split != "train" and len(d.rows) > 0}
     val = data["val"]
-    thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity)
+    thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity,
+                                           groups=val.sources)
     for split, p in probs.items():
-        writer.score(split, data[split].paths, data[split].labels, p, thresholds)
+        writer.score(split, data[split].paths, data[split].labels, p, thresholds, data[split].strata)
     status = {"epoch": progress.epoch, "epochs": recipe.epochs, "best_epoch": progress.best_epoch,
               "best_val_auc": progress.best_auc, "eta_seconds": 0.0,
               "early_stopped": progress.stopped_early(recipe.patience),
