@@ -443,6 +443,31 @@ def heartbeat_stale(heartbeat) -> bool:
     return not -CLOCK_SKEW_SECONDS <= age <= STALE_AFTER_SECONDS
 
 
+def population_specs(whole: dict, split: str, column: str = "source") -> list[str]:
+    """``split:value`` (sources) or ``split:column=value`` specs of the strata a split's metrics hold."""
+    by = whole.get("by")
+    groups = by.get(column) if isinstance(by, dict) else None
+    prefix = "" if column == "source" else f"{column}="
+    return [f"{split}:{prefix}{v}" for v in sorted(groups) if name_problem(str(v)) is None or column != "source"] \
+        if isinstance(groups, dict) else []
+
+
+def population_metrics(whole: dict, spec: str, path="metrics") -> dict:
+    """One stratum of a split's metrics (``whole``), shaped like a split's own (``auc``, ``auc_ci``, ``at``,
+    ``thresholds``, ``split`` = the spec), checked like one; ArtifactError when it is not there."""
+    stratum = spec.partition(":")[2]
+    column, _, value = stratum.rpartition("=")
+    by = whole.get("by")
+    group = (by or {}).get(column or "source", {}).get(value) if isinstance(by, dict) else None
+    if not isinstance(group, dict):
+        raise ArtifactError(f"{path}: no figures for {column or 'source'} {value!r}")
+    group = check_fields(dict(group), {k: METRICS_FIELDS[k] for k in ("n", "n_pos", "n_neg", "auc", "auc_ci", "at")},
+                         path)
+    if "at" not in group or "auc" not in group:
+        raise ArtifactError(f"{path}: figures for {value!r} lack auc or at")
+    return {**group, "split": spec, "thresholds": whole["thresholds"]}
+
+
 @dataclass
 class ModelArtifacts:
     """One model of a run, read lazily; every accessor raises ``ArtifactError`` with a clear message."""
@@ -519,31 +544,17 @@ class ModelArtifacts:
         return m
 
     def population(self, spec: str) -> dict:
-        """The figures of one stratum of a split, shaped like a split's metrics (``auc``, ``auc_ci``, ``at``,
-        ``thresholds``): ``test:nih_adult`` is the source nih_adult of test, ``test:view=AP`` its AP films."""
-        split, _, stratum = spec.partition(":")
-        column, _, value = stratum.rpartition("=")
-        whole = self.metrics(split)
-        by = whole.get("by")
-        path = self.dir / f"metrics_{split}.json"
-        group = (by or {}).get(column or "source", {}).get(value) if isinstance(by, dict) else None
-        if not isinstance(group, dict):
-            raise ArtifactError(f"{path}: no figures for {column or 'source'} {value!r}")
-        group = check_fields(dict(group), {k: METRICS_FIELDS[k] for k in ("n", "n_pos", "n_neg", "auc", "auc_ci",
-                                                                          "at")}, path)
-        if "at" not in group or "auc" not in group:
-            raise ArtifactError(f"{path}: figures for {value!r} lack auc or at")
-        return {**group, "split": spec, "thresholds": whole["thresholds"]}
+        """The figures of one stratum of a split (``population_metrics``): ``test:nih_adult`` is the source
+        nih_adult of test, ``test:view=AP`` its AP films."""
+        split = spec.partition(":")[0]
+        return population_metrics(self.metrics(split), spec, self.dir / f"metrics_{split}.json")
 
     def populations(self, split: str, column: str = "source") -> list[str]:
-        """The values of ``column`` that ``split`` has figures for (sources, views...), as ``split:value`` specs."""
+        """The ``split:value`` specs that ``split`` has figures for in ``column`` (sources, views...)."""
         try:
-            by = self.metrics(split).get("by") or {}
+            return population_specs(self.metrics(split), split, column)
         except ArtifactError:
             return []
-        groups = by.get(column) if isinstance(by, dict) else None
-        prefix = "" if column == "source" else f"{column}="
-        return [f"{split}:{prefix}{v}" for v in sorted(groups)] if isinstance(groups, dict) else []
 
     def threshold(self, rule: str | None = None) -> float:
         """The operating threshold chosen on validation (never on any other split), by default at the model's own

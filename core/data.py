@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import stat
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,11 +194,12 @@ def _skip_reason(path: Path) -> str | None:
     if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
         return f"unsupported extension '{path.suffix}' (accepted: {', '.join(SUPPORTED_EXTENSIONS)})"
     try:
-        if path.stat().st_size == 0:
-            return "empty file"
+        st = path.stat()
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
-    return None
+    if not stat.S_ISREG(st.st_mode):  # a named pipe would hang the decoder, a device never ends
+        return "not a regular file (a named pipe, device or socket)"
+    return "empty file" if st.st_size == 0 else None
 
 
 def _scan_class_dir(cdir: Path, label: int, split, samples: list, skipped: list) -> None:

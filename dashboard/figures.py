@@ -364,3 +364,26 @@ def probability_histogram(preds: dict[str, pd.DataFrame], *, colors: dict | None
                                  name=name, hovertemplate=f"{name}<br>p≈%{{x:.3f}}: %{{y}} images<extra></extra>"))
     fig.update_xaxes(range=[0, 1])
     return _layout(fig, "Predicted probabilities", "P(PNEUMONIA)", "images", height=height)
+
+
+# --- populations ---------------------------------------------------------------------------------------------
+
+def population_forest(table: pd.DataFrame, *, colors: dict | None = None) -> go.Figure:
+    """AUC with its 95% interval for each population (rows) and model (colours), with chance (0.5) marked: a
+    model good on one population and at chance on another looks like that at a glance."""
+    fig = go.Figure()
+    populations = list(dict.fromkeys(table["population"]))
+    for i, (name, g) in enumerate(table.groupby("model", sort=False)):
+        v, lo, hi = g["AUC"].to_numpy(float), g["lo"].to_numpy(float), g["hi"].to_numpy(float)
+        fig.add_trace(go.Scatter(
+            x=v, y=g["population"], mode="markers", name=name, marker=dict(size=10, color=_color(colors, name, i)),
+            error_x=dict(type="data", symmetric=False, array=hi - v, arrayminus=v - lo, thickness=1.5, width=4),
+            customdata=np.stack([lo, hi, g["films"].to_numpy(object)], axis=1),
+            hovertemplate=f"{name}<br>%{{y}}: AUC %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}], "
+                          "%{customdata[2]} films<extra></extra>"))
+    fig.add_vline(x=0.5, line_dash="dot", line_color="grey", annotation_text="chance", annotation_position="top")
+    fig.update_xaxes(range=[0.2, 1.0])
+    fig.update_yaxes(categoryorder="array", categoryarray=populations[::-1])
+    height = max(280, 34 * len(populations) * max(1, min(3, table["model"].nunique())) // 2 + 100)
+    return _layout(fig, "AUC per population (95% bootstrap intervals)", "AUC", "", height=height,
+                   scattermode="group")

@@ -119,9 +119,14 @@ def epochs_label(row: dict) -> str:
 
 def board_splits(splits) -> list[str]:
     """The splits the leaderboard shows side by side: test first, then every other evaluated split except
-    train and val (val chose the thresholds and the kept epoch, so its figures flatter every model)."""
+    train and val (val chose the thresholds and the kept epoch, so its figures flatter every model). A split
+    with figures per source (``test:kermany``, ``test:nih_adult``) is shown per source instead of pooled: pooled,
+    the big source hides the small one."""
     found = set(splits)
-    return (["test"] if "test" in found else []) + [s for s in sort_splits(found) if s not in ("train", "val", "test")]
+    by_source = {s.partition(":")[0] for s in found if ":" in s}
+    found = {s for s in found if s not in by_source and ("=" not in s)}
+    test = sorted(s for s in found if s == "test" or s.startswith("test:"))
+    return test + [s for s in sort_splits(found) if s.partition(":")[0] not in ("train", "val", "test")]
 
 
 LEADERBOARD_METRICS = (("AUC", "auc"), ("sens", "sensitivity"), ("spec", "specificity"))
@@ -450,3 +455,39 @@ def calibration_row(name: str, metrics: dict | None, pred: pd.DataFrame | None) 
 def calibration_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["model", "ECE", "Brier", "n", "source"])
     return df.sort_values("ECE", kind="stable", na_position="last").reset_index(drop=True)
+
+
+# --- populations (per source and stratum) -------------------------------------------------------------------
+
+POPULATION_COLUMNS = ["model", "population", "films", "AUC", "AUC 95% CI", "sensitivity", "sens 95% CI",
+                      "specificity", "spec 95% CI", "lo", "hi"]
+
+
+def population_label(spec: str) -> str:
+    """``test:nih_adult`` -> ``test · nih_adult``; ``test:view=AP`` -> ``test · view AP``; ``adults`` as is."""
+    split, _, stratum = spec.partition(":")
+    return split if not stratum else f"{split} · {stratum.replace('=', ' ')}"
+
+
+def population_table(figures_by_model: dict[str, dict[str, dict]], rules: dict[str, str]) -> pd.DataFrame:
+    """One row per (model, population): films, AUC with its bootstrap interval, and sensitivity and specificity
+    at the model's own rule with Wilson intervals. ``figures_by_model``: {model: {spec: metrics}} where a spec
+    is a split or one of its strata (``core.artifacts.population_metrics``)."""
+    rows = []
+    for model, by_spec in figures_by_model.items():
+        rule = rules.get(model, HEADLINE_RULE)
+        for spec, m in by_spec.items():
+            at = (m.get("at") or {}).get(rule) or {}
+            ci = (m.get("at_ci") or {}).get(rule) or {}
+            lo, hi = (list(m.get("auc_ci") or []) + [None, None])[:2]
+            sens_ci = (list(ci.get("sensitivity") or []) + [None, None])[:2]
+            spec_ci = (list(ci.get("specificity") or []) + [None, None])[:2]
+            if not sens_ci[0] and "tp" in at:  # a split's own figures: Wilson from its counts
+                sens_ci = cm.wilson_interval(at["tp"], at["tp"] + at["fn"])
+                spec_ci = cm.wilson_interval(at["tn"], at["tn"] + at["fp"])
+            rows.append({"model": model, "population": population_label(spec), "films": m.get("n"),
+                         "AUC": _num(m.get("auc")), "AUC 95% CI": format_ci(_num(lo), _num(hi)),
+                         "sensitivity": _num(at.get("sensitivity")), "sens 95% CI": format_ci(*map(_num, sens_ci)),
+                         "specificity": _num(at.get("specificity")), "spec 95% CI": format_ci(*map(_num, spec_ci)),
+                         "lo": _num(lo), "hi": _num(hi)})
+    return pd.DataFrame(rows, columns=POPULATION_COLUMNS)

@@ -149,3 +149,51 @@ def test_evaluate_reports_per_view_of_a_manifest(two_source_run, tmp_path):
     assert set(m["by"]["view"]) == {"AP", "PA"} and set(m["by"]["sex"]) <= {"M", "F"}
     preds = pd.read_csv(two_source_run / "small_cnn" / "predictions_adults.csv")
     assert set(preds["view"]) == {"AP", "PA"}
+
+
+def test_dashboard_shows_each_population(two_source_run, monkeypatch):
+    """Home's leaderboard has a column per source, and the Populations page a row per source with the AUC of the
+    metrics file, in a real Streamlit script run (AppTest)."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.common import RUN_KEY
+
+    monkeypatch.setenv("CXR_ARTIFACTS", str(two_source_run.parent))
+    dash = REPO / "dashboard"
+    expected = Run(two_source_run).model("small_cnn").metrics("test:nih_adult")["auc"]
+    home = AppTest.from_file(str(dash / "Home.py"), default_timeout=120)
+    home.session_state[RUN_KEY] = "two"
+    home.run(timeout=120)
+    assert not home.exception, [e.value for e in home.exception]
+    board = next(d.value for d in home.dataframe if "AUC test:nih_adult" in d.value.columns)
+    assert "AUC test" not in board.columns  # pooled over two populations it would hide the small one
+    assert board["AUC test:nih_adult"].iloc[0] == pytest.approx(expected)
+    page = AppTest.from_file(str(dash / "pages" / "11_Populations.py"), default_timeout=120)
+    page.session_state[RUN_KEY] = "two"
+    page.run(timeout=120)
+    assert not page.exception, [e.value for e in page.exception]
+    table = next(d.value for d in page.dataframe if "population" in d.value.columns)
+    row = table[table["population"] == "test · nih_adult"]
+    assert len(row) == 1 and row["AUC"].iloc[0] == pytest.approx(expected)
+    page.radio(key="pop_column").set_value("view").run(timeout=120)
+    table = next(d.value for d in page.dataframe if "population" in d.value.columns)
+    assert {"test · view AP", "test · view PA"} <= set(table["population"])
+
+
+def test_named_pipes_as_config_or_film_are_refused_not_waited_on(tmp_path):
+    """A tar can carry a named pipe: as --config or inside a class folder it must be refused, never opened."""
+    import os
+
+    from trainer import config as cfgmod
+
+    fifo = tmp_path / "cfg.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(cfgmod.ConfigError, match="named pipe"):
+        cfgmod.load_file(fifo)
+    folder = tmp_path / "data" / "NORMAL"
+    folder.mkdir(parents=True)
+    (tmp_path / "data" / "PNEUMONIA").mkdir()
+    os.mkfifo(folder / "film.png")
+    with pytest.raises(data.DataError, match="no supported images"):
+        data.scan(tmp_path / "data")
+    assert "not a regular file" in data._skip_reason(folder / "film.png")

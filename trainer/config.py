@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from core.artifacts import ArtifactError, is_ensemble, name_problem, read_csv, read_json, stored_path
+from core.artifacts import ArtifactError, is_ensemble, name_problem, read_csv, read_json, read_text, stored_path
 from core.data import DataError
 from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 
@@ -95,6 +95,9 @@ class RunConfig:
 
 RUN_KEYS = {f.name for f in fields(RunConfig)} - {"recipe"}
 RECIPE_KEYS = {f.name for f in fields(Recipe)}
+
+
+MAX_CONFIG_BYTES = 2**20
 
 
 class ConfigError(ValueError):
@@ -217,9 +220,11 @@ def _bounds_problem(v, rule: Rule) -> str | None:
 def load_file(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path, MAX_CONFIG_BYTES)  # never a pipe or device: one line, not a hang
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
+    except ArtifactError as e:
+        raise ConfigError(f"cannot read config: {e}") from None
+    except (ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read config ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, found {type(data).__name__}")

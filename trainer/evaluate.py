@@ -17,6 +17,7 @@ from core.data import DataError
 from core.inference import load_trained, predict_loaded
 from core.metrics import headline_rule
 from trainer import ensemble, report
+from trainer.overlap import content_overlap, leak_message
 from trainer.prepare import Prepared, build_cache, prepare, rows_for, strata_of
 
 RESERVED = {"train", "val"}
@@ -40,6 +41,9 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
     if overlap:
         print(f"warning: {len(overlap)} of these images were used by the run itself (e.g. {overlap[0]})",
               file=sys.stderr)
+    leaked = content_overlap(run, prepared.samples)  # the same films under other names: byte-identical copies
+    if leaked:
+        print(f"warning: {leak_message(leaked, len(prepared.samples))}", file=sys.stderr)
 
     scored = _score_networks(run, prepared, split_name, cache_dir=cache_dir, workers=workers)
     scored += _score_ensembles(run, split_name)
@@ -49,6 +53,7 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
         "split_name": split_name, "data_root": prepared.root, "layout": prepared.layout, "only_split": only_split,
         "data_fingerprint": data.fingerprint(prepared.samples), "n": len(prepared.samples),
         "counts": data.split_counts(prepared.samples),
+        "leaked": [stored_path(p, prepared.root) for p in leaked],
         "skipped": [[stored_path(p, prepared.root), why] for p, why in prepared.skipped],
         "created": now_iso(), "command": command or ""})
     return 0

@@ -24,6 +24,7 @@ from core.artifacts import ModelWriter
 from core.cache import ImageCache
 from core.checkpoints import load_best, load_resume, prune_epochs, save_best, save_resume
 from core.inference import predict_probabilities
+from core.lungs import lung_model_sha256
 from core.models import ModelSpec, count_params, create_model, get_spec, input_size_for, set_backbone_trainable
 from core.transforms import AugmentConfig, augment, normalize, to_float
 from trainer.config import Recipe
@@ -284,6 +285,7 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
                    "pretrained": winfo.pretrained, "pretrained_requested": recipe.pretrained,
                    "weights_source": winfo.source, "weights_sha256": winfo.sha256, "weights_warning": winfo.warning,
                    "params": count_params(model), "seed": seed, "device": str(device),
+                   **({"lung_model_sha256": lung_model_sha256()} if recipe.framing == "lungs" else {}),
                    **{f"n_{split}": int(len(data[split].rows)) if split in data else 0
                       for split in ("train", "val", "test")}})
     train = data["train"]
