@@ -23,11 +23,25 @@ from dataclasses import dataclass
 import torch
 
 
+class DeviceError(ValueError):
+    """A device this machine does not have (``--device cuda`` without a GPU): one clear error before any model."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the first CUDA GPU when there is one, else the CPU."""
+    """``auto``: the first CUDA GPU when there is one, else the CPU. A GPU asked for by name must be here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"--device {name}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                              "use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"--device {name}: this machine has {count} CUDA GPU(s), numbered from 0")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 @dataclass(frozen=True)

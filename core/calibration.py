@@ -107,11 +107,24 @@ def read_scaling(model_artifacts) -> Scaling | None:
         return None
     stored = read_json(path)
     t, b = stored.get("temperature"), stored.get("bias", 0.0)
+    # the bounds the fit searches in: a value outside them was not fitted here, and would push every probability
+    # to 0 or 1 (T = 1e-9) or to 0.5 (T = 1e9)
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t <= 0:
-        raise ArtifactError(f"{path}: 'temperature' must be a positive number, found {t!r}")
+        raise ArtifactError(f"{path}: 'temperature' must be a positive number, found {_shown(t)}")
+    if not T_BOUNDS[0] <= t <= T_BOUNDS[1]:
+        raise ArtifactError(f"{path}: 'temperature' {t:g} is outside the fitted range {T_BOUNDS[0]:g} to "
+                            f"{T_BOUNDS[1]:g}; it would make every calibrated probability meaningless")
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b):
-        raise ArtifactError(f"{path}: 'bias' must be a finite number, found {b!r}")
+        raise ArtifactError(f"{path}: 'bias' must be a finite number, found {_shown(b)}")
+    if not B_BOUNDS[0] <= b <= B_BOUNDS[1]:
+        raise ArtifactError(f"{path}: 'bias' {b:g} is outside the fitted range {B_BOUNDS[0]:g} to {B_BOUNDS[1]:g}; "
+                            "it would make every calibrated probability meaningless")
     return Scaling(float(t), float(b))
+
+
+def _shown(value) -> str:
+    """A found value for a message: a number as it is, anything else by type (no file text reaches a page)."""
+    return repr(value) if value is None or isinstance(value, (bool, int, float)) else type(value).__name__
 
 
 def read_summary(model_artifacts) -> dict | None:

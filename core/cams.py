@@ -159,6 +159,8 @@ REFERENCE_PERCENTILE = 99.0  # of a model's raw maps over validation films: the 
 NO_EVIDENCE = 0.05  # below this share of the reference a pixel gets no colour at all
 FADE_IN = 0.25  # above it, opacity grows over this much of the scale: weak evidence stays faint
 STRETCHED_UNITS = "contrast-stretched: relative within this film only, colours not comparable between films"
+# the committed lineup's references span 8e-4 to 6.3: a stored one far outside cannot come from a real model's maps
+REFERENCE_BOUNDS = (1e-7, 1e5)
 REFERENCE_FILE = "cam_reference.json"  # in each model's folder: {"methods": {method: {class name: value}}, ...}
 
 
@@ -174,11 +176,20 @@ def read_reference(model_dir, method: str, target_name: str) -> float | None:
     path = Path(model_dir) / REFERENCE_FILE
     if not path.exists():
         return None
-    value = read_json(path).get("methods", {}).get(method, {}).get(target_name)
+    methods = read_json(path).get("methods", {})
+    entry = methods.get(method, {}) if isinstance(methods, dict) else None
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{path}: 'methods' must be an object {{method: {{class: number}}}}")
+    value = entry.get(target_name)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-        raise ArtifactError(f"{path}: reference of {method}/{target_name} must be a number >= 0, found {value!r}")
+    lo, hi = REFERENCE_BOUNDS
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        shown = value if isinstance(value, (int, float)) else type(value).__name__
+        raise ArtifactError(f"{path}: reference of {method}/{target_name} must be a number >= 0, found {shown!r}")
+    if value != 0 and not lo <= value <= hi:  # 0: no evidence on validation, shown as an empty map (on_shared_scale)
+        raise ArtifactError(f"{path}: reference of {method}/{target_name} is {value:g}, outside {lo:g} to {hi:g}; "
+                            "it would make every map saturated or empty")
     return float(value)
 
 

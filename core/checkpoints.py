@@ -30,8 +30,16 @@ def save_best(model: torch.nn.Module, path: str | Path, *, half: bool = False) -
     atomic_write_bytes(path, save(state))
 
 
+def _not_special(path: str | Path) -> None:
+    """A named pipe or device in a run folder would block or never end the load: refuse it before opening."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise ArtifactError(f"{p}: is not a file (a pipe, device or folder); refusing to open it")
+
+
 def load_best(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load a safetensors state dict into ``model``, converting dtypes to the model's own."""
+    _not_special(path)
     try:
         state = load_file(str(path))
     except FileNotFoundError:
@@ -55,6 +63,7 @@ def save_resume(path: str | Path, state: dict) -> None:
 
 
 def load_resume(path: str | Path) -> dict:
+    _not_special(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

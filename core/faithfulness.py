@@ -83,10 +83,32 @@ def check(model, spec, inputs: torch.Tensor, method: str, target: int = POSITIVE
             "sanity_pass": bool(rho.mean() <= SANITY_MAX_RHO)}
 
 
+def _entry_ok(f) -> bool:
+    """One model x method entry: ROAD a probability difference in [-1, 1], rho a correlation in [-1, 1], a verdict."""
+    def number(v, lo=-1.0, hi=1.0):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and lo <= v <= hi
+    return (isinstance(f, dict) and number(f.get("road")) and number(f.get("sanity_rho"))
+            and isinstance(f.get("sanity_pass"), bool) and (f.get("road_sd") is None or number(f["road_sd"], 0, 1)))
+
+
+FAITHFULNESS_FIELDS = {
+    "models": ("an object {model: {method: {road, sanity_rho in [-1, 1], sanity_pass}}}", lambda v: isinstance(v, dict)
+               and all(isinstance(ms, dict) and all(_entry_ok(f) for f in ms.values() if isinstance(f, dict))
+                       for ms in v.values())),
+    "n": ("a non-negative integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "sanity_max_rho": ("a number in [-1, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and -1 <= v <= 1),
+    "road_percentiles": ("a list of numbers in [0, 100]", lambda v: isinstance(v, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 100 for x in v)),
+    "sanity": ("a string", lambda v: isinstance(v, str)), "road": ("a string", lambda v: isinstance(v, str)),
+}
+
+
 def read(run_dir) -> dict | None:
-    """The run's stored figures, or ``None`` when it has none."""
+    """The run's stored figures, or ``None`` when it has none; every field the pages use is checked for type and
+    range (``FAITHFULNESS_FIELDS``), so a malformed file is one ``ArtifactError``, never a crashed page."""
     path = Path(run_dir) / FAITHFULNESS_FILE
-    return read_json(path) if path.exists() else None
+    return read_json(path, FAITHFULNESS_FIELDS) if path.exists() else None
 
 
 def failing(figures: dict | None, model: str, method: str) -> float | None:

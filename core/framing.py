@@ -96,9 +96,8 @@ def framed_cache(cache, framing: str, log=print):
     if framing in (None, "", "none"):
         return cache
     from core import lungs
-    from core.weights import sha256_of
 
-    path = cache.dir / f"framed-{framing}-{sha256_of(lungs.WEIGHTS)[:12]}.npy"
+    path = cache.dir / f"framed-{framing}-{lungs.lung_model_sha256()[:12]}.npy"  # a new lung model: new file
     if path.exists():
         return replace(cache, images=np.load(path, mmap_mode="r"))
     log(f"  framing {len(cache.images)} cached {cache.size}px films to their lungs (once per cache)")

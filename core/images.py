@@ -19,6 +19,10 @@ Choices, and why:
 * DICOM rescale and window values that are not finite are refused (they would decode to a black film).
 * Nothing partially decoded is returned: Pillow errors during ``load()`` become ``CorruptImageError``
   (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set).
+* A film that decodes to nothing is refused (``BlankImageError``): ``FLAT_SHARE`` of its pixels at one value (a
+  DICOM window off the data, a grey rectangle), or a JPEG whose data stops before its declared size (libjpeg
+  fills the rest with grey without an error). An image longer than ``MAX_ASPECT``:1 is refused from its header.
+  A path that is a named pipe or a device is refused before reading (it would block the loader or never end).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -56,6 +61,17 @@ class CorruptImageError(ImageError):
 
 class ImageTooLargeError(ImageError):
     """More pixels than allowed: guards against decompression bombs."""
+
+
+class BlankImageError(CorruptImageError):
+    """Decodes, but to (nearly) nothing: one value almost everywhere, or a JPEG whose data stops early (the decoder
+    fills the rest with grey). Such a film would still get a probability, of nothing."""
+
+
+MAX_ASPECT = 10  # a chest film is about 1:1.3; 50000 x 1 is not a film, and resizing it to a square means nothing
+FLAT_SHARE = 0.99  # a film with this share of its pixels at one value shows nothing
+MIN_JUDGED_PIXELS = 64 * 64  # smaller images (icons, test fixtures) are too small to judge as blank
+JPEG_FILL = 128  # what libjpeg decodes missing blocks to (DC 0), in gray
 
 
 def load_xray(source, *, name=None, max_pixels=None, draft_size=None) -> np.ndarray:
@@ -106,9 +122,12 @@ def _read_source(source, name):
     ``MAX_FILE_BYTES`` before the rest is read, so a huge or non-image file is refused without reading it whole."""
     if isinstance(source, (str, os.PathLike)):
         name = name or str(source)
-        try:
-            with open(source, "rb") as f:
-                return _read_checked(f, name, os.fstat(f.fileno()).st_size), name
+        try:  # non-blocking open, then a regular-file check: a named pipe must not hang the loader
+            with os.fdopen(os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)), "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise UnsupportedImageError(f"{name}: not a regular file (a pipe, device or folder)")
+                return _read_checked(f, name, st.st_size), name
         except OSError as e:
             raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from e
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -153,6 +172,32 @@ def _check_size(width: int, height: int, limit: int, name: str) -> None:
         raise ImageTooLargeError(
             f"{name}: image is {width}x{height} = {width * height:,} pixels, more than the limit of {limit:,}"
         )
+    if width < 1 or height < 1:
+        raise CorruptImageError(f"{name}: image is {width}x{height} pixels: nothing to show")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise UnsupportedImageError(f"{name}: image is {width}x{height} pixels, longer than {MAX_ASPECT}:1; "
+                                    "not a chest film")
+
+
+def _check_content(gray: np.ndarray, name: str, jpeg: bool = False) -> np.ndarray:
+    """Refuse a decoded film that shows nothing (``BlankImageError``): ``FLAT_SHARE`` of its pixels at one value
+    (an all-black DICOM window, a grey rectangle), or a JPEG whose last rows are all decoder fill (its data stops
+    before the size its header declares)."""
+    if gray.size < MIN_JUDGED_PIXELS:
+        return gray
+    counts = np.bincount(gray.ravel(), minlength=256)
+    value = int(counts.argmax())
+    if counts[value] >= FLAT_SHARE * gray.size:
+        raise BlankImageError(f"{name}: {100 * counts[value] / gray.size:.1f}% of its pixels are the one value "
+                              f"{value}: the film shows nothing to score")
+    if jpeg:
+        h = gray.shape[0]
+        filled = np.flatnonzero(~(gray == JPEG_FILL).all(axis=1))
+        fill_rows = h - 1 - int(filled[-1]) if filled.size else h
+        if fill_rows >= max(8, h // 20):
+            raise BlankImageError(f"{name}: the JPEG's data stops {fill_rows} rows before the {h} its header "
+                                  "declares (the rest is decoder fill): the file is truncated")
+    return gray
 
 
 def _load_pil(data: bytes, name: str, limit: int, draft_size) -> np.ndarray:
@@ -182,7 +227,7 @@ def _load_pil(data: bytes, name: str, limit: int, draft_size) -> np.ndarray:
             raise ImageTooLargeError(f"{name}: {e}") from e
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
             raise CorruptImageError(f"{name}: cannot decode {img.format or 'image'} ({e})") from e
-        return _to_gray8(img)
+        return _check_content(_to_gray8(img), name, jpeg=data[:3] == _JPEG_MAGIC)
 
 
 def _to_gray8(img: Image.Image) -> np.ndarray:
@@ -295,9 +340,9 @@ def _load_dicom(data: bytes, name: str, limit: int) -> np.ndarray:
             raise CorruptImageError(f"{name}: DICOM pixel values are not finite after the modality rescale")
         center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
         out = _window(arr, center, width) if center is not None and width and width > 0 else _stretch(arr)
-        return (255 - out) if photometric == "MONOCHROME1" else out
+        return _check_content((255 - out) if photometric == "MONOCHROME1" else out, name)  # a window off the data
     if arr.ndim == 3 and arr.shape[-1] == 3:  # RGB (pydicom converts YBR to RGB) or palette colour
         if arr.dtype == np.uint8:
-            return np.asarray(Image.fromarray(arr, mode="RGB").convert("L"), dtype=np.uint8)
-        return _stretch(arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+            return _check_content(np.asarray(Image.fromarray(arr, mode="RGB").convert("L"), dtype=np.uint8), name)
+        return _check_content(_stretch(arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])), name)
     raise UnsupportedImageError(f"{name}: unsupported DICOM photometric interpretation {photometric}")

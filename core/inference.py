@@ -92,6 +92,7 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
         spec = get_spec(arch)
     except (KeyError, ValueError, TypeError) as e:
         raise ArtifactError(f"{artifacts.dir / 'config.json'}: cannot tell the architecture ({e})") from None
+    check_lung_model(artifacts)
     model, _ = create_model(arch, pretrained=False, input_size=size)
     load_best(model, artifacts.best_checkpoint())
     model.eval().to(memory_format=torch.channels_last)
@@ -99,6 +100,26 @@ def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
                        mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
                        tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"),
                        framing=str(cfg.get("framing") or "none"), checkpoint=artifacts.best_checkpoint())
+
+
+def check_lung_model(artifacts: ModelArtifacts) -> None:
+    """A lung-framed model sees what the lung model crops: refuse it when the lung model here is not the one it was
+    trained with (its config's ``lung_model_sha256``; models trained before that was recorded are not checked)."""
+    from core import lungs
+
+    cfg = artifacts.config
+    recorded = cfg.get("lung_model_sha256")
+    if cfg.get("framing") != "lungs" or not recorded:
+        return
+    try:
+        here = lungs.lung_model_sha256()
+    except OSError as e:
+        raise ArtifactError(f"{artifacts.name}: frames films with the lung model, which is unreadable here "
+                            f"({e.strerror or e})") from None
+    if here != recorded:
+        raise ArtifactError(f"{artifacts.dir / 'config.json'}: trained with lung model {recorded[:12]}, but "
+                            f"{lungs.WEIGHTS.name} here is {here[:12]}; its framing (and so its probabilities) "
+                            "would differ: restore that lung model or retrain")
 
 
 @torch.inference_mode()

@@ -8,6 +8,7 @@ stale lock cannot block anyone. Where ``fcntl`` does not exist (Windows) no lock
 from __future__ import annotations
 
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,8 +45,15 @@ def run_lock(run_dir: str | Path, what: str = "write"):
     """Hold the run folder's lock for the ``with`` block, or raise ``RunLocked`` at once (never wait)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    path = run_dir / LOCK_NAME
+    try:  # never through a link (truncating its target) nor into a pipe or device a hostile run folder carries
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot open the run's lock file ({e.strerror or e}); delete it if it is "
+                            "a link or not a file") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArtifactError(f"{path}: is not a file (a pipe, device or folder); delete it and try again")
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -107,6 +107,25 @@ def load_model(path: str | None = None) -> LungUNet:
     return model.eval()
 
 
+_SHA: dict[tuple, str] = {}
+
+
+def lung_model_sha256(path: str | Path | None = None) -> str:
+    """sha256 of the committed lung model's weights (or of the file at ``path``), once per file version.
+
+    A lung-framed classifier records it in its config.json (``lung_model_sha256``) when it trains; loading it
+    (``core.inference.load_trained``) refuses a lung model other than the one it was trained with, and the framed
+    training cache is keyed by it, so a replaced lung model can never silently change what a model sees."""
+    from core.weights import sha256_of
+
+    path = Path(path) if path else WEIGHTS
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _SHA:
+        _SHA[key] = sha256_of(path)
+    return _SHA[key]
+
+
 def postprocess(mask: np.ndarray) -> np.ndarray:
     """Keep the two largest connected components (the two lungs) and fill their holes."""
     mask = np.asarray(mask, dtype=bool)

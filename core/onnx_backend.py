@@ -12,8 +12,10 @@ and falls back to eager torch, with a warning, when the export or ONNX Runtime f
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -36,11 +38,16 @@ class OnnxError(RuntimeError):
     """The model could not be exported or run by ONNX Runtime."""
 
 
+class BackendError(ValueError):
+    """An unknown backend name (argument or ``$CXR_BACKEND``)."""
+
+
 def choose_backend(backend: str | None = None) -> str:
     """The argument, else ``$CXR_BACKEND``, else ``auto``; a clear error on anything else."""
     choice = (backend or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
     if choice not in BACKENDS:
-        raise ValueError(f"backend {choice!r} (argument or ${ENV_BACKEND}): choose one of {', '.join(BACKENDS)}")
+        shown = choice[:40].encode("ascii", "backslashreplace").decode()  # an environment value can hold anything
+        raise BackendError(f"backend {shown!r} (argument or ${ENV_BACKEND}): choose one of {', '.join(BACKENDS)}")
     return choice
 
 
@@ -167,19 +174,82 @@ def _matches(om: OnnxModel, checkpoint_sha256: str, size: int) -> bool:
             and meta.get("export_version") == EXPORT_VERSION)
 
 
+def graph_digest(path: Path) -> str:
+    """sha256 of what an ONNX file computes: its graph, nodes and weights (initializers), metadata left out. The
+    export is deterministic, so two exports of one checkpoint on one machine have the same digest."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own types on a damaged file
+        raise OnnxError(f"{path}: not a readable ONNX graph ({type(e).__name__})") from None
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _verified_marker(graph: Path, checkpoint_sha256: str) -> Path:
+    from core.weights import sha256_of
+
+    st = graph.stat()
+    key = (str(graph.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _FILE_SHA:
+        _FILE_SHA[key] = sha256_of(graph)
+    name = f"{_FILE_SHA[key][:32]}-{checkpoint_sha256[:32]}-v{EXPORT_VERSION}"
+    return default_cache_root() / "onnx" / "verified" / name
+
+
+def mark_verified(graph: Path, checkpoint_sha256: str) -> None:
+    """Remember (in this user's cache, not in the run folder) that ``graph`` holds this checkpoint: exported here
+    from it (``trainer export``) or found equal to such an export. Best effort: a read-only cache re-checks."""
+    try:
+        marker = _verified_marker(graph, checkpoint_sha256)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
+
+
+def _holds_checkpoint(beside: Path, local: Path, checkpoint_sha256: str) -> bool:
+    """Whether the graph beside a checkpoint computes what this machine's own export of it computes. Its metadata
+    is only a claim (any graph can carry the checkpoint's hash), so its graph and weights are compared with the
+    local export's, once per file content; the answer is remembered in the cache."""
+    if _verified_marker(beside, checkpoint_sha256).is_file():
+        return True
+    if graph_digest(beside) != graph_digest(local):
+        return False
+    mark_verified(beside, checkpoint_sha256)
+    return True
+
+
+_FILE_SHA: dict[tuple, str] = {}
+
+
 def onnx_for_checkpoint(model: torch.nn.Module, checkpoint: Path, checkpoint_sha256: str, arch: str,
                         size: int) -> OnnxModel:
-    """The session for a trained model: ``checkpoints/model.onnx`` when it was exported from this very checkpoint,
-    else the cached export (built now if missing)."""
+    """The session for a trained model: ``checkpoints/model.onnx`` when it holds this very checkpoint (checked on
+    its weights, not its word: ``_holds_checkpoint``), else the cached export (built now if missing). A graph ONNX
+    Runtime refuses, or one from other weights, is passed over with a warning."""
     beside = beside_path(checkpoint)
-    if beside.is_file():
-        om = cached_session(beside, size)
-        if _matches(om, checkpoint_sha256, size):
-            return om
     path = cache_path(checkpoint_sha256, arch, size)
-    if not path.is_file():
-        write_export(model, size, path, {"checkpoint_sha256": checkpoint_sha256, "arch": arch})
+    if beside.is_file():
+        try:
+            om = cached_session(beside, size)
+            if _matches(om, checkpoint_sha256, size):
+                if _verified_marker(beside, checkpoint_sha256).is_file():
+                    return om
+                _ensure_export(model, path, checkpoint_sha256, arch, size)
+                if _holds_checkpoint(beside, path, checkpoint_sha256):
+                    return om
+                print(f"warning: {beside}: claims to be this checkpoint's graph but its weights differ from the "
+                      "checkpoint's; not used (a fresh export is)", file=sys.stderr)
+        except OnnxError as e:
+            print(f"warning: {beside}: not used ({e}); a fresh export is", file=sys.stderr)
+    _ensure_export(model, path, checkpoint_sha256, arch, size)
     om = cached_session(path, size)
     if not _matches(om, checkpoint_sha256, size):
         raise OnnxError(f"{path}: does not belong to this checkpoint; delete it to rebuild")
     return om
+
+
+def _ensure_export(model: torch.nn.Module, path: Path, checkpoint_sha256: str, arch: str, size: int) -> None:
+    if not path.is_file():
+        write_export(model, size, path, {"checkpoint_sha256": checkpoint_sha256, "arch": arch})

@@ -6,7 +6,7 @@
 import streamlit as st
 
 from core import metrics, summary
-from core.artifacts import ArtifactError, ModelArtifacts, list_runs
+from core.artifacts import ArtifactError, ModelArtifacts, list_runs, population_metrics, population_specs
 from dashboard import tables
 from dashboard.common import (
     DEFAULT_TOP,
@@ -15,11 +15,13 @@ from dashboard.common import (
     cached_history,
     cached_metrics,
     choose_models,
+    choose_site,
     compared_run,
     entries,
     footer,
     guard,
     plain,
+    site_table,
     start,
 )
 
@@ -48,6 +50,8 @@ def run_rows(run) -> list[dict]:
                                    (e["status"] or {}).get("state") == "finished"):
                 with guard(f"{m.name}: {split} metrics"):
                     e["metrics"][split] = cached_metrics(m, split)
+                    for spec in population_specs(e["metrics"][split], split):  # one column per source
+                        e["metrics"][spec] = population_metrics(e["metrics"][split], spec, m.dir)
         rows.append(e)
     listed = {m.name for m in run.models}  # a model that failed before its config.json still has a status
     for p in sorted(run.dir.glob("*/status.json")):
@@ -109,6 +113,7 @@ def show_leaderboard(rows: list[dict]) -> None:
 run = start("Home")
 compare = compared_run(run)
 chosen = choose_models(run, compare)
+site = choose_site(run)
 st.title("Chest X-ray classifiers: PNEUMONIA vs NORMAL")
 st.warning(NOTICE)
 
@@ -140,6 +145,12 @@ if rows:
     show_leaderboard(rows)
 else:
     st.info(f"Run `{run.id}` has no models yet.")
+if site.is_site:  # the chosen site's own figures, beside the run's
+    st.subheader(f"Site profile `{plain(site.name)}`")
+    st.container(key="home_site").table(site_table(run, site))
+    st.caption(f"{site.describe()}. At the site threshold, on the site's own films (in-sample where the threshold "
+               "was chosen on them); 95% bootstrap intervals; PPV/NPV at the profile's prevalence. "
+               "docs/site-curve.md: how many films a site threshold needs.")
 
 st.caption(f"The other pages compare the models chosen in the sidebar ({len(chosen)} of "
            f"{len(entries(run, compare))}): by default the {DEFAULT_TOP} best by validation AUC and the ensemble.")

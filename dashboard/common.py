@@ -254,3 +254,113 @@ def cached_predictions(m, split: str):
 def cached_metrics(m, split: str) -> dict:
     """``m.metrics(split)``, cached by the file's mtime and size."""
     return _read_model_file(str(m.run_dir), m.name, "metrics", split, _stamp(m.dir / f"metrics_{split}.json"))
+
+
+# --- site profiles (``python -m trainer site``, core/site.py) -------------------------------------------------
+
+SITE_KEY = "selected_site"
+TRAINING_DATA = "training data"
+
+
+@dataclass(frozen=True)
+class SiteChoice:
+    """The sidebar's site profile: ``name`` is ``TRAINING_DATA`` (the run's validation fit) or a site. A model
+    without a profile for the chosen site falls back to its validation fit, and ``describe`` says so."""
+
+    name: str
+
+    @property
+    def is_site(self) -> bool:
+        return self.name != TRAINING_DATA
+
+    def profile(self, m: ModelArtifacts) -> dict | None:
+        """The model's profile for this site, or None (training data, or no profile: the validation fit)."""
+        from core.artifacts import read_site_profile, site_names
+
+        return read_site_profile(m, self.name) if self.is_site and self.name in site_names(m) else None
+
+    def scaling(self, m: ModelArtifacts):
+        """The calibration in use: the site's refit, else the validation one (None when the model has none)."""
+        from core import calibration
+
+        prof = self.profile(m)
+        if prof is None:
+            return calibration.read_scaling(m)
+        return calibration.Scaling(float(prof["calibration"]["temperature"]), float(prof["calibration"]["bias"]))
+
+    def threshold(self, m: ModelArtifacts, rule: str | None = None) -> float:
+        """The raw threshold in use: the site's (its rule) when the rule asked is the profile's, else validation's."""
+        prof = self.profile(m)
+        if prof is not None and rule in (None, prof["threshold"]["rule"]):
+            return float(prof["threshold"]["value"])
+        return m.threshold(rule)
+
+    def prevalence(self, m: ModelArtifacts, default: float) -> float:
+        prof = self.profile(m)
+        return float(prof["prevalence"]["value"]) if prof is not None else float(default)
+
+    def describe(self, m: ModelArtifacts | None = None) -> str:
+        """One line for captions and reports: which profile the figures use."""
+        if not self.is_site:
+            return "profile: training data (threshold and calibration chosen on the run's validation split)"
+        if m is not None and self.profile(m) is None:
+            return f"profile: site `{self.name}` chosen, but {m.name} has none: its validation fit is used"
+        return (f"profile: site `{self.name}` (threshold, calibration and prevalence from that site's films, "
+                "`python -m trainer site`)")
+
+
+def _site_changed() -> None:
+    """A new profile moves every operating point to its own: thresholds set by hand are forgotten."""
+    for key in [k for k in st.session_state if isinstance(k, str) and (k == "thresholds" or k.startswith("thr_"))]:
+        del st.session_state[key]
+    st.session_state[SITE_KEY] = st.session_state.get(f"{SITE_KEY}_widget", TRAINING_DATA)
+
+
+def choose_site(run: Run) -> SiteChoice:
+    """The sidebar's site selector (default: the training data), shared by every page through session state;
+    the pages that show probabilities, labels, thresholds or PPV/NPV call it once, near the top."""
+    from core.artifacts import run_site_names
+
+    sites: list[str] = []
+    with guard(f"Run {run.id}: site profiles"):
+        sites = run_site_names(run)
+    options = [TRAINING_DATA, *sites]
+    current = st.session_state.get(SITE_KEY, TRAINING_DATA)
+    st.session_state[f"{SITE_KEY}_widget"] = current if current in options else TRAINING_DATA
+    st.sidebar.selectbox("Site profile", options, key=f"{SITE_KEY}_widget", on_change=_site_changed,
+                         help="whose threshold, calibration and prevalence the pages use: the training data's "
+                              "(validation split) or a site's own (python -m trainer site)")
+    choice = SiteChoice(st.session_state[f"{SITE_KEY}_widget"])
+    st.session_state[SITE_KEY] = choice.name
+    if choice.is_site:
+        st.sidebar.caption(f"Using site profile **{choice.name}**")
+    return choice
+
+
+def site_table(run: Run, choice: SiteChoice):
+    """One row per model with a profile for the chosen site: its figures at the site threshold, 95% intervals."""
+    import pandas as pd
+
+    def pct(v, ci=None) -> str:
+        if v is None:
+            return "–"
+        lo, hi = ci or (None, None)
+        return f"{100 * v:.1f}%" + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None and hi is not None else "")
+
+    rows = []
+    for m in run.models:
+        with guard(f"{m.name}: site profile {choice.name}"):
+            prof = choice.profile(m)
+            if prof is None:
+                continue
+            f = (prof.get("figures") or {}).get("site_threshold") or {}
+            prev = prof["prevalence"]
+            rows.append({"model": m.name, "films": prof.get("n"), "threshold": f"{prof['threshold']['value']:.3f} "
+                         f"({prof['threshold']['source']})", "calibration": prof["calibration"]["source"],
+                         "prevalence": pct(prev["value"], prev.get("ci")) + f" ({prev['source']})",
+                         "AUC": "–" if f.get("auc") is None else f"{f['auc']:.3f}",
+                         "sensitivity": pct(f.get("sensitivity"), f.get("sensitivity_ci")),
+                         "specificity": pct(f.get("specificity"), f.get("specificity_ci")),
+                         "PPV": pct(f.get("ppv"), f.get("ppv_ci")), "NPV": pct(f.get("npv"), f.get("npv_ci")),
+                         "warnings": " · ".join(prof.get("warnings") or []) or "–"})
+    return pd.DataFrame(rows)

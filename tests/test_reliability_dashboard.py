@@ -113,3 +113,51 @@ def test_an_upload_is_decoded_once_per_content_and_size(monkeypatch):
     other = bytearray(upload)
     other[-20] ^= 1  # different content (the PNG's last chunk), same name
     assert ex.decoded(bytes(other), "film.png") is not image
+
+
+# --- round two (issue 22): values out of range, malformed figures, special files -----------------------------------
+
+OUT_OF_RANGE = [("small_cnn/metrics_test.json", "auc", 7.5), ("small_cnn/metrics_test.json", "auc_ci", [0.2, 9]),
+                ("small_cnn/config.json", "preprocess", "sharpen")]
+
+
+@pytest.mark.parametrize("file, key, value", OUT_OF_RANGE, ids=[f"{f}:{k}" for f, k, _ in OUT_OF_RANGE])
+def test_a_value_out_of_range_is_an_error_on_home_not_a_figure(hostile_root, monkeypatch, file, key, value):
+    _edit(hostile_root / "r" / file, **{key: value})
+    at = _open("Home.py", hostile_root, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = " ".join(str(e.value) for e in at.error)
+    assert key in errors and "unexpected" not in errors.lower(), errors
+    assert not any("7.5" in t for t in _texts(at) if "field" not in t)
+
+
+BAD_FAITHFULNESS = [{"models": {"small_cnn": {"Grad-CAM": {"road": "x", "sanity_rho": 2, "sanity_pass": "yes"}}}},
+                    {"models": [1, 2]}, {"models": {"small_cnn": {}}}]
+
+
+@pytest.mark.parametrize("page", ["pages/9_Faithfulness.py", "pages/4_Grad-CAM.py"])
+@pytest.mark.parametrize("figures", BAD_FAITHFULNESS, ids=["bad-entry", "models-list", "no-methods"])
+def test_malformed_faithfulness_figures_do_not_crash_a_page(hostile_root, monkeypatch, page, figures):
+    (hostile_root / "r" / "faithfulness.json").write_text(json.dumps(figures))
+    at = _open(page, hostile_root, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    assert "unexpected" not in " ".join(str(e.value) for e in at.error).lower()
+
+
+def test_an_oversized_input_size_does_not_crash_the_errors_page(hostile_root, monkeypatch):
+    _edit(hostile_root / "r" / "small_cnn" / "config.json", input_size=30000)
+    at = _open("pages/5_Errors.py", hostile_root, monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("input_size" in str(e.value) for e in at.error)
+
+
+def test_home_does_not_hang_on_a_named_pipe(hostile_root, monkeypatch):
+    import os
+
+    status = hostile_root / "r" / "small_cnn" / "status.json"
+    status.unlink()
+    os.mkfifo(status)
+    os.mkfifo(hostile_root / "DEFAULT_RUN")
+    at = _open("Home.py", hostile_root, monkeypatch)  # AppTest's timeout fails a hang
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("named pipe" in str(e.value) for e in at.error)

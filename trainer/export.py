@@ -35,7 +35,7 @@ def export_run(run_dir, models: list[str] | None = None) -> int:
     unknown = sorted(set(models or []) - {a.name for a in run.models})
     if unknown:
         raise ArtifactError(f"{run.dir}: no model named {', '.join(unknown)}")
-    failed = 0
+    failed = written = 0
     for art in arts:
         if art.is_ensemble:
             continue  # an ensemble has no network of its own
@@ -53,6 +53,13 @@ def export_run(run_dir, models: list[str] | None = None) -> int:
         failed += not ok
         print(f"{art.name:<24} {path.stat().st_size / 1e6:7.1f} MB  opset {onnx_backend.OPSET}  "
               f"max |p_onnx - p_torch| = {diff:.2e} {'ok' if ok else f'FAIL (> {TOLERANCE:.0e})'}  {path}")
-        if not ok:
+        if ok:
+            written += 1
+            onnx_backend.mark_verified(path, meta["checkpoint_sha256"])  # exported here, from this checkpoint
+        else:
             path.unlink(missing_ok=True)  # never leave a graph that scores differently
+    if not written and not failed:  # asked to export and nothing was: that is not success
+        print(f"error: nothing exported from {run.dir}: every model was skipped (above) or is an ensemble",
+              file=sys.stderr)
+        return 1
     return 1 if failed else 0

@@ -13,6 +13,7 @@ from dashboard import figures, tables
 from dashboard.common import (
     cached_metrics,
     cached_predictions,
+    choose_site,
     chosen_with_splits,
     compared_run,
     footer,
@@ -62,6 +63,8 @@ def load(chosen, split: str) -> dict:
             presets = tables.threshold_presets(val)
             own = cm.headline_rule(m.config)  # the rule the model's figures are quoted at comes first
             presets = {own: presets[own], **presets} if own in presets else presets
+            if (prof := site.profile(m)) is not None:  # the site's own threshold comes first
+                presets = {f"site:{site.name}": float(prof["threshold"]["value"]), **presets}
             data[e.label] = (pred["label"].to_numpy(), pred["probability"].to_numpy(), met, presets)
     return data
 
@@ -97,6 +100,8 @@ run = start("ROC, PR and confusion")
 compare = compared_run(run)
 st.title("ROC, precision–recall and confusion")
 chosen, splits = chosen_with_splits(run, compare)
+site = choose_site(run)
+st.caption(site.describe())
 
 c1, c2, c3 = st.columns([2, 2, 2])
 split = c1.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="roc_split")
@@ -108,9 +113,10 @@ data = load(chosen, split)
 if not data:
     stop("No predictions to draw for the chosen models.")
 split_prev = float(next(iter(data.values()))[0].mean())
+prev_default = next((site.prevalence(e.model, split_prev) for e in chosen if site.profile(e.model)), split_prev)
 prevalence = c3.number_input("Prevalence for PPV/NPV", min_value=0.001, max_value=0.999,
-                             value=round(min(max(split_prev, 0.001), 0.999), 3), step=0.01, format="%.3f",
-                             key=f"roc_prevalence_{split}",
+                             value=round(min(max(prev_default, 0.001), 0.999), 3), step=0.01, format="%.3f",
+                             key=f"roc_prevalence_{split}_{site.name}",
                              help=f"PNEUMONIA prevalence to re-weight PPV and NPV to (this split: {split_prev:.3f}), "
                                   "e.g. a clinic's rather than the data set's")
 

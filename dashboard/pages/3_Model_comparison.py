@@ -11,6 +11,7 @@ from dashboard import figures, tables
 from dashboard.common import (
     cached_metrics,
     cached_predictions,
+    choose_site,
     chosen_with_splits,
     compared_run,
     footer,
@@ -23,6 +24,10 @@ run = start("Model comparison")
 compare = compared_run(run)
 st.title("Model comparison")
 chosen, splits = chosen_with_splits(run, compare)
+if (site := choose_site(run)).is_site:
+    st.info(f"Site profile `{site.name}` is chosen, but this page compares models on the run's own splits at their "
+            "validation thresholds (the training-data profile); the site's own figures are on Home, its threshold "
+            "on the ROC page.")
 colors = {e.label: e.color for e in chosen}
 c1, _ = st.columns([1, 3])
 split = c1.selectbox("Split", splits, index=splits.index(tables.default_split(splits)), key="cmp_split")

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import calibration, faithfulness
+from core import faithfulness
 from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import cached_predictions, footer, guard, model_names, plain, start, stop
+from dashboard import population as pp
+from dashboard.common import cached_predictions, choose_site, footer, guard, model_names, plain, start, stop
 
 MAX_IMAGES = 8
 MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
@@ -22,6 +23,7 @@ PER_ROW = 3  # film + maps per row: about 350 px each at 1440 px
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
 
 run = start("Grad-CAM")
+site = choose_site(run)
 st.title("Grad-CAM: where the models look")
 st.caption("Class activation maps of the run's trained models on your films or on films of the run's test split. "
            "Warm colours mark the regions that raised the chosen class's score. A map shows what a model used, "
@@ -116,7 +118,7 @@ for name in chosen:
     except Exception as e:  # a broken model must not take the page down
         models[name] = f"cannot load: {type(e).__name__}: {e}"
     try:
-        thresholds[name] = run.model(name).threshold()  # at the model's own rule
+        thresholds[name] = site.threshold(run.model(name))  # at the model's own rule, the chosen profile's
     except (ArtifactError, KeyError, TypeError, ValueError) as e:
         thresholds[name] = f"no validation threshold ({e})"
 
@@ -136,7 +138,7 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
         result = ex.explain_one(cm, pixels, method, target)
     ma = run.model(name)
     p, thr = result.probability, thresholds[name]
-    scaling = calibration.read_scaling(ma)
+    scaling = site.scaling(ma)
     on_scale = (lambda v: v) if scaling is None else (lambda v: float(scaling(v)))
     view = ex.map_view(result, ma.dir, name, scale, scaling)
     rgb = ex.overlay_image(image.display(), view, alpha)
@@ -147,9 +149,13 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     if isinstance(thr, str):
         st.warning(f"{name}: {plain(thr)}; no label shown.")
     else:
-        st.markdown(f"Label at the validation-chosen threshold {on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
+        st.markdown(f"Label at the {'site' if site.profile(ma) else 'validation'}-chosen threshold "
+                    f"{on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
+    st.caption(site.describe(ma))
     st.caption(f"calibrated on validation, i.e. to the training batch's share of pneumonia (raw {p:.3f})" if scaling
                else "raw (this run has no calibration)")
+    with guard(f"population check of {name}"):
+        pp.show(pp.check(ma, cm.loaded, cm.lock, pixels, image.source))
     if view.note:
         st.info(view.note)
     if cm.loaded.framing == "lungs":

@@ -9,19 +9,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import calibration
 from core import metrics as cm
 from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import explain as ex
-from dashboard.common import cached_predictions, footer, guard, model_names, plain, start, stop
+from dashboard.common import cached_predictions, choose_site, footer, guard, model_names, plain, start, stop
 
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
 THUMB_SIDE = 512
 
 run = start("Errors")
+site = choose_site(run)
 st.title("Errors: false positives and false negatives")
 st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first, "
            "each as the plain film beside its map. Probabilities are calibrated on validation when the run has a "
@@ -41,7 +41,9 @@ split = st.sidebar.selectbox("Split", splits, index=splits.index("test") if "tes
 rules = [cm.YOUDEN, cm.DEFAULT_RULE]
 with guard(f"{model_name}: validation thresholds"):
     rules = list(ma.metrics("val")["thresholds"])  # every rule the trainer chose on validation, by its own name
-own = cm.headline_rule(ma.config)
+own = cm.HEADLINE_RULE
+with guard(f"{model_name}: config.json"):  # a broken config is an error here, the thresholds still show
+    own = cm.headline_rule(ma.config)
 rule = st.sidebar.selectbox("Threshold (chosen on validation)", rules, index=rules.index(own) if own in rules else 0,
                             format_func=cm.rule_label, key="err_rule")
 per_kind = st.sidebar.slider("Films per kind", 1, 24, 2, key="err_n")
@@ -58,14 +60,14 @@ scale = st.sidebar.radio("Colour scale", list(ex.SCALES), format_func=ex.SCALES.
 preds = threshold = None
 with guard(f"{model_name}, {split} split"):
     preds = cached_predictions(ma, split)
-    threshold = ma.threshold(rule)
+    threshold = site.threshold(ma, rule)  # the site's own when the rule is the profile's
 if preds is None or threshold is None:
     stop()
 
 fp, fn = ex.errors_of(preds, threshold)
 scaling = None
 with guard(f"{model_name}: calibration"):
-    scaling = calibration.read_scaling(ma)
+    scaling = site.scaling(ma)
 
 
 def shown_probability(p: float) -> float:
@@ -75,7 +77,8 @@ def shown_probability(p: float) -> float:
 
 c = st.columns(4)
 c[0].metric(f"Films ({split})", len(preds))
-c[1].metric("Threshold", f"{threshold:.3f}", help=f"{cm.rule_label(rule)}, chosen on the validation split")
+c[1].metric("Threshold", f"{threshold:.3f}", help=f"{cm.rule_label(rule)}; {site.describe(ma)}")
+st.caption(site.describe(ma))
 c[2].metric("False positives", len(fp), help="NORMAL films called PNEUMONIA")
 c[3].metric("False negatives", len(fn), help="PNEUMONIA films called NORMAL")
 if split == "val":

@@ -10,10 +10,21 @@ import streamlit as st
 from core import calibration
 from core.data import sort_splits
 from dashboard import figures, tables
-from dashboard.common import cached_metrics, cached_predictions, choose_models, footer, guard, plain, start, stop
+from dashboard.common import (
+    cached_metrics,
+    cached_predictions,
+    choose_models,
+    choose_site,
+    footer,
+    guard,
+    plain,
+    start,
+    stop,
+)
 
 run = start("Calibration")
 chosen_entries = choose_models(run)
+site = choose_site(run)
 st.title("Calibration")
 colors = {e.label: e.color for e in chosen_entries}
 splits = sort_splits(s for m in run.models for s in m.splits())
@@ -35,7 +46,7 @@ for name in chosen:
     met = pred = None
     if use_cal == "calibrated":
         with guard(f"{name}: calibration"):
-            scaling = calibration.read_scaling(m)
+            scaling = site.scaling(m)  # the chosen profile's calibration
             if scaling is None:
                 st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
                 continue
@@ -76,6 +87,8 @@ if rows:
         st.plotly_chart(figures.probability_histogram(preds, colors=colors), key="cal_hist")
 elif chosen:
     st.info(f"Nothing to show for split {split}.")
+if use_cal == "calibrated":
+    st.caption(site.describe())
 
 with st.expander("Before and after calibration: temperature, bias, ECE and Brier per model"), guard("calibration"):
     ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]

@@ -5,20 +5,22 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import calibration, faithfulness
+from core import faithfulness
 from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS, GRADIENT_FREE
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
 from dashboard import consensus as cs
 from dashboard import explain as ex
-from dashboard.common import CITATION, NOTICE, footer, guard, plain, start, stop
+from dashboard import population as pp
+from dashboard.common import CITATION, NOTICE, choose_site, footer, guard, plain, start, stop
 
 DEFAULT_MODELS = 4
 PER_ROW = 3
 ALPHA = 0.45
 
 run = start("Consensus")
+site = choose_site(run)
 st.title("One film, every model")
 st.caption("What each chosen model says about one film: its calibrated P(PNEUMONIA), its label at the threshold "
            "chosen on validation, and where it looks, all maps on the same colour scale. "
@@ -90,20 +92,22 @@ def verdict(model_name: str) -> cs.Verdict:
     ma = run.model(model_name)
     cm = ex.cached_model(ma)
     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
-    scaling = calibration.read_scaling(ma)
+    scaling = site.scaling(ma)  # the chosen profile's calibration and threshold
     scale = (lambda v: v) if scaling is None else (lambda v: float(scaling(v)))
-    thr = ma.threshold()  # at the model's own rule, as in the README and leaderboard
+    thr = site.threshold(ma)  # at the model's own rule, as in the README and leaderboard
     view = ex.map_view(result, ma.dir, model_name, ex.SHARED, scaling)
     notes = [view.note] if view.note else []
     if view.coloured and (focus := ex.lung_focus(film, result)) is not None:
         notes.append(focus.caption())
     if (rho := faithfulness.failing(sanity, model_name, method)) is not None:
         notes.append(f"{method} failed the randomisation sanity check for this model (rho {rho:.2f}).")
+    where = pp.check(ma, cm.loaded, cm.lock, image.for_model(cm.loaded.input_size), image.source)
     return cs.Verdict(model=model_name, p_raw=result.probability, p_shown=scale(result.probability),
                       calibrated=scaling is not None, threshold_raw=thr, threshold_shown=scale(thr),
                       label=ex.label_at(result.probability, thr),
                       overlay_png=ex.png_bytes(ex.overlay_image(film, view, ALPHA)), note=" ".join(notes),
-                      figures=cs.split_figures(ma))
+                      figures=cs.split_figures(ma), population=where.short(), population_note=where.message(),
+                      outside=where.outside)
 
 
 verdicts = []
@@ -120,7 +124,10 @@ c[0].metric("Models calling PNEUMONIA", f"{k} of {n}")
 c[1].metric("Models calling NORMAL", f"{n - k} of {n}")
 if truth is not None:
     c[2].metric("True label (test split)", CLASSES[truth])
+for note in cs.outside_notes(verdicts):
+    st.warning(note, icon="⚠️")
 st.dataframe(cs.display_table(verdicts), hide_index=True, width="stretch")
+st.caption(site.describe())
 st.caption("P(PNEUMONIA) is calibrated on validation (temperature and bias); the threshold is shown on the same "
            "scale, so the label is exactly the trainer's. test: the training hospital batch; official_val: 16 films "
            "of another batch.")
@@ -143,7 +150,8 @@ for first in range(0, len(cells), per_row):
                 st.caption(v.note)
 
 report = cs.report_html(film_name=name, film_png=ex.png_bytes(film), verdicts=verdicts, run_id=run.id,
-                        method=method, notice=NOTICE, citation=CITATION, scale_note=scale_note)
+                        method=method, notice=NOTICE, citation=CITATION, scale_note=scale_note,
+                        profile=site.describe().replace("`", ""))
 d1, d2 = st.columns(2)
 d1.download_button("Download report (HTML)", report.encode("utf-8"), file_name=f"{Path(name).stem}_report.html",
                    mime="text/html", key="con_report", on_click="ignore",

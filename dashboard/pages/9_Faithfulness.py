@@ -33,6 +33,9 @@ for model, methods in figures["models"].items():
         if isinstance(f, dict) and "road" in f:
             rows.append({"model": model, "method": method, "ROAD": f["road"], "ROAD sd": f.get("road_sd"),
                          "sanity rho": f["sanity_rho"], "sanity": "pass" if f["sanity_pass"] else "FAILS"})
+if not rows:  # models listed, but no method figures under them
+    st.info(f"Run `{run.id}`: {faithfulness.FAITHFULNESS_FILE} holds no figures per model and method.")
+    stop()
 df = pd.DataFrame(rows)
 limit = figures.get("sanity_max_rho", faithfulness.SANITY_MAX_RHO)
 c = st.columns(4)
