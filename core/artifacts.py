@@ -448,8 +448,9 @@ def population_specs(whole: dict, split: str, column: str = "source") -> list[st
     by = whole.get("by")
     groups = by.get(column) if isinstance(by, dict) else None
     prefix = "" if column == "source" else f"{column}="
-    return [f"{split}:{prefix}{v}" for v in sorted(groups) if name_problem(str(v)) is None or column != "source"] \
-        if isinstance(groups, dict) else []
+    if not isinstance(groups, dict):
+        return []
+    return [f"{split}:{prefix}{v}" for v in sorted(groups) if ":" not in str(v) and "=" not in str(v)]
 
 
 def population_metrics(whole: dict, spec: str, path="metrics") -> dict:
@@ -715,6 +716,21 @@ def default_run(runs: list[Run], root: str | Path | None = None) -> Run | None:
     except (OSError, ArtifactError):  # a pipe or folder in its place must not hang or break Home
         named = ""
     return next((r for r in runs if r.id == named), None) or max(runs, key=lambda r: len(r.models))
+
+
+RECOMMENDED_FILE = "RECOMMENDED"  # in the artifacts root: ``run/model``, the model recommended for new films
+
+
+def recommended(root: str | Path | None = None) -> tuple[str, str] | None:
+    """(run id, model name) named in ``<root>/RECOMMENDED`` (chosen by the rule in docs/recipes.md), or None when
+    the file is missing or does not name a ``run/model`` pair of usable names."""
+    path = (Path(root) if root is not None else default_root()) / RECOMMENDED_FILE
+    try:
+        text = read_text(path, 1000).strip()
+    except ArtifactError:
+        return None
+    run_id, _, model = text.partition("/")
+    return (run_id, model) if name_problem(run_id) is None and name_problem(model) is None else None
 
 
 def list_runs(root: str | Path | None = None) -> list[Run]:

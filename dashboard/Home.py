@@ -6,7 +6,14 @@
 import streamlit as st
 
 from core import metrics, summary
-from core.artifacts import ArtifactError, ModelArtifacts, list_runs, population_metrics, population_specs
+from core.artifacts import (
+    ArtifactError,
+    ModelArtifacts,
+    list_runs,
+    population_metrics,
+    population_specs,
+    recommended,
+)
 from dashboard import tables
 from dashboard.common import (
     DEFAULT_TOP,
@@ -125,6 +132,11 @@ for r in list_runs(artifacts_root()):
         infos.append((r.id, None))
         st.error(f"run {r.id}: {plain(e)}")
 
+pick = recommended(artifacts_root())
+if pick:
+    st.info(f"**Recommended for new films: `{pick[0]}/{pick[1]}`**, chosen by a rule written before it was scored "
+            "(docs/recipes.md, Populations). Check the *Populations* page for how it does on each population, and "
+            "the population check beside each prediction on the Grad-CAM and Consensus pages.")
 title = f"Leaderboard · run `{run.id}`" + (f" and `{compare.id}`" if compare else "")
 st.subheader(title)
 with guard(f"run {run.id}"):

@@ -26,8 +26,9 @@ from dashboard import figures
 from dashboard.tables import plain
 
 REPO = Path(__file__).resolve().parents[1]
-NOTICE = ("**Research use only — not for clinical diagnosis.** These models were trained on one paediatric "
-          "data set and have not been validated for clinical use. Do not use them to diagnose or treat anyone.")
+NOTICE = ("**Research use only — not for clinical diagnosis.** These models were trained on children's films from "
+          "one hospital and, in the populations run, adults' films from one other hospital; they have not been "
+          "validated for clinical use. Do not use them to diagnose or treat anyone.")
 CITATION = ("Data: Kermany, Zhang, Goldbaum et al., *Identifying Medical Diagnoses and Treatable Diseases by "
             "Image-Based Deep Learning*, Cell 172(5), 2018; Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
             "(CC BY 4.0).")

@@ -376,7 +376,8 @@ def population_forest(table: pd.DataFrame, *, colors: dict | None = None) -> go.
     for i, (name, g) in enumerate(table.groupby("model", sort=False)):
         v, lo, hi = g["AUC"].to_numpy(float), g["lo"].to_numpy(float), g["hi"].to_numpy(float)
         fig.add_trace(go.Scatter(
-            x=v, y=g["population"], mode="markers", name=name, marker=dict(size=10, color=_color(colors, name, i)),
+            x=v, y=g["population"], mode="markers", name=name, orientation="h", offsetgroup=name,
+            marker=dict(size=10, color=_color(colors, name, i)),
             error_x=dict(type="data", symmetric=False, array=hi - v, arrayminus=v - lo, thickness=1.5, width=4),
             customdata=np.stack([lo, hi, g["films"].to_numpy(object)], axis=1),
             hovertemplate=f"{name}<br>%{{y}}: AUC %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}], "

@@ -61,7 +61,8 @@ class Check:
 
     def figures_text(self) -> str:
         if not self.figures:
-            return "No measured figures for this population."
+            like = f"It resembles `{self.resembles}` films. " if self.resembles else ""
+            return like + "No measured figures for this population."
         parts = [f"{name} (n={f.get('n')}): AUC {_num(f.get('auc'))}, sensitivity {_pct(f.get('sensitivity'))}, "
                  f"specificity {_pct(f.get('specificity'))}" for name, f in self.figures.items()]
         return f"Measured on films like this one ({self.resembles}): " + "; ".join(parts) + "."

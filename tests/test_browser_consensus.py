@@ -10,11 +10,49 @@ import io
 
 import pytest
 
-from tests.conftest import FULLRES, TINY_MODELS, need
-from tests.test_browser import PAGE_TIMEOUT_MS, _assert_no_exception, _screenshot, _wait_idle, browser, server, shots
+from tests.conftest import FULLRES, NIH_ADULT, SAMPLE_DATA, TINY_MODELS, need
+from tests.test_browser import (
+    PAGE_TIMEOUT_MS,
+    _assert_no_exception,
+    _screenshot,
+    _wait_idle,
+    browser,
+    committed_server,
+    server,
+    shots,
+)
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "server", "shots"]  # fixtures imported for pytest
+__all__ = ["browser", "committed_server", "server", "shots"]  # fixtures imported for pytest
+
+
+def _upload_and_wait(page, path) -> None:
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(path)])
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img')"
+                           ".length >= 2", timeout=PAGE_TIMEOUT_MS)
+    _wait_idle(page)
+
+
+def test_population_check_names_a_photograph_and_passes_an_adult_film(browser, committed_server, shots):
+    """On the committed default run (children and adults) in a real browser: a photograph is named as outside the
+    populations the models were trained on, beside the prediction; an adult NIH film is inside."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{committed_server}/Consensus", wait_until="domcontentloaded")
+        _wait_idle(page)
+        main = page.locator('[data-testid="stMain"]')
+        _upload_and_wait(page, SAMPLE_DATA / "not_xray" / "coffee.jpg")
+        _assert_no_exception(page, "Consensus, photograph")
+        assert main.get_by_text("Outside the populations").count() >= 1
+        _screenshot(page, shots / "22_consensus_photograph.png")
+        adult = sorted((NIH_ADULT / "PNEUMONIA").glob("*.png"))[0]
+        _upload_and_wait(page, adult)
+        _assert_no_exception(page, "Consensus, adult film")
+        page.wait_for_function("document.body.innerText.includes('Inside the populations')", timeout=PAGE_TIMEOUT_MS)
+        _screenshot(page, shots / "23_consensus_adult.png")
+    finally:
+        context.close()
 
 
 def test_consensus_report_holds_the_film_and_every_model(browser, server, shots, tmp_path):

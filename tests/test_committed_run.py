@@ -13,7 +13,7 @@ from trainer import report
 RUN = REPO / "artifacts" / "kermany-lineup"
 
 
-@pytest.mark.parametrize("run_id", ["kermany-lineup", "kermany-robust"])
+@pytest.mark.parametrize("run_id", ["kermany-lineup", "kermany-robust", "populations"])
 def test_readme_results_table_matches_the_committed_artifacts(run_id):
     run_dir = REPO / "artifacts" / run_id
     if not (run_dir / "run.json").exists():
@@ -21,6 +21,18 @@ def test_readme_results_table_matches_the_committed_artifacts(run_id):
     expected = report.table(Run(run_dir), ["test", "official_val"])
     assert report.current(REPO / "README.md", run_id) == expected, \
         f"README is stale: run `python -m trainer report --run artifacts/{run_id} --update README.md`"
+
+
+def test_the_recommended_model_is_a_finished_committed_model():
+    """artifacts/RECOMMENDED (what the maintainers score on the hidden sets) names a finished model with figures on
+    every source of its run."""
+    from core.artifacts import recommended
+
+    pick = recommended(REPO / "artifacts")
+    assert pick is not None, "artifacts/RECOMMENDED must hold one line run/model"
+    model = Run(REPO / "artifacts" / pick[0]).model(pick[1])
+    assert model.status()["state"] == "finished"
+    assert set(model.metrics("test")["by"]["source"]) == {"kermany", "nih_adult"}
 
 
 def test_committed_run_is_compact_and_has_no_resume_state():

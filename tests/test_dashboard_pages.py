@@ -235,7 +235,7 @@ def test_roc_threshold_slider_gives_exact_confusion_counts(run, tiny_run, monkey
     assert points(at).loc["mobilenet_v2", "set by"] == "sensitivity ≥ 95 %"
 
     # PPV/NPV at another prevalence: Bayes' rule from core.metrics.
-    at.number_input(key="roc_prevalence_test").set_value(0.05).run()
+    at.number_input(key="roc_prevalence_test_training data").set_value(0.05).run()  # per split and site profile
     ref = cm.confusion_at(y, p, m.threshold("sens95"))
     ppv, _ = cm.predictive_values(ref["sensitivity"], ref["specificity"], 0.05)
     rates = shown_table(at, "rates_focus").set_index("metric")["value"]

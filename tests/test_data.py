@@ -182,7 +182,7 @@ def test_scan_errors_say_which_layouts_are_accepted(tmp_path):
     with pytest.raises(DataError, match="no train/val/test or NORMAL/PNEUMONIA.*accepted layouts"):
         scan(tmp_path)
     (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(DataError, match="not a .csv manifest"):
+    with pytest.raises(DataError, match="not a .csv or .tsv manifest"):
         scan(tmp_path / "x.txt")
     (tmp_path / "train" / "cats").mkdir(parents=True)
     with pytest.raises(DataError, match="train has no NORMAL or PNEUMONIA"):

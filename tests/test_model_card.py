@@ -12,7 +12,7 @@ from conftest import REPO
 from core.artifacts import Run, write_json
 from trainer import card
 
-RUNS = [REPO / "artifacts" / "kermany-robust", REPO / "artifacts" / "kermany-lineup"]
+RUNS = [REPO / "artifacts" / name for name in ("kermany-robust", "kermany-lineup", "populations")]
 MODELS = [(r, m.name) for r in RUNS for m in Run(r).models]
 
 

@@ -30,6 +30,23 @@ from core.metrics import headline_rule, rule_label, wilson_interval
 
 CARD_MD, CARD_HTML = "MODEL_CARD.md", "model_card.html"
 SHIFT_DROP = 0.05  # a synthetic shift that moves sensitivity or specificity by this much is a known failure mode
+SOURCES = {  # what each named data source of a run is (configs/populations.yaml names them)
+    "kermany": "children aged 1–5, Guangzhou Women and Children's Medical Center (Kermany, Zhang, Goldbaum et al., "
+               "Cell 2018, CC BY 4.0), labelled by two physicians",
+    "nih_adult": "adults, NIH Clinical Center (ChestX-ray14, Wang et al. 2017), labels text-mined from radiology "
+                 "reports (> 90% accurate by NIH's estimate); view tied to class (normal films mostly AP)",
+}
+
+
+def run_sources(run) -> list[str]:
+    """The run's source names: its ``sources`` in run.json, else the one Kermany source of the older runs."""
+    return [s["name"] for s in run.info.get("sources") or []] or ["kermany"]
+
+
+def _source_text(name: str) -> str:
+    return SOURCES.get(name, f"source `{name}` (no description in trainer/card.py)")
+
+
 POPULATIONS = {
     "val": "children aged 1–5, Guangzhou Women and Children's Medical Center (Kermany et al. 2018): the run's "
            "validation patients (thresholds and calibration were chosen here: optimistic)",
@@ -72,9 +89,9 @@ def card_blocks(run: Run, m: ModelArtifacts) -> list[tuple]:
                     f"(run updated {str(run.info.get('updated', '?'))[:10]}). **Research use only — not for "
                     "clinical diagnosis.**")]
     blocks += _details(m, cfg, rule)
-    blocks += _intended_use(m, metrics, rule)
+    blocks += _intended_use(run, m, metrics, rule)
     blocks += _training(run, m, cfg)
-    blocks += _evaluation(m, metrics, rule)
+    blocks += _evaluation(m, metrics, rule, run_sources(run))
     blocks += _operating_points(m, metrics, rule)
     blocks += _calibration(m)
     blocks += _explanations(run, m)
@@ -97,14 +114,15 @@ def _details(m, cfg, rule) -> list[tuple]:
     return [("h", 2, "Model details"), ("ul", items)]
 
 
-def _intended_use(m, metrics, rule) -> list[tuple]:
+def _intended_use(run, m, metrics, rule) -> list[tuple]:
     sites = [(s, p) for s in site_names(m) if (p := _read(lambda s=s: read_site_profile(m, s))) is not None]
-    measured = ["children aged 1–5 (Kermany et al. 2018, one hospital)"]
+    measured = [_source_text(s).split(" (")[0] + " (held-out patients)" for s in run_sources(run)]
     for s, p in sites:
         f = (p.get("figures") or {}).get("val_threshold") or {}
         if f.get("auc") is not None:
             measured.append(f"site `{s}` ({p['n']} films): AUC {_num(f['auc'])}")
-    adult = [f"`{s}`" for s, p in sites if "adult" in s.lower()]
+    adult = [f"`{s}`" for s, p in sites if "adult" in s.lower()] + \
+        [f"held-out `{s}` patients" for s in run_sources(run) if "adult" in s]
     items = ["Intended: research and teaching: comparing chest X-ray classifiers, their operating points, "
              "calibration and explanations, on the populations measured below.",
              f"Measured on: {'; '.join(measured)}.",
@@ -125,9 +143,10 @@ def _training(run, m, cfg) -> list[tuple]:
             "ema_decay", "mixup_alpha", "tta", "seed"]
     recipe = ", ".join(f"{k} {json.dumps(cfg[k])}" for k in keys if k in cfg and cfg[k] is not None)
     out = [("h", 2, "Training data and recipe"),
-           ("p", f"Data `{info.get('data_root', '?')}` ({info.get('data_layout', '?')} layout): Kermany, Zhang, "
-                 "Goldbaum et al., Cell 2018 (CC BY 4.0), paediatric films labelled by two physicians. "
-                 f"{info.get('split_rule', '')}"),
+           ("p", f"Data `{info.get('data_root', '?')}` ({info.get('data_layout', '?')} layout): "
+                 + "; ".join(f"`{s}`: {_source_text(s)}" for s in run_sources(run)) + ". "
+                 + ("Each source split by patient on its own, drawn by source, class and view (docs/recipes.md, "
+                    "Populations). " if len(run_sources(run)) > 1 else "") + f"{info.get('split_rule', '')}"),
            ("table", ["split", "NORMAL", "PNEUMONIA"], rows)]
     if cfg.get("arch") != "ensemble":
         out.append(("p", f"Recipe: {recipe}. Best epoch {st.get('best_epoch', '?')} of {st.get('epoch', '?')} "
@@ -142,18 +161,24 @@ def _rates(met, rule) -> tuple[dict, list, list]:
     return at, sens_ci, spec_ci
 
 
-def _evaluation(m, metrics, rule) -> list[tuple]:
+def _evaluation(m, metrics, rule, sources=("kermany",)) -> list[tuple]:
     rows = []
+    several = {"val": "the run's validation patients of every source (thresholds and calibration chosen here: "
+                      "optimistic); per source below",
+               "test": "patients of every source held out of training; per source below"}
     for split, met in metrics.items():
         at, sens_ci, spec_ci = _rates(met, rule)
-        rows.append([split, POPULATIONS.get(split, "an evaluated set (trainer evaluate)"), str(met.get("n")),
+        described = (several.get(split) if len(sources) > 1 else None) or \
+            POPULATIONS.get(split, "an evaluated set (trainer evaluate)")
+        rows.append([split, described, str(met.get("n")),
                      _pct(met.get("prevalence")), _num(met.get("auc")) + _ci(met.get("auc_ci"), pct=False),
                      _pct(at.get("sensitivity")) + _ci(sens_ci), _pct(at.get("specificity")) + _ci(spec_ci)])
         for key, groups in sorted((met.get("by") or {}).items()):
             for g, f in sorted(groups.items()):
                 g_at = ((f or {}).get("at") or {}).get(rule) or {}
-                rows.append([f"{split} · {key} {g}", "a stratum of the split", str(f.get("n")),
-                             _pct(f.get("prevalence")), _num(f.get("auc")) + _ci(f.get("auc_ci"), pct=False),
+                prevalence = f["n_pos"] / f["n"] if f.get("n") and f.get("n_pos") is not None else None
+                rows.append([f"{split} · {key} {g}", _source_text(g) if key == "source" else "a stratum of the split",
+                             str(f.get("n")), _pct(prevalence), _num(f.get("auc")) + _ci(f.get("auc_ci"), pct=False),
                              _pct(g_at.get("sensitivity")), _pct(g_at.get("specificity"))])
     for s in site_names(m):
         p = _read(lambda s=s: read_site_profile(m, s))
@@ -266,8 +291,9 @@ def _failure_modes(run, m, metrics, rule) -> list[tuple]:
                          "(markers, borders, devices).")
     if not items:
         items.append("None found in the measurements above (few shifts and populations were measured).")
-    items.append("Single-hospital paediatric training data; labels from two physicians' reads, not from "
-                 "microbiology; view, age and scanner are tied to the classes in ways a model can exploit.")
+    items.append("Training data: " + "; ".join(_source_text(s) for s in run_sources(run)) + ". One hospital per "
+                 "population; labels from reads or reports, not from microbiology; view, age and scanner are tied "
+                 "to the classes in ways a model can exploit.")
     return [("h", 2, "Known failure modes"), ("ul", items)]
 
 

@@ -24,7 +24,7 @@ from core.artifacts import ArtifactError, ModelArtifacts, Run, name_problem, now
 from core.images import SUPPORTED_EXTENSIONS, ImageError, load_for_model
 
 SCHEMA_VERSION = 1
-MAX_FILMS = 400  # films per source and split, and per measured set (seeded sample; docs/population.md)
+MAX_FILMS = 600  # films per source and split, and per measured set (seeded sample; docs/population.md)
 
 
 def default_source(run: Run) -> str:
@@ -108,7 +108,7 @@ def model_population(artifacts: ModelArtifacts, sources: dict, measure: dict[str
         if len(f) >= 2 * pop.MIN_FIT and name_problem(name) is None:  # a population the pages can name
             known[name] = pop.to_json(pop.with_limit(pop.fit(name, f[0::2]), f[1::2]))
     return {"schema_version": SCHEMA_VERSION, "model": artifacts.name, "created": now_iso(),
-            "feature": "classifier input", "dim": refs[0].dim, "components": pop.COMPONENTS,
+            "feature": "classifier input, signed square root", "dim": refs[0].dim, "components": pop.COMPONENTS,
             "quantile": pop.QUANTILE, "max_colour": pop.MAX_COLOUR, "sources": entries, "known": known,
             "measured": measured}
 
