@@ -40,6 +40,13 @@ SHIFT_CAVEAT = (
     "says nothing about new hospitals.")
 
 
+POPULATION_CAVEAT = (
+    "**One column per population.** `test:kermany` are held-out children (the training hospital's batch: easy), "
+    "`test:nih_adult` held-out adults from another hospital; pooled, the 784 children would hide the 87 adults. "
+    "One threshold serves every film. The *Populations* page has every population with intervals, per view, sex "
+    "and age band, and the 16 `official_val` films.")
+
+
 def run_rows(run) -> list[dict]:
     """Everything the leaderboard needs of each model of ``run`` (``None`` where a file is unreadable)."""
     rows = []
@@ -57,7 +64,8 @@ def run_rows(run) -> list[dict]:
                                    (e["status"] or {}).get("state") == "finished"):
                 with guard(f"{m.name}: {split} metrics"):
                     e["metrics"][split] = cached_metrics(m, split)
-                    for spec in population_specs(e["metrics"][split], split):  # one column per source
+                    specs = population_specs(e["metrics"][split], split)
+                    for spec in specs if len(specs) > 1 else []:  # several sources: one column each
                         e["metrics"][spec] = population_metrics(e["metrics"][split], spec, m.dir)
         rows.append(e)
     listed = {m.name for m in run.models}  # a model that failed before its config.json still has a status
@@ -66,6 +74,14 @@ def run_rows(run) -> list[dict]:
             with guard(f"{p.parent.name}: status.json"):
                 rows.append({"model": p.parent.name, "status": ModelArtifacts(run.dir, p.parent.name).status()})
     return rows
+
+
+def init_note(board, rows: list[dict]) -> str:
+    """What the init column means, or, when every model shares its starting weights (no column), what they are."""
+    if "init" in board.columns:
+        return "init: ImageNet weights or from scratch."
+    first = summary.weights_label(next((e.get("config") for e in rows if e.get("config")), None))
+    return f"Every model starts from {'ImageNet weights' if first == 'ImageNet' else 'scratch'}."
 
 
 def split_sizes(rows: list[dict], splits: list[str]) -> str:
@@ -91,9 +107,11 @@ def show_leaderboard(rows: list[dict]) -> None:
     first, rules = (splits[0] if splits else ""), rule_labels(rows)
     st.caption(f"{split_sizes(rows, splits)}. AUC: area under the ROC curve; 95% CI: its stratified bootstrap "
                f"interval on `{first}`. sens / spec: sensitivity and specificity at the threshold chosen on "
-               f"validation ({rules}). init: ImageNet weights or from scratch. Epochs: best/trained (an ensemble "
+               f"validation ({rules}). {init_note(board, rows)} Epochs: best/trained (an ensemble "
                "trains none). " + (summary.UNDERTRAINED_NOTE if board["epochs"].str.endswith("†").any() else ""))
-    if len(splits) > 1:
+    if any(":" in s for s in splits):
+        st.info(POPULATION_CAVEAT)
+    elif len(splits) > 1:
         st.info(SHIFT_CAVEAT)
     with st.expander("How each model was trained, and its threshold"):
         st.container(key="home_training").dataframe(

@@ -31,7 +31,7 @@ NOTICE = ("**Research use only — not for clinical diagnosis.** These models we
           "validated for clinical use. Do not use them to diagnose or treat anyone.")
 CITATION = ("Data: Kermany, Zhang, Goldbaum et al., *Identifying Medical Diagnoses and Treatable Diseases by "
             "Image-Based Deep Learning*, Cell 172(5), 2018; Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
-            "(CC BY 4.0).")
+            "(CC BY 4.0). Adult films: NIH Clinical Center, ChestX-ray14 (Wang et al., *ChestX-ray8*, CVPR 2017).")
 RUN_KEY = "selected_run"  # plain session-state keys (not widget keys), so the choices survive page switches
 COMPARE_KEY = "compare_run"
 MODELS_KEY = "selected_models"  # {(run id, compared run id or ""): [labels]}

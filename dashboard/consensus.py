@@ -37,12 +37,16 @@ class Verdict:
     outside: bool = False  # the film lies outside every population the model was trained on
 
 
-def split_figures(model: ModelArtifacts, splits=("test", "official_val")) -> dict:
-    """AUC, sensitivity and specificity at the model's own validation threshold rule, per split the model has."""
+def split_figures(model: ModelArtifacts, splits=("test", "official_val"), population: str | None = None) -> dict:
+    """AUC, sensitivity and specificity at the model's own validation threshold rule, per split the model has;
+    with ``population`` (the training source a film lies in), that source's figures where a split has them: an
+    adult film is shown the adults' test figures, not the pool's."""
     out = {}
     for split in splits:
         try:
             m, rule = model.metrics(split), headline_rule(model.config)
+            if population and len(model.populations(split)) > 1:
+                m = model.metrics(f"{split}:{population}")
         except ArtifactError:
             continue
         at = m.get("at", {}).get(rule, {})

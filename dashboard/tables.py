@@ -126,10 +126,19 @@ def board_splits(splits) -> list[str]:
     by_source = {s.partition(":")[0] for s in found if ":" in s}
     found = {s for s in found if s not in by_source and ("=" not in s)}
     test = sorted(s for s in found if s == "test" or s.startswith("test:"))
-    return test + [s for s in sort_splits(found) if s.partition(":")[0] not in ("train", "val", "test")]
+    others = [s for s in sort_splits(found) if s.partition(":")[0] not in ("train", "val", "test")]
+    if len(test) > 1:  # one column per source already: the 16 official_val films go to the Populations page
+        others = [s for s in others if s != "official_val"]
+    return test + others
 
 
 LEADERBOARD_METRICS = (("AUC", "auc"), ("sens", "sensitivity"), ("spec", "specificity"))
+
+
+def board_label(split: str) -> str:
+    """A leaderboard column's split: a source of the test split by its name alone (``test:nih_adult`` ->
+    ``nih_adult``; the caption says they are test films), any other split as it is."""
+    return split.partition(":")[2] if split.startswith("test:") else split
 
 
 def summary_rows(entry: dict, splits: list[str]) -> dict[str, dict]:
@@ -152,15 +161,17 @@ def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
                "95% CI": format_ci(*first["auc_ci"]), "epochs": epochs_label(first)}
         for short, key in LEADERBOARD_METRICS:
             for split in splits:
-                row[f"{short} {split}"] = per_split[split][key]
+                row[f"{short} {board_label(split)}"] = per_split[split][key]
         rows.append(row)
-    cols = ["model"] + [f"{s} {sp}" for s, _ in LEADERBOARD_METRICS for sp in splits] + \
+    cols = ["model"] + [f"{s} {board_label(sp)}" for s, _ in LEADERBOARD_METRICS for sp in splits] + \
         ["95% CI", "init", "epochs", "status"]
     df = pd.DataFrame(rows, columns=cols)
     if (df["status"] == "finished").all():
         df = df.drop(columns="status")  # one column less to fit at 1440 px; shown whenever it says something
+    if len(df) and df["init"].nunique() == 1:
+        df = df.drop(columns="init")  # the same for every model: the caption says which
     if splits:
-        df = df.sort_values(f"AUC {splits[0]}", ascending=False, na_position="last", kind="stable")
+        df = df.sort_values(f"AUC {board_label(splits[0])}", ascending=False, na_position="last", kind="stable")
     return df.reset_index(drop=True)
 
 

@@ -165,9 +165,9 @@ def test_dashboard_shows_each_population(two_source_run, monkeypatch):
     home.session_state[RUN_KEY] = "two"
     home.run(timeout=120)
     assert not home.exception, [e.value for e in home.exception]
-    board = next(d.value for d in home.dataframe if "AUC test:nih_adult" in d.value.columns)
+    board = next(d.value for d in home.dataframe if "AUC nih_adult" in d.value.columns)
     assert "AUC test" not in board.columns  # pooled over two populations it would hide the small one
-    assert board["AUC test:nih_adult"].iloc[0] == pytest.approx(expected)
+    assert board["AUC nih_adult"].iloc[0] == pytest.approx(expected)
     page = AppTest.from_file(str(dash / "pages" / "11_Populations.py"), default_timeout=120)
     page.session_state[RUN_KEY] = "two"
     page.run(timeout=120)

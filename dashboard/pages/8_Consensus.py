@@ -106,7 +106,8 @@ def verdict(model_name: str) -> cs.Verdict:
                       calibrated=scaling is not None, threshold_raw=thr, threshold_shown=scale(thr),
                       label=ex.label_at(result.probability, thr),
                       overlay_png=ex.png_bytes(ex.overlay_image(film, view, ALPHA)), note=" ".join(notes),
-                      figures=cs.split_figures(ma), population=where.short(), population_note=where.message(),
+                      figures=cs.split_figures(ma, population=where.inside[0] if where.inside else None),
+                      population=where.short(), population_note=where.message(),
                       outside=where.outside)
 
 
@@ -129,8 +130,9 @@ for note in cs.outside_notes(verdicts):
 st.dataframe(cs.display_table(verdicts), hide_index=True, width="stretch")
 st.caption(site.describe())
 st.caption("P(PNEUMONIA) is calibrated on validation (temperature and bias); the threshold is shown on the same "
-           "scale, so the label is exactly the trainer's. test: the training hospital batch; official_val: 16 films "
-           "of another batch.")
+           "scale, so the label is exactly the trainer's. test: held-out patients of the training data (in a run "
+           "with several sources, those of the source the film lies in, per the population column); official_val: "
+           "16 children's films of another batch.")
 
 scale_note = ("Every map on one scale: the model's raw map divided by its validation reference, times its "
               "calibrated P(PNEUMONIA); no colour means no evidence. Colours can be compared between films and, "
