@@ -22,6 +22,7 @@ pytestmark = pytest.mark.browser
 SECTIONS = ("data", "train", "infer", "cam", "dashboard", "lungs")
 
 
+@pytest.mark.slow  # the whole benchmark, quick mode: 3.5 min on 2 quiet cores (or `python -m bench --quick`)
 def test_quick_bench_runs_every_section(tmp_path):
     need(KERMANY224), need(FULLRES)
     if not Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")).exists():

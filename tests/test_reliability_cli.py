@@ -219,6 +219,7 @@ def _resume_cmd(data: Path, artifacts: Path, run: str, extra=()) -> list[str]:
             str(artifacts.parent / "cache"), "--seed", "3", "--augment", "--threads", "1", *extra]
 
 
+@pytest.mark.slow  # 30 s; tests/test_trainer.py resumes after a kill on every run
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     """deep_cnn has dropout (the global torch RNG) and augmentation: both must continue where they stopped."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
