@@ -15,12 +15,12 @@ import pytest
 from core import population as pop
 from core.artifacts import ArtifactError, Run, read_population, write_json
 from core.images import load_for_model
-from tests.conftest import KERMANY224, REPO, SHARED_DATA, TINY_MODELS, missing, need
+from tests.conftest import KERMANY224, NIH_ADULT, REPO, TINY_MODELS, missing, need
 
 COMMITTED = REPO / "artifacts" / "kermany-robust"
 MODEL = "mobilenet_v2_lungs_plain"
 NOT_XRAY = REPO / "tests" / "data" / "not_xray"
-NIH = SHARED_DATA / "nih_adult"
+NIH = NIH_ADULT  # the NIH folder beside the full data set, else the 36 committed adult films
 PAGES = REPO / "dashboard" / "pages"
 TIMEOUT = 300
 
