@@ -441,15 +441,20 @@ def check_duplicates(samples, policy: str = "warn") -> str | None:
     return message
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path) -> str | None:
+    """sha256 of a file's bytes, read in 1 MB blocks; None when it cannot be read."""
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError:
-        return f"unreadable:{path}"  # never equal to another file's hash
+        return None
     return h.hexdigest()
+
+
+def _sha256(path: str) -> str:
+    return file_sha256(path) or f"unreadable:{path}"  # never equal to another file's hash
 
 
 def fingerprint(samples) -> str:

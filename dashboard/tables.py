@@ -13,7 +13,6 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from core import metrics as cm
 from core import summary
@@ -37,19 +36,13 @@ def _num(x) -> float:
 
 
 def wilson_interval(k: float, n: float, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n; (NaN, NaN) when n is 0.
+    """``core.metrics.wilson_interval`` as the tables need it: (NaN, NaN) when n is 0.
 
     >>> lo, hi = wilson_interval(8, 10); round(lo, 3), round(hi, 3)
     (0.49, 0.943)
     """
-    if not n:
-        return (math.nan, math.nan)
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    phat = k / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = cm.wilson_interval(k, n, level)
+    return (math.nan, math.nan) if lo is None else (lo, hi)
 
 
 def format_ci(lo: float, hi: float, digits: int = 3) -> str:

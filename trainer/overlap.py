@@ -8,12 +8,12 @@ hashed, so an evaluation set that shares nothing costs one ``stat`` per file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterable
 
 from core.artifacts import Run
+from core.data import file_sha256
 
 SEEN_SPLITS = ("train", "val")  # what the model learned from, or was chosen on
 
@@ -25,17 +25,6 @@ def _size(path) -> int | None:
     except (OSError, ValueError):
         return None
     return st.st_size if stat.S_ISREG(st.st_mode) else None
-
-
-def _sha256(path) -> str | None:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def seen_films(run: Run, splits: Iterable[str] = SEEN_SPLITS) -> list:
@@ -58,8 +47,8 @@ def content_overlap(run: Run, samples) -> list[str]:
     candidates = [(str(s.path), size) for s in samples if (size := _size(s.path)) in seen]
     if not candidates:
         return []
-    hashes = {h for size in {size for _, size in candidates} for p in seen[size] if (h := _sha256(p))}
-    return [path for path, _ in candidates if _sha256(path) in hashes]
+    hashes = {h for size in {size for _, size in candidates} for p in seen[size] if (h := file_sha256(p))}
+    return [path for path, _ in candidates if file_sha256(path) in hashes]
 
 
 def leak_message(leaked: list[str], total: int) -> str:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from core import metrics, summary
-from core.artifacts import ArtifactError, Run, read_text
+from core.artifacts import ArtifactError, Run, population_metrics, population_specs, read_text
 from core.metrics import HEADLINE_RULE
 
 
@@ -101,7 +101,7 @@ def by_population(run: Run, splits: list[str]) -> list[str]:
     ``test:nih_adult``): pooled over two populations, the big one hides the small one."""
     out = []
     for split in splits:
-        sources = next((m.populations(split) for m in run.models if m.populations(split)), [])
+        sources = next((found for m in run.models if (found := m.populations(split))), [])
         out += sources if len(sources) > 1 else [split]
     return out
 
@@ -114,11 +114,14 @@ def strata_table(run: Run, split: str) -> str:
     own rule: AUC with a bootstrap interval, sensitivity and specificity with Wilson intervals. "" if none."""
     lines = []
     for art in run.models:
+        try:
+            whole, rule = art.metrics(split), metrics.headline_rule(art.config)
+        except ArtifactError:
+            continue
         for column in STRATA_SHOWN:
-            for spec in art.populations(split, column):
+            for spec in population_specs(whole, split, column):
                 try:
-                    m = art.metrics(spec)
-                    rule = metrics.headline_rule(art.config)
+                    m = population_metrics(whole, spec, art.dir / f"metrics_{split}.json")
                 except ArtifactError:
                     continue
                 at, ci = m["at"].get(rule, {}), (m.get("at_ci") or {}).get(rule, {})

@@ -10,7 +10,6 @@ its thresholds on (its ``train`` or ``val`` split, matched by real file, by cont
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections import defaultdict
@@ -31,7 +30,7 @@ from core.artifacts import (
     write_csv,
     write_json,
 )
-from core.data import DataError, Sample
+from core.data import DataError, Sample, file_sha256
 from core.images import SUPPORTED_EXTENSIONS
 from core.inference import load_trained, predict_loaded
 from trainer.prepare import Prepared, build_cache, prepare, rows_for
@@ -96,14 +95,6 @@ def _films(root: str, unlabelled: bool) -> Prepared:
     return Prepared(root=root, layout="unlabelled", samples=samples, skipped=[])
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def trained_on(run: Run, samples: list[Sample], root: str) -> dict[str, tuple[str, str]]:
     """Site films that are films of the run: {path: (the run's split, how matched)}. Matched by real file, by
     content (sha256, only for files of equal size) and by the path stored relative to the data root (a copy of
@@ -129,9 +120,9 @@ def trained_on(run: Run, samples: list[Sample], root: str) -> dict[str, tuple[st
             continue
         same = by_size.get(sizes[s.path], [])
         if same:
-            digest = _sha256(s.path)
+            digest = file_sha256(s.path)
             for f, split in same:
-                if hashes.setdefault(f, _sha256(f)) == digest:
+                if digest is not None and hashes.setdefault(f, file_sha256(f)) == digest:
                     found[s.path] = (split, "same content (sha256)")
                     break
     return found
