@@ -11,7 +11,6 @@ renamed, so a killed build leaves nothing half-made behind).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from bench import KERMANY224, REPO
 from bench.report import git_head
+from core.store import ArtifactError, ModelArtifacts, Run, is_run
 
 MODELS = ("small_cnn", "deep_cnn", "mobilenet_v2", "resnet18", "resnet50", "densenet121", "efficientnet_lite0",
           "vit_tiny")
@@ -30,14 +30,14 @@ INPUT_SIZE = 64  # every model accepts it (the ViT needs a multiple of 16)
 
 
 def _complete(artifacts: Path) -> bool:
-    run = artifacts / RUN
-    if not (run / "run.json").is_file():
+    run = Run(artifacts / RUN)
+    if not is_run(run.dir):
         return False
     for m in MODELS:
         try:
-            if json.loads((run / m / "status.json").read_text()).get("state") != "finished":
+            if ModelArtifacts(run.dir, m).status().get("state") != "finished":
                 return False
-        except (OSError, ValueError):
+        except ArtifactError:
             return False
     return True
 

@@ -121,11 +121,11 @@ def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
 def _pool_build(paths: list[str], size: int, out: Path, workers: int) -> None:
     """The build before core/cache_build.py, for comparison: ``pool.map`` sends every decoded image back to the
     parent, which writes it into its own memory map (so the parent's resident pages grow with N)."""
-    from core.cache import _decode
+    from core.cache_build import decode
 
     images = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     with ProcessPoolExecutor(workers) as pool:
-        for i, (img, _) in enumerate(pool.map(_decode, [(p, size) for p in paths], chunksize=16)):
+        for i, (img, _) in enumerate(pool.map(decode, [(p, size) for p in paths], chunksize=16)):
             if img is not None:
                 images[i] = img
     images.flush()
@@ -171,10 +171,10 @@ def _train(launcher: list[str], run: str, work: Path, threads: int, subset: int,
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-3000:]}")
-    import pandas as pd
+    from core.store import ModelArtifacts, Run
 
-    split = pd.read_csv(work / "artifacts" / run / "split.csv")
-    history = pd.read_csv(work / "artifacts" / run / "small_cnn" / "history.csv")
+    split = Run(work / "artifacts" / run).split_table()
+    history = ModelArtifacts(work / "artifacts" / run, "small_cnn").history()
     n_train = int((split["split"] == "train").sum())
     seconds = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]  # epoch 1 warms up
     return {"n_train": n_train, "epoch_seconds": [round(float(s), 2) for s in history["seconds"]],

@@ -28,7 +28,6 @@ import numpy as np
 
 from core import cache_build
 from core.data import DataError, Sample, fingerprint
-from core.images import ImageError, load_for_model
 
 ENV_CACHE = "CXR_CACHE_DIR"
 
@@ -51,16 +50,6 @@ class ImageCache:
 
     def index_of(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.paths)}
-
-
-def _decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
-    path, size = args
-    try:
-        return load_for_model(path, size), None
-    except ImageError as e:
-        return None, str(e)
-    except Exception as e:  # anything else a broken file provokes: record it, never crash the build
-        return None, f"{type(e).__name__}: {e}"
 
 
 def cache_key(samples: Sequence[Sample], size: int) -> str:
@@ -115,7 +104,7 @@ def _build(samples, size, tmp: Path, final: Path, workers, progress) -> ImageCac
         ok, failures = cache_build.fill(tmp / "images.npy", [s.path for s in samples], size, workers=workers,
                                         progress=progress)
     else:
-        _collect(map(_decode, jobs), images, ok, failures, jobs, progress)
+        _collect(map(cache_build.decode, jobs), images, ok, failures, jobs, progress)
     images.flush()
     del images
     index = {"paths": [s.path for s in samples], "ok": ok.tolist(), "failures": failures, "size": size,

@@ -22,19 +22,29 @@ from pathlib import Path
 
 import numpy as np
 
+from core.images import ImageError, load_for_model
+
 SHARD_ROWS = 256
+
+
+def decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    """One film for the cache: (pixels, None), or (None, why) when it cannot be read; never raises."""
+    path, size = args
+    try:
+        return load_for_model(path, size), None
+    except ImageError as e:
+        return None, str(e)
+    except Exception as e:  # anything else a broken file provokes: record it, never crash the build
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _fill_shard(images_path: str, start: int, paths: list[str], size: int) -> tuple[int, np.ndarray, list]:
     """Decode ``paths`` into rows ``start..`` of the .npy file; returns (start, ok per row, failures)."""
-    # imported here, not at the top: core.cache imports this module
-    from core.cache import _decode
-
     rows = np.load(images_path, mmap_mode="r+", allow_pickle=False)
     ok = np.zeros(len(paths), dtype=bool)
     failures = []
     for i, path in enumerate(paths):
-        img, err = _decode((path, size))
+        img, err = decode((path, size))
         if img is None:
             failures.append((path, err))
         else:

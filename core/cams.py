@@ -19,7 +19,6 @@ always draws the colour bar with its units.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -29,7 +28,6 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGrad
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from core.artifacts import ArtifactError, read_json
 from core.fast_cams import FastEigenCAM, FastScoreCAM
 from core.labels import POSITIVE
 
@@ -159,38 +157,12 @@ REFERENCE_PERCENTILE = 99.0  # of a model's raw maps over validation films: the 
 NO_EVIDENCE = 0.05  # below this share of the reference a pixel gets no colour at all
 FADE_IN = 0.25  # above it, opacity grows over this much of the scale: weak evidence stays faint
 STRETCHED_UNITS = "contrast-stretched: relative within this film only, colours not comparable between films"
-# the committed lineup's references span 8e-4 to 6.3: a stored one far outside cannot come from a real model's maps
-REFERENCE_BOUNDS = (1e-7, 1e5)
-REFERENCE_FILE = "cam_reference.json"  # in each model's folder: {"methods": {method: {class name: value}}, ...}
 
 
 def reference_value(raw: np.ndarray, percentile: float = REFERENCE_PERCENTILE) -> float:
     """The ``percentile`` of all pixels of a stack of raw maps (a model's validation maps): one number per model,
     method and target that fixes what full colour means."""
     return float(np.percentile(np.asarray(raw, dtype=np.float32), percentile))
-
-
-def read_reference(model_dir, method: str, target_name: str) -> float | None:
-    """The stored validation reference of one model, method and target class; ``None`` when the run has none
-    (the page then falls back to the labelled contrast-stretched view)."""
-    path = Path(model_dir) / REFERENCE_FILE
-    if not path.exists():
-        return None
-    methods = read_json(path).get("methods", {})
-    entry = methods.get(method, {}) if isinstance(methods, dict) else None
-    if not isinstance(entry, dict):
-        raise ArtifactError(f"{path}: 'methods' must be an object {{method: {{class: number}}}}")
-    value = entry.get(target_name)
-    if value is None:
-        return None
-    lo, hi = REFERENCE_BOUNDS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-        shown = value if isinstance(value, (int, float)) else type(value).__name__
-        raise ArtifactError(f"{path}: reference of {method}/{target_name} must be a number >= 0, found {shown!r}")
-    if value != 0 and not lo <= value <= hi:  # 0: no evidence on validation, shown as an empty map (on_shared_scale)
-        raise ArtifactError(f"{path}: reference of {method}/{target_name} is {value:g}, outside {lo:g} to {hi:g}; "
-                            "it would make every map saturated or empty")
-    return float(value)
 
 
 def on_shared_scale(raw: np.ndarray, reference: float, probability: float = 1.0) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from core.artifacts import ArtifactError, atomic_write_bytes
+from core.store import ArtifactError, atomic_write_bytes
 
 
 def save_best(model: torch.nn.Module, path: str | Path, *, half: bool = False) -> None:
@@ -70,10 +70,3 @@ def load_resume(path: str | Path) -> dict:
         raise ArtifactError(f"{path}: resume checkpoint missing") from None
     except Exception as e:
         raise ArtifactError(f"{path}: unreadable resume checkpoint ({e})") from None
-
-
-def prune_epochs(checkpoint_dir: str | Path, keep_last: int) -> None:
-    """Keep only the newest ``keep_last`` ``epoch_NNN.pt`` files."""
-    files = sorted(Path(checkpoint_dir).glob("epoch_*.pt"))
-    for old in files[: max(0, len(files) - keep_last)]:
-        old.unlink(missing_ok=True)

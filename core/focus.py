@@ -118,40 +118,7 @@ def overlay_caption(gray_uint8: np.ndarray, heatmap: np.ndarray) -> str:
     return film_focus(gray_uint8, heatmap).caption()
 
 
-# --- lung-focus artifacts (written by ``python -m trainer focus``) -----------------------------------------------
-
-# lung_fraction: the share of the film inside the lung mask, what a uniform (uninformative) map would score
-FOCUS_COLUMNS = ["path", "label", "method", "lung_focus", "border_mass", "lung_fraction"]
-
-
-def focus_splits(run) -> list[str]:
-    """Splits for which some model of ``run`` has lung-focus figures."""
-    return sorted({p.stem.removeprefix("lung_focus_") for m in run.models for p in m.dir.glob("lung_focus_*.csv")})
-
-
-def read_focus(run, split: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Every model's ``lung_focus_<split>.csv`` in one table (a ``model`` column added), and per model that has
-    none or a broken one, why (so a page can say so and go on)."""
-    from core.artifacts import ArtifactError, read_csv
-    tables, problems = [], {}
-    for m in run.models:
-        path = m.dir / f"lung_focus_{split}.csv"
-        if not path.exists():
-            problems[m.name] = "no lung-focus figures"
-            continue
-        try:
-            t = read_csv(path, FOCUS_COLUMNS)
-        except ArtifactError as e:
-            problems[m.name] = str(e)
-            continue
-        tables.append(t.assign(model=m.name))
-    if not tables:
-        return pd.DataFrame(columns=["model", *FOCUS_COLUMNS]), problems
-    df = pd.concat(tables, ignore_index=True)
-    for col in ("lung_focus", "border_mass", "lung_fraction"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df, problems
-
+# --- the figures of ``python -m trainer focus`` (read by ``core.store.read_focus``) ------------------------------
 
 def ranking(df: pd.DataFrame, method: str) -> pd.DataFrame:
     """Per model, for one CAM method: median lung focus (best first), quartiles, border mass, share flagged, n."""

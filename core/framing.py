@@ -15,6 +15,7 @@ saw nothing there), so overlays, the shared colour scale and lung focus read the
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import replace
@@ -22,7 +23,11 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-FRAMINGS = ("none", "lungs")
+from core import lungs
+from core.images import FRAMINGS, resize_square
+
+log = logging.getLogger(__name__)
+
 LUNG_MARGIN = 0.1
 MIN_BOX_FRACTION = 0.15
 BATCH = 64
@@ -36,8 +41,6 @@ def whole_boxes(n: int, size: int) -> np.ndarray:
 def lung_boxes(squares_u8: np.ndarray, margin: float = LUNG_MARGIN) -> np.ndarray:
     """(N, 4) lung boxes (top, bottom, left, right) of (N, S, S) uint8 squares; the whole square where the mask
     failed. The lung model runs in batches of ``BATCH`` at its own input size."""
-    from core import lungs
-    from core.images import resize_square
 
     squares = np.asarray(squares_u8)
     n, size = len(squares), squares.shape[-1]
@@ -89,18 +92,17 @@ def unframe(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def framed_cache(cache, framing: str, log=print):
+def framed_cache(cache, framing: str):
     """The training cache as ``framing`` shows it: the same ImageCache with its images framed, computed once and
     stored beside the cache (``framed-<framing>-<lung model sha>.npy``, atomic); kept in memory when the cache
     folder is not writable. ``framing`` none returns the cache itself."""
     if framing in (None, "", "none"):
         return cache
-    from core import lungs
 
     path = cache.dir / f"framed-{framing}-{lungs.lung_model_sha256()[:12]}.npy"  # a new lung model: new file
     if path.exists():
         return replace(cache, images=np.load(path, mmap_mode="r"))
-    log(f"  framing {len(cache.images)} cached {cache.size}px films to their lungs (once per cache)")
+    log.info(f"  framing {len(cache.images)} cached {cache.size}px films to their lungs (once per cache)")
     images, _ = frame(cache.images, framing)
     tmp = None
     try:
@@ -110,7 +112,7 @@ def framed_cache(cache, framing: str, log=print):
         os.chmod(tmp, 0o644)  # as readable as the image cache beside it (mkstemp makes 0600)
         os.replace(tmp, path)
     except OSError as e:
-        log(f"  (framed films kept in memory: {e})")
+        log.info(f"  (framed films kept in memory: {e})")
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return replace(cache, images=images)

@@ -38,7 +38,11 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 MAX_PIXELS: int = 50_000_000  # 2.5x the largest detector (43 cm at 100 um = 18.5 Mpx)
 MAX_FILE_BYTES: int = 256 * 2**20  # a film is a few MB; a bigger file is refused before it is read
-MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 1024  # model input side: the bound for flags, configs and config.json
+# model input side: the one bound for flags, configs, config.json and the registry (core.models: the smallest side
+# every architecture takes)
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024
+PREPROCESS = ("none", "equalize", "clahe")  # intensity standardisations (core.transforms.normalize)
+FRAMINGS = ("none", "lungs")  # what a film is cropped to before anything else (core.framing)
 SUPPORTED_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 
 _PIL_FORMATS = ("JPEG", "PNG")  # JPEG includes MPO (multi-picture JPEGs from phones and cameras)
@@ -100,8 +104,8 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"resize_square expects a 2-D uint8 array, got {gray.dtype} {gray.shape}")
     size = int(size)
-    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
-        raise ValueError(f"size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}], got {size}")
+    if not 1 <= size <= MAX_INPUT_SIZE:
+        raise ValueError(f"size must be in [1, {MAX_INPUT_SIZE}], got {size}")
     if gray.shape == (size, size):
         return gray.copy()
     img = Image.fromarray(gray, mode="L")

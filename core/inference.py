@@ -8,7 +8,7 @@ Runtime for the architectures it was measured faster on, ``ModelSpec.onnx_faster
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from core import framing as framing_mod
-from core import onnx_backend
-from core.artifacts import ArtifactError, ModelArtifacts, is_ensemble
+from core import lungs, onnx_backend
 from core.checkpoints import load_best
 from core.models import ModelSpec, create_model, get_spec
+from core.recipe import model_config
+from core.store import CONFIG_FILE, ArtifactError, ModelArtifacts
 from core.transforms import normalize, to_float, tta_batch
 from core.weights import sha256_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,9 +70,10 @@ class LoadedModel:
 
     def forward(self, backend: str | None = None):
         """What maps a normalised batch to logits: the ONNX session or the torch model (see module docstring).
-        ``auto`` takes ONNX Runtime only for architectures it was measured faster on (``ModelSpec.onnx_faster``)."""
+        ``auto`` takes what was measured faster for this architecture and size (``onnx_backend.auto_uses_onnx``)."""
         choice = onnx_backend.choose_backend(backend)
-        if choice == "torch" or (choice == "auto" and not self.spec.onnx_faster) or self._onnx_failed:
+        auto_torch = choice == "auto" and not onnx_backend.auto_uses_onnx(self.spec, self.input_size)
+        if choice == "torch" or auto_torch or self._onnx_failed:
             return self.model
         try:
             return self.onnx_model()
@@ -77,39 +81,37 @@ class LoadedModel:
             if choice == "onnx":
                 raise
             self._onnx_failed = str(e)
-            print(f"warning: {e}; scoring {self.name} with eager torch", file=sys.stderr)
+            log.warning(f"warning: {e}; scoring {self.name} with eager torch")
             return self.model
 
 
 def load_trained(artifacts: ModelArtifacts) -> LoadedModel:
     """Build the architecture named in the model's config.json and load its best checkpoint."""
-    cfg = artifacts.config
-    if is_ensemble(cfg):
-        raise ArtifactError(f"{artifacts.name} is an ensemble (mean of {', '.join(cfg['members'])}); it has no "
+    cfg = model_config(artifacts)
+    if cfg.is_ensemble:
+        raise ArtifactError(f"{artifacts.name} is an ensemble (mean of {', '.join(cfg.members)}); it has no "
                             "network of its own: explain its members instead")
     try:
-        arch, size = cfg["arch"], int(cfg["input_size"])
+        arch, size = cfg.arch, int(cfg.input_size)
         spec = get_spec(arch)
     except (KeyError, ValueError, TypeError) as e:
-        raise ArtifactError(f"{artifacts.dir / 'config.json'}: cannot tell the architecture ({e})") from None
+        raise ArtifactError(f"{artifacts.dir / CONFIG_FILE}: cannot tell the architecture ({e})") from None
     check_lung_model(artifacts)
-    model, _ = create_model(arch, pretrained=False, input_size=size)
+    model, _ = create_model(arch, pretrained=False, input_size=size, in_chans=cfg.in_chans)
     load_best(model, artifacts.best_checkpoint())
     model.eval().to(memory_format=torch.channels_last)
     return LoadedModel(name=artifacts.name, spec=spec, model=model, input_size=size,
-                       mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
-                       tta=int(cfg.get("tta", 1) or 1), preprocess=str(cfg.get("preprocess") or "none"),
-                       framing=str(cfg.get("framing") or "none"), checkpoint=artifacts.best_checkpoint())
+                       mean=cfg.mean or spec.mean, std=cfg.std or spec.std, tta=cfg.tta, preprocess=cfg.preprocess,
+                       framing=cfg.framing, checkpoint=artifacts.best_checkpoint())
 
 
 def check_lung_model(artifacts: ModelArtifacts) -> None:
     """A lung-framed model sees what the lung model crops: refuse it when the lung model here is not the one it was
     trained with (its config's ``lung_model_sha256``; models trained before that was recorded are not checked)."""
-    from core import lungs
 
-    cfg = artifacts.config
-    recorded = cfg.get("lung_model_sha256")
-    if cfg.get("framing") != "lungs" or not recorded:
+    cfg = model_config(artifacts)
+    recorded = cfg.lung_model_sha256
+    if cfg.framing != "lungs" or not recorded:
         return
     try:
         here = lungs.lung_model_sha256()
@@ -117,7 +119,7 @@ def check_lung_model(artifacts: ModelArtifacts) -> None:
         raise ArtifactError(f"{artifacts.name}: frames films with the lung model, which is unreadable here "
                             f"({e.strerror or e})") from None
     if here != recorded:
-        raise ArtifactError(f"{artifacts.dir / 'config.json'}: trained with lung model {recorded[:12]}, but "
+        raise ArtifactError(f"{artifacts.dir / CONFIG_FILE}: trained with lung model {recorded[:12]}, but "
                             f"{lungs.WEIGHTS.name} here is {here[:12]}; its framing (and so its probabilities) "
                             "would differ: restore that lung model or retrain")
 

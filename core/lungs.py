@@ -30,8 +30,10 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from core.checkpoints import load_best
 from core.images import resize_square
 from core.models import IMAGENET_MEAN, IMAGENET_STD
+from core.weights import sha256_of
 
 INPUT_SIZE = 128  # Novikov et al. 2018 reach lung Dice 0.97 on JSRT at 128 px; 4x cheaper than 256 on CPU
 MODEL_DIR = Path(__file__).resolve().parents[1] / "lungmodel"
@@ -102,7 +104,6 @@ def predict_proba(model: nn.Module, squares: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def load_model(path: str | None = None) -> LungUNet:
     """The committed lung model (or the one at ``path``), float32, in eval mode. Loaded once per process."""
-    from core.checkpoints import load_best
     model = load_best(LungUNet(), Path(path) if path else WEIGHTS)
     return model.eval()
 
@@ -116,7 +117,6 @@ def lung_model_sha256(path: str | Path | None = None) -> str:
     A lung-framed classifier records it in its config.json (``lung_model_sha256``) when it trains; loading it
     (``core.inference.load_trained``) refuses a lung model other than the one it was trained with, and the framed
     training cache is keyed by it, so a replaced lung model can never silently change what a model sees."""
-    from core.weights import sha256_of
 
     path = Path(path) if path else WEIGHTS
     st = path.stat()

@@ -299,11 +299,13 @@ def curves(y, p) -> dict:
             "pr": {"precision": prec, "recall": rec, "thresholds": pthr}}
 
 
-def evaluate_split(y, p, thresholds: dict, *, split: str, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Everything ``metrics_<split>.json`` holds (see docs/artifacts.md), at thresholds chosen on validation."""
+def evaluate_split(y, p, thresholds: dict, *, split: str, strata: dict | None = None, n_boot: int = 2000,
+                   seed: int = 0) -> dict:
+    """Everything ``metrics_<split>.json`` holds (see docs/artifacts.md), at thresholds chosen on validation;
+    ``strata`` ({column: value per image}: source, view, sex, age band) adds per-stratum figures under ``by``."""
     y, p = _as_arrays(y, p)
     lo, hi = bootstrap_auc_ci(y, p, n_boot=n_boot, seed=seed)
-    return {
+    m = {
         "split": split, "n": int(y.size), "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()),
         "prevalence": float(y.mean()) if y.size else float("nan"),
         "auc": auc(y, p), "auc_ci": [lo, hi],
@@ -314,6 +316,9 @@ def evaluate_split(y, p, thresholds: dict, *, split: str, n_boot: int = 2000, se
         **curves(y, p),
         "calibration": calibration_bins(y, p),
     }
+    if strata:
+        m["by"] = strata_metrics(y, p, thresholds, strata)
+    return m
 
 
 # --- comparing two models on the same images -------------------------------------------------------------

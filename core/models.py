@@ -21,10 +21,10 @@ import torch
 import torchvision
 from torch import nn
 
+from core.images import MIN_INPUT_SIZE
 from core.weights import NO_WEIGHTS, WeightsInfo, WeightsSource, load_backbone, resolve_weights
 
 NUM_CLASSES = 2
-MIN_INPUT_SIZE = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # what TF-trained weights (EfficientNet-Lite, ViT augreg) expect
@@ -102,16 +102,43 @@ def module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
 
 
+class GreyLevel(nn.Module):
+    """The mean of the three (replicated, per-channel normalised) input channels: one grey level per pixel.
+
+    Films are grey, so every model receives the same three-channel batch; a one-channel model (``in_chans=1``, the
+    seeds' grayscale ResNet-18) starts with this, and its first convolution has a third of the stem's weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True)
+
+
+def one_channel_stem(model: nn.Module) -> nn.Module:
+    """Replace the first three-channel convolution by GreyLevel + a one-channel convolution (fresh weights)."""
+    for parent in model.modules():
+        for key, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                conv = nn.Conv2d(1, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                 child.dilation, child.groups, child.bias is not None, child.padding_mode)
+                setattr(parent, key, nn.Sequential(GreyLevel(), conv))
+                return model
+    raise ValueError("no three-channel convolution to turn into a one-channel stem")
+
+
 def create_model(name: str, *, pretrained: bool = True, weights_path=None, weights_dir=None,
-                 input_size: int | None = None) -> tuple[nn.Module, WeightsInfo]:
+                 input_size: int | None = None, in_chans: int = 3) -> tuple[nn.Module, WeightsInfo]:
     """Build a registered model and, if asked, load its ImageNet weights (all but the classifier).
 
     ``input_size`` is only checked: the architecture is the same at every size (see the module docstring).
+    ``in_chans=1`` gives it a one-channel stem (``one_channel_stem``); ImageNet weights need three channels.
     """
     spec = get_spec(name)
     if input_size is not None:
         check_input_size(spec, input_size)
     model = spec.build()
+    if in_chans == 1:
+        if pretrained and spec.weights is not None:
+            raise ValueError(f"{name}: in_chans=1 trains from scratch (ImageNet weights have three input channels)")
+        return one_channel_stem(model), NO_WEIGHTS
     if not pretrained:
         return model, NO_WEIGHTS
     if spec.weights is None:

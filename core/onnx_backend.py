@@ -5,8 +5,10 @@ On this project's 2-core CPU, ONNX Runtime runs the lineup's networks several ti
 checked with ``onnx.checker``) and either stored beside its checkpoint (``trainer export``) or built on first use
 into a cache folder keyed by the checkpoint's sha256, so a retrained model never reuses a stale graph and a
 read-only run folder still works. ``CXR_BACKEND`` (``torch``, ``onnx`` or ``auto``, the default) picks the
-backend; ``auto`` uses ONNX Runtime only for architectures it was measured faster on (``ModelSpec.onnx_faster``)
-and falls back to eager torch, with a warning, when the export or ONNX Runtime fails.
+backend; ``auto`` takes, per architecture and input size, the backend ``python -m bench --only infer`` measured
+faster on this project's machine (``core/backend_table.json``, written by ``python -m bench.infer --write-table``;
+the nearest measured size decides for another size; ``ModelSpec.onnx_faster`` for an architecture not in the
+table) and falls back to eager torch, with a warning, when the export or ONNX Runtime fails.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import json
+import logging
 import os
-import sys
 import threading
 import warnings
 import weakref
@@ -24,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.artifacts import atomic_write_bytes
 from core.cache import default_cache_root
+from core.store import atomic_write_bytes, onnx_beside
+
+log = logging.getLogger(__name__)
 
 OPSET = 17
 EXPORT_VERSION = "1"  # bump when the export itself changes: cached graphs of an older version are rebuilt
 ENV_BACKEND = "CXR_BACKEND"
 BACKENDS = ("auto", "onnx", "torch")
-BESIDE_CHECKPOINT = "model.onnx"
 
 
 class OnnxError(RuntimeError):
@@ -49,6 +53,50 @@ def choose_backend(backend: str | None = None) -> str:
         shown = choice[:40].encode("ascii", "backslashreplace").decode()  # an environment value can hold anything
         raise BackendError(f"backend {shown!r} (argument or ${ENV_BACKEND}): choose one of {', '.join(BACKENDS)}")
     return choice
+
+
+BACKEND_TABLE = Path(__file__).with_name("backend_table.json")
+_TABLE: dict | None = None
+
+
+def _load_table(path: Path = BACKEND_TABLE) -> dict:
+    """{arch: {size: backend}} from the committed table; an absent or malformed file is an empty table (``auto``
+    then falls back to ``ModelSpec.onnx_faster``), with a logged warning when malformed."""
+    try:
+        rows = json.loads(path.read_text())["entries"]
+        out: dict = {}
+        for r in rows:
+            if r["backend"] not in ("onnx", "torch") or int(r["size"]) <= 0:
+                raise ValueError(f"bad entry {r!r}")
+            out.setdefault(str(r["arch"]), {})[int(r["size"])] = r["backend"]
+        return out
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning(f"{path.name}: unreadable ({str(e)[:120]}); CXR_BACKEND=auto uses the registry's "
+                    "defaults")
+        return {}
+
+
+def measured_backend(arch: str, size: int, table: dict | None = None) -> str | None:
+    """What ``auto`` takes for ``arch`` at ``size`` px by measurement: the table's entry at that size, else at the
+    nearest measured size (the larger one on a tie); ``None`` when the architecture was not measured."""
+    global _TABLE
+    if table is None:
+        if _TABLE is None:
+            _TABLE = _load_table()
+        table = _TABLE
+    sizes = table.get(arch)
+    if not sizes:
+        return None
+    best = min(sizes, key=lambda s: (abs(s - int(size)), -s))
+    return sizes[best]
+
+
+def auto_uses_onnx(spec, size: int) -> bool:
+    """``CXR_BACKEND=auto``'s choice for a registry spec at ``size`` px: the measured table, else the spec's flag."""
+    measured = measured_backend(spec.name, size)
+    return spec.onnx_faster if measured is None else measured == "onnx"
 
 
 def _exportable(model: torch.nn.Module, size: int) -> torch.nn.Module:
@@ -143,10 +191,6 @@ def cache_path(checkpoint_sha256: str, arch: str, size: int) -> Path:
     return default_cache_root() / "onnx" / f"{arch}-{size}px-{checkpoint_sha256[:32]}-v{EXPORT_VERSION}.onnx"
 
 
-def beside_path(checkpoint: Path) -> Path:
-    return Path(checkpoint).parent / BESIDE_CHECKPOINT
-
-
 def write_export(model: torch.nn.Module, size: int, path: Path, metadata: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, export_bytes(model, size, metadata))
@@ -228,7 +272,7 @@ def onnx_for_checkpoint(model: torch.nn.Module, checkpoint: Path, checkpoint_sha
     """The session for a trained model: ``checkpoints/model.onnx`` when it holds this very checkpoint (checked on
     its weights, not its word: ``_holds_checkpoint``), else the cached export (built now if missing). A graph ONNX
     Runtime refuses, or one from other weights, is passed over with a warning."""
-    beside = beside_path(checkpoint)
+    beside = onnx_beside(checkpoint)
     path = cache_path(checkpoint_sha256, arch, size)
     if beside.is_file():
         try:
@@ -239,10 +283,10 @@ def onnx_for_checkpoint(model: torch.nn.Module, checkpoint: Path, checkpoint_sha
                 _ensure_export(model, path, checkpoint_sha256, arch, size)
                 if _holds_checkpoint(beside, path, checkpoint_sha256):
                     return om
-                print(f"warning: {beside}: claims to be this checkpoint's graph but its weights differ from the "
-                      "checkpoint's; not used (a fresh export is)", file=sys.stderr)
+                log.warning(f"warning: {beside}: claims to be this checkpoint's graph but its weights differ from the "
+                            "checkpoint's; not used (a fresh export is)")
         except OnnxError as e:
-            print(f"warning: {beside}: not used ({e}); a fresh export is", file=sys.stderr)
+            log.warning(f"warning: {beside}: not used ({e}); a fresh export is")
     _ensure_export(model, path, checkpoint_sha256, arch, size)
     om = cached_session(path, size)
     if not _matches(om, checkpoint_sha256, size):

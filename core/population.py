@@ -19,10 +19,12 @@ write population.json).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 COMPONENTS = 32  # principal axes kept per source (docs/population.md: 16-64 measured alike)
 QUANTILE = 0.99  # the limit: this quantile of the source's validation distances
@@ -165,9 +167,7 @@ def colourfulness(rgb: np.ndarray) -> float:
 def thumbnail_rgb(data: bytes, side: int = 128) -> np.ndarray | None:
     """An (h, w, 3) uint8 thumbnail of a JPEG or PNG given as bytes (what ``image_problems`` looks at); ``None``
     for anything else (DICOM, unreadable): those are judged by distance alone. Decodes from memory only."""
-    import io
 
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -189,7 +189,7 @@ def image_problems(rgb: np.ndarray | None) -> tuple[str, ...]:
     return (f"a colour picture (mean chroma {c:.2f}; X-ray films are gray)",) if c > MAX_COLOUR else ()
 
 
-# --- population.json's shape (core.artifacts.read_population checks files against it) ---------------------------
+# --- population.json's shape (core.store.read_population checks files against it) ---------------------------
 
 def _rounded(a) -> list:
     return [float(f"{v:.{ROUND}g}") for v in np.asarray(a, dtype=np.float64).ravel()]
@@ -202,7 +202,7 @@ def to_json(ref: Reference) -> dict:
 
 
 def from_json(source: str, obj: dict) -> Reference:
-    """A ``Reference`` from a checked population.json entry (``core.artifacts.read_population``)."""
+    """A ``Reference`` from a checked population.json entry (``core.store.read_population``)."""
     return Reference(source=source, mean=np.asarray(obj["mean"], dtype=np.float64),
                      axes=np.asarray(obj["axes"], dtype=np.float64).reshape(len(obj["axes"]), -1),
                      variances=np.asarray(obj["variances"], dtype=np.float64),

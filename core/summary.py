@@ -11,8 +11,9 @@ import math
 
 import pandas as pd
 
-from core.artifacts import ArtifactError, ModelArtifacts, Run, is_ensemble
+from core import calibration
 from core.metrics import headline_rule
+from core.store import ArtifactError, ModelArtifacts, Run, is_ensemble, read_scaling
 
 
 def _num(x) -> float:
@@ -127,4 +128,20 @@ def run_rows(run: Run, split: str, *, finished_only: bool = False, rule: str | N
     rows = [read_row(art, split, rule) for art in run.models]
     if finished_only:
         rows = [r for r in rows if r["state"] == "finished" and r["n"] is not None]
+    return rows
+
+
+def calibration_rows(run: Run, splits=("test", "official_val")) -> list[dict]:
+    """One row per calibrated model and split: temperature, bias, ECE and Brier raw and calibrated (recomputed from
+    the predictions, so the stored raw probabilities stay the only source)."""
+    rows = []
+    for model in run.models:
+        scaling = _read(lambda model=model: read_scaling(model.dir))
+        for split in splits if scaling is not None else ():
+            if split not in model.splits():
+                continue
+            pred = model.predictions(split)
+            rows.append({"model": model.name, "temperature": scaling.temperature, "bias": scaling.bias,
+                         "split": split, **calibration.summary(pred["label"].to_numpy(),
+                                                               pred["probability"].to_numpy(), scaling)})
     return rows

@@ -16,15 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.images import PREPROCESS
+
 
 def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
     """(B, S, S) or (B, 1, S, S) uint8 → (B, 1, S, S) float in [0, 1]."""
     if batch_u8.dim() == 3:
         batch_u8 = batch_u8.unsqueeze(1)
     return batch_u8.float().div_(255.0)
-
-
-PREPROCESS = ("none", "equalize", "clahe")
 
 
 def equalize(x: torch.Tensor) -> torch.Tensor:

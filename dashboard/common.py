@@ -1,11 +1,21 @@
-"""What every dashboard page shares: the prologue, the model choice, colours, the footer, cached reads.
+"""What every dashboard page shares: the sidebar choice, colours, the footer, cached reads, ``guard``.
 
-Every page starts the same way and has one control flow: ``run = start("Title")`` configures the page, shows
-the notice and the run selector, and stops the script (with the footer) when there is no run; a page that
-cannot go on calls ``stop(message)``; a page that reaches its end calls ``footer()``. Pages that compare models
-call ``choose_models(run)``: one sidebar choice shared by every page (kept in ``st.session_state``), defaulting
-to the best few models by validation AUC plus the ensembles, optionally with a second run's models beside them.
-Any artifact problem is shown as an error element where it happens (``guard``); the rest of the page renders.
+``dashboard/Home.py`` is the entrypoint (``st.navigation``): on every rerun it calls ``choose()``, which draws the
+sidebar's run, compared run, models and site profile once and keeps them as one ``Choice`` in session state; then it
+runs the page, which reads that choice with ``choice()`` and only draws. A page that cannot go on calls
+``stop(message)`` (the footer, then ``st.stop``); a page that reaches its end gets the footer from the entrypoint.
+The model choice defaults to the best few models by validation AUC plus the ensembles, optionally with a second
+run's models beside them. Any artifact problem is shown as an error element where it happens (``guard``); the
+rest of the page renders.
+
+Caching, one approach for the whole dashboard: ``st.cache_resource`` for what is shared and never copied (loaded
+models with their ONNX sessions and locks, decoded films: ``dashboard.explain``; population references:
+``dashboard.population``); ``st.cache_data`` for data, each hit a copy (tables read from the run folder, here;
+heatmaps, overlay PNGs and the run's test films: ``dashboard.explain``; population verdicts:
+``dashboard.population``). Keys hold what the value depends on: a file's (mtime, size), a checkpoint's mtime, a
+film's pixels; so a rewritten file is read again and an unchanged one never is. Errors are never cached (the next
+rerun retries). No hand-written cache is left. ``dashboard.warm`` fills these caches in a background thread once
+the server's first page is drawn.
 """
 
 from __future__ import annotations
@@ -20,10 +30,29 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.artifacts import ArtifactError, ModelArtifacts, Run, default_root, default_run, list_runs
+from core.calibration import Scaling
 from core.data import sort_splits
-from dashboard import figures
+from core.store import (
+    ArtifactError,
+    ModelArtifacts,
+    Run,
+    default_root,
+    default_run,
+    list_runs,
+    read_scaling,
+    read_site_profile,
+    run_site_names,
+    site_names,
+)
+from dashboard.colors import model_colors
 from dashboard.tables import plain
+
+__all__ = [
+    "CITATION", "DEFAULT_TOP", "NOTICE", "REPO", "RUN_KEY", "SITE_KEY", "TRAINING_DATA", "Choice", "Entry",
+    "SiteChoice", "artifacts_root", "cached_history", "cached_metrics", "cached_predictions", "choice", "choose",
+    "chosen_with_splits", "default_models", "entries", "footer", "guard", "model_names", "plain", "site_table",
+    "stop", "val_auc",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 NOTICE = ("**Research use only — not for clinical diagnosis.** These models were trained on children's films from "
@@ -32,12 +61,14 @@ NOTICE = ("**Research use only — not for clinical diagnosis.** These models we
 CITATION = ("Data: Kermany, Zhang, Goldbaum et al., *Identifying Medical Diagnoses and Treatable Diseases by "
             "Image-Based Deep Learning*, Cell 172(5), 2018; Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
             "(CC BY 4.0). Adult films: NIH Clinical Center, ChestX-ray14 (Wang et al., *ChestX-ray8*, CVPR 2017).")
-RUN_KEY = "selected_run"  # plain session-state keys (not widget keys), so the choices survive page switches
+RUN_KEY = "selected_run"  # the sidebar widgets' keys: a test may set them before the first run
 COMPARE_KEY = "compare_run"
-MODELS_KEY = "selected_models"  # {(run id, compared run id or ""): [labels]}
-PAGE_KEY = "page"  # the title of the page being drawn (start() sets it)
+SITE_KEY = "selected_site"
+MODELS_KEY = "selected_models"  # {(run id, compared run id or ""): [labels]}: a run's choice outlives a switch
+CHOICE_KEY = "_choice"  # the ``Choice`` of this rerun, for the page
 DEFAULT_TOP = 3  # default choice: this many best models by validation AUC, plus every ensemble
 NO_COMPARE = "(none)"
+TRAINING_DATA = "training data"
 
 
 def artifacts_root() -> Path:
@@ -51,23 +82,11 @@ def artifacts_root() -> Path:
     return root if root.is_absolute() or root.exists() else REPO / root
 
 
-# --- the prologue, the footer and the one way out -----------------------------------------------------------
-
-def start(title: str, icon: str = "🫁") -> Run:
-    """Every page's first line: page setup, the notice in the sidebar, the run selector. Without any run it tells
-    how to train one and stops the script (with the footer)."""
-    st.set_page_config(page_title=f"{title} · CXR model comparison", page_icon=icon, layout="wide")
-    st.session_state[PAGE_KEY] = title
-    st.sidebar.warning(NOTICE)
-    run = select_run()
-    if run is None:
-        st.warning(NOTICE)
-        stop()
-    return run
-
+# --- the footer and the one way out -----------------------------------------------------------------------------
 
 def footer() -> None:
-    """The data set's citation, at the end of every page."""
+    """The data set's citation, at the end of every page (the entrypoint draws it after the page, ``stop`` before
+    it ends one)."""
     st.divider()
     st.caption(CITATION)
 
@@ -78,49 +97,6 @@ def stop(message: str | None = None, kind: str = "info") -> None:
         getattr(st, kind)(message)
     footer()
     st.stop()
-
-
-def model_names(run: Run) -> list[str]:
-    """The run's trained model names; ends the page with a warning when it has none."""
-    names: list[str] = []
-    with guard(f"Run {run.id}"):
-        names = [m.name for m in run.models]
-    if not names:
-        stop(f"Run `{run.id}` has no trained models yet.", kind="warning")
-    return names
-
-
-def chosen_with_splits(run: Run, compare: Run | None) -> tuple[list[Entry], list[str]]:
-    """The sidebar's chosen models and the splits they have predictions for; ends the page when either is empty."""
-    chosen = choose_models(run, compare)
-    splits = sort_splits(s for e in chosen for s in e.model.splits())
-    if not chosen:
-        stop("Choose one or more models in the sidebar.")
-    if not splits:
-        stop(f"None of the chosen models of run `{run.id}` has predictions yet.")
-    return chosen, splits
-
-
-def select_run() -> Run | None:
-    """Sidebar run selector shared by all pages; ``None`` (with a message) when there are no runs."""
-    root = artifacts_root()
-    runs = list_runs(root)
-    if not runs:
-        where = "" if root.resolve() == (REPO / "artifacts").resolve() else f" --artifacts {root}"
-        st.info(f"No training runs found in `{root}`. Train one, for example:\n\n"
-                "```\npython -m trainer train --data ../shared/data/kermany224 "
-                f"--models small_cnn,mobilenet_v2 --epochs 10 --run first{where}\n```")
-        return None
-    ids = [r.id for r in runs]
-    current = st.session_state.get(RUN_KEY)
-    index = ids.index(current) if current in ids else ids.index(default_run(runs, root).id)
-    chosen = st.sidebar.selectbox("Run", ids, index=index, help=f"runs in {root}")
-    st.session_state[RUN_KEY] = chosen
-    return runs[ids.index(chosen)]
-
-
-def other_runs(run: Run) -> list[Run]:
-    return [r for r in list_runs(artifacts_root()) if r.id != run.id]
 
 
 @contextmanager
@@ -169,41 +145,97 @@ def entries(run: Run, compare: Run | None = None) -> list[Entry]:
     models = list(run.models)
     extra = list(compare.models) if compare is not None else []
     every = models + [m for m in extra if m.name not in {x.name for x in models}]
-    colors = figures.model_colors([m.name for m in every], [m.name for m in every if m.is_ensemble])
+    colors = model_colors([m.name for m in every], [m.name for m in every if m.is_ensemble])
     out = [Entry(m.name, m, run.id, colors[m.name], "solid") for m in models]
     out += [Entry(f"{compare.id}/{m.name}", m, compare.id, colors[m.name], "dash") for m in extra]
     return out
 
 
-def _remember(widget_key: str, store_key: tuple) -> None:
-    st.session_state.setdefault(MODELS_KEY, {})[store_key] = list(st.session_state[widget_key])
+@dataclass(frozen=True)
+class Choice:
+    """What the sidebar chose, for the page being drawn: the run, the compared run, the models, the site."""
+
+    root: Path
+    run: Run
+    compare: Run | None
+    chosen: list[Entry]  # in run order; a compared run's models after the run's own
+    site: SiteChoice
+
+    @property
+    def own(self) -> list[Entry]:
+        """The chosen models of the selected run (pages that explain films use no compared run)."""
+        return [e for e in self.chosen if e.run_id == self.run.id]
+
+    @property
+    def nets(self) -> list[Entry]:
+        """The chosen models of the selected run that have a network of their own (not ensembles)."""
+        return [e for e in self.own if not e.model.is_ensemble]
+
+    def first_model(self) -> str | None:
+        """The name of the first chosen model of the selected run (single-model pages start on it)."""
+        return self.own[0].model.name if self.own else None
 
 
-def compared_run(run: Run) -> Run | None:
-    """The second run whose models are shown beside ``run``'s (sidebar; only when there is more than one run)."""
-    others = other_runs(run)
+def choice() -> Choice:
+    """The sidebar's choice for this rerun (``choose`` stored it); a page run outside the entrypoint fails here."""
+    c = st.session_state.get(CHOICE_KEY)
+    if not isinstance(c, Choice):
+        raise RuntimeError("dashboard pages run through the entrypoint: streamlit run dashboard/Home.py")
+    return c
+
+
+def choose(uses_models: bool = True) -> Choice | None:
+    """The sidebar, once per rerun (the entrypoint calls it): run, compared run, models and site profile, kept
+    for the page as one ``Choice``. ``uses_models=False`` (a page that shows every model of the run) greys the
+    model choice out without forgetting it. Without any run it tells how to train one and returns None."""
+    root = artifacts_root()
+    runs = list_runs(root)
+    if not runs:
+        no_runs(root)
+        return None
+    run = _choose_run(runs, root)
+    compare = _choose_compare(runs, run)
+    chosen = _choose_models(run, compare, uses_models)
+    c = Choice(root, run, compare, chosen, _choose_site(run))
+    st.session_state[CHOICE_KEY] = c
+    return c
+
+
+def no_runs(root: Path) -> None:
+    where = "" if root.resolve() == (REPO / "artifacts").resolve() else f" --artifacts {root}"
+    st.info(f"No training runs found in `{root}`. Train one, for example:\n\n"
+            "```\npython -m trainer train --data ../shared/data/kermany224 "
+            f"--models small_cnn,mobilenet_v2 --epochs 10 --run first{where}\n```")
+    st.warning(NOTICE)
+
+
+def _choose_run(runs: list[Run], root: Path) -> Run:
+    ids = [r.id for r in runs]
+    if st.session_state.get(RUN_KEY) not in ids:
+        st.session_state[RUN_KEY] = default_run(runs, root).id
+    return runs[ids.index(st.sidebar.selectbox("Run", ids, key=RUN_KEY, help=f"runs in {root}"))]
+
+
+def _choose_compare(runs: list[Run], run: Run) -> Run | None:
+    """The second run whose models are shown beside ``run``'s (only when there is more than one run)."""
+    others = [r for r in runs if r.id != run.id]
     if not others:
         return None
     ids = [NO_COMPARE] + [r.id for r in others]
-    current = st.session_state.get(COMPARE_KEY)
-    pick = st.sidebar.selectbox("Compare with run", ids, index=ids.index(current) if current in ids else 0,
+    if st.session_state.get(COMPARE_KEY) not in ids:
+        st.session_state[COMPARE_KEY] = NO_COMPARE
+    pick = st.sidebar.selectbox("Compare with run", ids, key=COMPARE_KEY,
                                 help="show a second run's models beside this run's (dashed, same colours)")
-    st.session_state[COMPARE_KEY] = pick
     return next((r for r in others if r.id == pick), None)
 
 
-def choose_models(run: Run, compare: Run | None = None, *, label: str = "Models") -> list[Entry]:
-    """The sidebar's model choice, the same on every page that calls it, and its entries in run order.
-
-    The first time: the best few models by validation AUC plus the ensembles (of ``compare`` too, labelled
-    ``run/model``).
-    """
+def _choose_models(run: Run, compare: Run | None, enabled: bool) -> list[Entry]:
+    """The sidebar's model choice, in run order. The first time for a (run, compared run): the best few models by
+    validation AUC plus the ensembles (of ``compare`` too, labelled ``run/model``); afterwards the last choice."""
     every = entries(run, compare)
     labels = [e.label for e in every]
     store_key = (run.id, compare.id if compare else "")
-    # One widget per page: Streamlit drops a widget's state when a page without it runs, and a widget of the same
-    # key on another page does not take it over; so each page's widget starts from the stored choice.
-    widget_key = f"models_{st.session_state.get(PAGE_KEY, '')}_{run.id}_{store_key[1]}"
+    widget_key = f"models::{store_key[0]}::{store_key[1]}"  # one widget per pair of runs: their labels differ
     if widget_key not in st.session_state:
         stored = st.session_state.get(MODELS_KEY, {}).get(store_key)
         if stored is None:
@@ -211,11 +243,32 @@ def choose_models(run: Run, compare: Run | None = None, *, label: str = "Models"
             if compare is not None:
                 stored += [f"{compare.id}/{n}" for n in default_models(compare.models)]
         st.session_state[widget_key] = [x for x in stored if x in labels]
-    st.sidebar.multiselect(label, labels, key=widget_key, on_change=_remember, args=(widget_key, store_key),
-                           help=f"default: the {DEFAULT_TOP} best models by validation AUC, plus the ensemble")
-    _remember(widget_key, store_key)
-    chosen = set(st.session_state[widget_key])
-    return [e for e in every if e.label in chosen]
+    picked = st.sidebar.multiselect(
+        "Models", labels, key=widget_key, disabled=not enabled,
+        help=(f"default: the {DEFAULT_TOP} best models by validation AUC, plus the ensemble" if enabled else
+              "this page shows every model of the run; the choice applies on the other pages"))
+    st.session_state.setdefault(MODELS_KEY, {})[store_key] = list(picked)
+    return [e for e in every if e.label in set(picked)]
+
+
+def model_names(c: Choice) -> list[str]:
+    """The selected run's trained model names; ends the page with a warning when it has none."""
+    names: list[str] = []
+    with guard(f"Run {c.run.id}"):
+        names = [m.name for m in c.run.models]
+    if not names:
+        stop(f"Run `{c.run.id}` has no trained models yet.", kind="warning")
+    return names
+
+
+def chosen_with_splits(c: Choice) -> tuple[list[Entry], list[str]]:
+    """The sidebar's chosen models and the splits they have predictions for; ends the page when either is empty."""
+    splits = sort_splits(s for e in c.chosen for s in e.model.splits())
+    if not c.chosen:
+        stop("Choose one or more models in the sidebar.")
+    if not splits:
+        stop(f"None of the chosen models of run `{c.run.id}` has predictions yet.")
+    return c.chosen, splits
 
 
 # --- cached artifact reads -------------------------------------------------------------------------------
@@ -244,24 +297,20 @@ def _read_model_file(run_dir: str, model: str, kind: str, split: str, stamp) -> 
 
 def cached_history(m):
     """``m.history()`` (an ``ArtifactError`` when missing or broken), cached by the file's mtime and size."""
-    return _read_model_file(str(m.run_dir), m.name, "history", "", _stamp(m.dir / "history.csv"))
+    return _read_model_file(str(m.run_dir), m.name, "history", "", _stamp(m.history_path))
 
 
 def cached_predictions(m, split: str):
     """``m.predictions(split)``, cached by the file's mtime and size."""
-    return _read_model_file(str(m.run_dir), m.name, "predictions", split, _stamp(m.dir / f"predictions_{split}.csv"))
+    return _read_model_file(str(m.run_dir), m.name, "predictions", split, _stamp(m.predictions_path(split)))
 
 
 def cached_metrics(m, split: str) -> dict:
     """``m.metrics(split)``, cached by the file's mtime and size."""
-    return _read_model_file(str(m.run_dir), m.name, "metrics", split, _stamp(m.dir / f"metrics_{split}.json"))
+    return _read_model_file(str(m.run_dir), m.name, "metrics", split, _stamp(m.metrics_path(split)))
 
 
 # --- site profiles (``python -m trainer site``, core/site.py) -------------------------------------------------
-
-SITE_KEY = "selected_site"
-TRAINING_DATA = "training data"
-
 
 @dataclass(frozen=True)
 class SiteChoice:
@@ -276,18 +325,14 @@ class SiteChoice:
 
     def profile(self, m: ModelArtifacts) -> dict | None:
         """The model's profile for this site, or None (training data, or no profile: the validation fit)."""
-        from core.artifacts import read_site_profile, site_names
-
         return read_site_profile(m, self.name) if self.is_site and self.name in site_names(m) else None
 
     def scaling(self, m: ModelArtifacts):
         """The calibration in use: the site's refit, else the validation one (None when the model has none)."""
-        from core import calibration
-
         prof = self.profile(m)
         if prof is None:
-            return calibration.read_scaling(m)
-        return calibration.Scaling(float(prof["calibration"]["temperature"]), float(prof["calibration"]["bias"]))
+            return read_scaling(m.dir)
+        return Scaling(float(prof["calibration"]["temperature"]), float(prof["calibration"]["bias"]))
 
     def threshold(self, m: ModelArtifacts, rule: str | None = None) -> float:
         """The raw threshold in use: the site's (its rule) when the rule asked is the profile's, else validation's."""
@@ -314,28 +359,24 @@ def _site_changed() -> None:
     """A new profile moves every operating point to its own: thresholds set by hand are forgotten."""
     for key in [k for k in st.session_state if isinstance(k, str) and (k == "thresholds" or k.startswith("thr_"))]:
         del st.session_state[key]
-    st.session_state[SITE_KEY] = st.session_state.get(f"{SITE_KEY}_widget", TRAINING_DATA)
 
 
-def choose_site(run: Run) -> SiteChoice:
-    """The sidebar's site selector (default: the training data), shared by every page through session state;
-    the pages that show probabilities, labels, thresholds or PPV/NPV call it once, near the top."""
-    from core.artifacts import run_site_names
-
+def _choose_site(run: Run) -> SiteChoice:
+    """The sidebar's site selector (default: the training data), shown when the run has site profiles."""
     sites: list[str] = []
     with guard(f"Run {run.id}: site profiles"):
         sites = run_site_names(run)
     options = [TRAINING_DATA, *sites]
-    current = st.session_state.get(SITE_KEY, TRAINING_DATA)
-    st.session_state[f"{SITE_KEY}_widget"] = current if current in options else TRAINING_DATA
-    st.sidebar.selectbox("Site profile", options, key=f"{SITE_KEY}_widget", on_change=_site_changed,
-                         help="whose threshold, calibration and prevalence the pages use: the training data's "
-                              "(validation split) or a site's own (python -m trainer site)")
-    choice = SiteChoice(st.session_state[f"{SITE_KEY}_widget"])
-    st.session_state[SITE_KEY] = choice.name
-    if choice.is_site:
-        st.sidebar.caption(f"Using site profile **{choice.name}**")
-    return choice
+    if st.session_state.get(SITE_KEY) not in options:
+        st.session_state[SITE_KEY] = TRAINING_DATA
+    if not sites:
+        return SiteChoice(TRAINING_DATA)
+    name = st.sidebar.selectbox("Site profile", options, key=SITE_KEY, on_change=_site_changed,
+                                help="whose threshold, calibration and prevalence the pages use: the training "
+                                     "data's (validation split) or a site's own (python -m trainer site)")
+    if name != TRAINING_DATA:
+        st.sidebar.caption(f"Using site profile **{name}**")
+    return SiteChoice(name)
 
 
 def site_table(run: Run, choice: SiteChoice):

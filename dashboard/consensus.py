@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from core.artifacts import ArtifactError, ModelArtifacts, now_iso
 from core.labels import CLASSES, POSITIVE
 from core.metrics import headline_rule
+from core.store import ArtifactError, ModelArtifacts, now_iso
 
 
 @dataclass

@@ -9,16 +9,16 @@ statement that there are none.
 
 from __future__ import annotations
 
-import threading
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import population as pop
-from core.artifacts import ArtifactError, ModelArtifacts, read_population
-from core.metrics import headline_rule
+import numpy as np
+import streamlit as st
 
-_REFS: dict = {}  # (population.json path, mtime) -> (references, known populations, measured rates)
-_REFS_LOCK = threading.Lock()
+from core import population as pop
+from core.metrics import headline_rule
+from core.store import ArtifactError, ModelArtifacts, population_path, read_population
 
 
 @dataclass(frozen=True)
@@ -77,21 +77,22 @@ def _pct(x) -> str:
 
 
 def references(model: ModelArtifacts):
-    """(training references, references of measured outside populations) of a model, read once per file version;
-    ``ArtifactError`` when the file is missing or fails its checks."""
-    path = model.dir / "population.json"
+    """(training references, references of measured outside populations) of a model, read once per file version
+    (``st.cache_resource``: read-only arrays, shared); ``ArtifactError`` when the file is missing or fails its
+    checks (never cached: the next rerun reads again)."""
+    path = population_path(model.dir)
     try:
-        key = (str(path), path.stat().st_mtime_ns)
+        mtime = path.stat().st_mtime_ns
     except OSError:
         raise ArtifactError(f"{path}: missing; run `python -m trainer population --run {model.run_dir}`") from None
-    with _REFS_LOCK:
-        if key not in _REFS:
-            doc = read_population(model.dir)
-            if len(_REFS) > 64:
-                _REFS.clear()
-            _REFS[key] = ([pop.from_json(n, s) for n, s in doc["sources"].items()],
-                          [pop.from_json(n, s) for n, s in (doc.get("known") or {}).items()])
-        return _REFS[key]
+    return _references(str(model.dir), mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _references(model_dir: str, mtime_ns: int):
+    doc = read_population(Path(model_dir))
+    return ([pop.from_json(n, s) for n, s in doc["sources"].items()],
+            [pop.from_json(n, s) for n, s in (doc.get("known") or {}).items()])
 
 
 def measured_figures(model: ModelArtifacts, population: str) -> dict:
@@ -123,29 +124,44 @@ def picture_rgb(source):
 
 def check(model: ModelArtifacts, loaded, lock, pixels, source) -> Check:
     """The verdict of ``model`` (its ``LoadedModel`` and the lock that guards it) on one film: ``pixels`` at the
-    model's input size, ``source`` its bytes or path."""
+    model's input size, ``source`` its bytes or path. Cached (``st.cache_data``) by the model's folder, its
+    population.json and checkpoint versions and the film's pixels and source, so a rerun (a slider moved) runs
+    no network."""
     try:
         refs, known = references(model)
     except ArtifactError as e:
         return Check(model=model.name, missing=str(e))
-    with lock:
-        feats = pop.features(loaded, pixels[None])
-    problems = pop.image_problems(picture_rgb(source))
-    v = pop.judge(refs, feats, problems)[0]
+    pixels = np.ascontiguousarray(pixels)
+    src = hashlib.sha1(bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else
+                       str(source).encode()).hexdigest()
+    return _check(str(model.dir), _stamp(population_path(model.dir)), _stamp(model.best_checkpoint()),
+                  hashlib.sha1(pixels.tobytes()).hexdigest(), src, model, loaded, lock, pixels, source, refs, known)
+
+
+def _stamp(path: Path):
+    s = path.stat()
+    return (s.st_mtime_ns, s.st_size)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _check(model_dir: str, pop_stamp, ckpt_stamp, pixels_digest: str, source_digest: str, _model, _loaded, _lock,
+           _pixels, _source, _refs, _known) -> Check:
+    with _lock:
+        feats = pop.features(_loaded, _pixels[None])
+    problems = pop.image_problems(picture_rgb(_source))
+    v = pop.judge(_refs, feats, problems)[0]
     nearest = v.nearest
     ratio = v.distances[nearest][0] / v.distances[nearest][1]
     if v.inside:
-        return Check(model=model.name, inside=tuple(v.inside), nearest=nearest, ratio=ratio)
-    resembles = next(iter(pop.judge(known, feats)[0].inside), None) if known and not problems else None
-    figures = measured_figures(model, resembles) if resembles else {}
-    return Check(model=model.name, problems=problems, nearest=nearest, ratio=ratio, resembles=resembles,
+        return Check(model=_model.name, inside=tuple(v.inside), nearest=nearest, ratio=ratio)
+    resembles = next(iter(pop.judge(_known, feats)[0].inside), None) if _known and not problems else None
+    figures = measured_figures(_model, resembles) if resembles else {}
+    return Check(model=_model.name, problems=problems, nearest=nearest, ratio=ratio, resembles=resembles,
                  figures=figures)
 
 
 def show(c: Check) -> None:
     """The verdict on the page: a warning when outside, a caption otherwise."""
-    import streamlit as st
-
     if c.outside:
         st.warning(c.message(), icon="⚠️")
     else:

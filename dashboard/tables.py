@@ -1,6 +1,6 @@
 """Data wrangling for the dashboard: plain functions of dicts and DataFrames, no Streamlit, no file access.
 
-Pages read artifacts (through ``core.artifacts``) and hand what they read to these functions; tests call them
+Pages read artifacts (through ``core.store``) and hand what they read to these functions; tests call them
 directly. Metric arithmetic comes from ``core.metrics``; nothing here re-derives an AUC, a confusion count or a
 calibration bin.
 """
@@ -16,10 +16,10 @@ import pandas as pd
 
 from core import metrics as cm
 from core import summary
-from core.artifacts import HISTORY_COLUMNS, ArtifactError, is_ensemble
 from core.data import sort_splits
 from core.labels import CLASSES
 from core.metrics import HEADLINE_RULE
+from core.store import HISTORY_COLUMNS, HISTORY_FILE, RUN_FILE, ArtifactError, is_ensemble
 
 RATE_NAMES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
 # Kermany et al., Cell 2018, pneumonia vs normal on their 624-image test set (for reference on the ROC only).
@@ -76,7 +76,7 @@ def runs_table(runs: list[tuple[str, dict | None]]) -> pd.DataFrame:
     for run_id, info in runs:
         row = {"run": run_id}
         if info is None:
-            row["created"] = "run.json unreadable"
+            row["created"] = f"{RUN_FILE} unreadable"
             rows.append(row)
             continue
         row["created"] = str(info.get("created", ""))[:10]
@@ -190,7 +190,7 @@ def ensemble_members(entries: list[dict]) -> str:
 
 # --- training curves -------------------------------------------------------------------------------------
 
-def checked_history(history: pd.DataFrame, where: str = "history.csv") -> pd.DataFrame:
+def checked_history(history: pd.DataFrame, where: str = HISTORY_FILE) -> pd.DataFrame:
     """The history with numeric columns, or an ``ArtifactError`` naming the first incomplete or non-numeric row
     (a torn or hand-edited file: the CSV parser alone accepts a half row and fills it with NaN)."""
     h = history.copy()
@@ -476,7 +476,7 @@ def population_label(spec: str) -> str:
 def population_table(figures_by_model: dict[str, dict[str, dict]], rules: dict[str, str]) -> pd.DataFrame:
     """One row per (model, population): films, AUC with its bootstrap interval, and sensitivity and specificity
     at the model's own rule with Wilson intervals. ``figures_by_model``: {model: {spec: metrics}} where a spec
-    is a split or one of its strata (``core.artifacts.population_metrics``)."""
+    is a split or one of its strata (``core.store.population_metrics``)."""
     rows = []
     for model, by_spec in figures_by_model.items():
         rule = rules.get(model, HEADLINE_RULE)

@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.artifacts import Run  # noqa: E402
 from core.framing import lung_boxes, whole_boxes  # noqa: E402
 from core.images import load_for_model  # noqa: E402
+from core.store import Run  # noqa: E402
 
 SIZE = 224
 GRID_PER_SOURCE = 8

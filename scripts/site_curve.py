@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import calibration  # noqa: E402
 from core import site as site_mod  # noqa: E402
-from core.artifacts import Run, atomic_write_text, read_site_predictions  # noqa: E402
+from core.store import Run, atomic_write_text, read_scaling, read_site_predictions  # noqa: E402
 
 SIZES = (10, 20, 50, 100, 200, 300)
 
@@ -28,13 +28,13 @@ SIZES = (10, 20, 50, 100, 200, 300)
 def curve_for(model, y, p, draws: int, seed: int) -> list[dict]:
     val = model.metrics("val")
     return site_mod.learning_curve(y, p, config=model.config, val_thresholds=val["thresholds"],
-                                   val_scaling=calibration.read_scaling(model),
+                                   val_scaling=read_scaling(model.dir),
                                    val_prevalence=float(val["prevalence"]), sizes=SIZES, draws=draws, seed=seed)
 
 
 def em_row(model, y, p) -> str:
     val = model.metrics("val")
-    scaling = calibration.read_scaling(model) or calibration.Scaling(1.0)
+    scaling = read_scaling(model.dir) or calibration.Scaling(1.0)
     est = site_mod.estimate_prevalence(scaling(p), float(val["prevalence"]), n_boot=300)
     return f"{est['value']:.3f} [{est['ci'][0]:.3f}, {est['ci'][1]:.3f}] (true {np.mean(y):.3f})"
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="artifacts/kermany-robust")
     p.add_argument("--model", default="mobilenet_v2_lungs_plain")
-    p.add_argument("--site-run", help="run folder holding <model>/sites/<site>/predictions.csv")
+    p.add_argument("--site-run", help="run folder whose models hold the site profile (trainer site)")
     p.add_argument("--site", default="nih_adult")
     p.add_argument("--draws", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)

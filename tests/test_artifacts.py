@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import core.metrics
-from core import artifacts
-from core.artifacts import DEFAULT_RUN_FILE, ArtifactError, ModelWriter, Run, default_run, list_runs
+from core import store
 from core.data import Sample
+from core.store import DEFAULT_RUN_FILE, ArtifactError, ModelWriter, Run, default_run, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,8 @@ def test_metrics_docstring_examples_run():
 
 def test_killed_writer_leaves_the_old_file(tmp_path):
     target = tmp_path / "metrics_val.json"
-    artifacts.write_json(target, {"auc": 0.5})
-    code = f"from core.artifacts import atomic_write_bytes; atomic_write_bytes({str(target)!r}, b'x' * 1_500_000_000)"
+    store.write_json(target, {"auc": 0.5})
+    code = f"from core.store import atomic_write_bytes; atomic_write_bytes({str(target)!r}, b'x' * 1_500_000_000)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)  # python -c imports from its working folder
     deadline = time.time() + 60
     while not list(tmp_path.glob(".metrics_val.json.*.tmp")) and time.time() < deadline:
@@ -39,21 +39,21 @@ def test_killed_writer_leaves_the_old_file(tmp_path):
 
 def test_failed_write_removes_temp_and_keeps_old(tmp_path):
     target = tmp_path / "a.json"
-    artifacts.write_json(target, {"v": 1})
+    store.write_json(target, {"v": 1})
     with pytest.raises(TypeError):
-        artifacts.atomic_write_bytes(target, "text, not bytes")  # fails inside the write
+        store.atomic_write_bytes(target, "text, not bytes")  # fails inside the write
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
 def test_nan_is_written_as_null(tmp_path):
-    artifacts.write_json(tmp_path / "m.json", {"auc": float("nan"), "ci": [float("inf"), 0.5]})
+    store.write_json(tmp_path / "m.json", {"auc": float("nan"), "ci": [float("inf"), 0.5]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"auc": None, "ci": [None, 0.5]}
 
 
 def _tiny_run(root: Path) -> Path:
     run = root / "r1"
-    artifacts.write_json(run / "run.json", {"schema_version": 1, "models": ["b", "a"]})
+    store.write_json(run / "run.json", {"schema_version": 1, "models": ["b", "a"]})
     for name in ("a", "b"):
         w = ModelWriter(run, name)
         w.config({"arch": "small_cnn", "input_size": 64})
@@ -77,7 +77,7 @@ def test_reader_lists_runs_and_models_in_run_order(tmp_path):
 
 def test_the_default_run_is_the_one_named_in_the_root_else_the_biggest(tmp_path):
     _tiny_run(tmp_path)
-    artifacts.write_json(tmp_path / "small" / "run.json", {"schema_version": 1})
+    store.write_json(tmp_path / "small" / "run.json", {"schema_version": 1})
     ModelWriter(tmp_path / "small", "only").config({"arch": "small_cnn"})
     runs = list_runs(tmp_path)
     assert default_run(runs, tmp_path).id == "r1"  # no file: the run with the most models
@@ -108,7 +108,7 @@ def test_bad_predictions_are_rejected(tmp_path):
 
 def test_stale_running_status(tmp_path):
     run = _tiny_run(tmp_path)
-    artifacts.write_json(run / "a" / "status.json", {"state": "running", "heartbeat": "2020-01-01T00:00:00+00:00"})
+    store.write_json(run / "a" / "status.json", {"state": "running", "heartbeat": "2020-01-01T00:00:00+00:00"})
     assert Run(run).model("a").status()["stale"] is True
     ModelWriter(run, "a").status("running")
     assert Run(run).model("a").status()["stale"] is False
@@ -127,7 +127,7 @@ def test_locate_finds_relative_paths_under_the_data_root_as_given(tmp_path, monk
     data.mkdir(parents=True)
     (data / "a.jpeg").write_bytes(b"x")
     run = tmp_path / "artifacts" / "r"
-    writer = artifacts.RunWriter(run, "mydata")
+    writer = store.RunWriter(run, "mydata")
     writer.info(models=[])
     writer.split([Sample(str(Path("mydata/train/NORMAL/a.jpeg").absolute()), 0, "a", "train")])
     monkeypatch.chdir(tmp_path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from core.artifacts import default_run, list_runs
+from core.store import default_run, list_runs
 from tests.conftest import FULLRES, REPO, need
 
 pytestmark = pytest.mark.browser
@@ -58,11 +58,12 @@ IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 
 
 def _pages() -> list[tuple[str, str]]:
-    """(title, URL path) of Home and of every file in dashboard/pages, named as Streamlit names them."""
+    """(title, URL path) of Home and of every other page in dashboard/views (the entrypoint's st.navigation names
+    each by its file, as Streamlit named the pages/ files before: /Grad-CAM, /Training_curves ...)."""
     from streamlit.source_util import page_icon_and_name
 
     found = [("Home", "")]
-    for f in sorted((REPO / "dashboard" / "pages").glob("*.py")):
+    for f in sorted(f for f in (REPO / "dashboard" / "views").glob("*.py") if f.name != "home.py"):
         name = page_icon_and_name(f)[1]
         found.append((name, name))
     return found
@@ -150,10 +151,12 @@ def shots() -> Path:
 
 
 def _wait_idle(page) -> None:
-    """The script has run to its end and the page has its title (no spinner left)."""
+    """The script has run to its end and the page has its title (no spinner, no skeleton left)."""
     page.wait_for_selector(IDLE, timeout=PAGE_TIMEOUT_MS)
     page.wait_for_selector('[data-testid="stMain"] h1', timeout=PAGE_TIMEOUT_MS)
     page.wait_for_function("!document.querySelector('[data-testid=\"stSpinner\"]')", timeout=PAGE_TIMEOUT_MS)
+    # widgets and tables whose code the browser is still loading show a skeleton (slow on a loaded machine)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=PAGE_TIMEOUT_MS)
     page.wait_for_timeout(300)  # charts (plotly/vega) lay out after the script finishes
 
 
@@ -207,9 +210,11 @@ def test_every_page_renders_and_gradcam_upload_shows_heatmaps(browser, server, s
         bad = tmp_path / "notes.png"
         bad.write_bytes(b"a text file, not a picture\n")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(film), str(bad)])
-        page.wait_for_function(
-            "document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img').length >= 3",
-            timeout=PAGE_TIMEOUT_MS)
+        page.wait_for_function(  # the uploaded film's heading (not the uploader's list, not the example film the
+            # page opened on) with its two maps
+            f"[...document.querySelectorAll('[data-testid=\"stMain\"] h3')].some(h => h.textContent.includes("
+            f"'{film.name}')) && document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] "
+            "img').length >= 3", timeout=PAGE_TIMEOUT_MS)
         _wait_idle(page)
         seconds = time.monotonic() - t0
         _assert_no_exception(page, "Grad-CAM after upload")
@@ -259,6 +264,10 @@ def test_committed_run_pages_fit_a_1440_screen(browser, committed_server, shots)
                 if t["sh"] > t["ch"] + 1 or t["sw"] > t["cw"] + 1:
                     problems.append(f"{title}: table {t['key']} scrolls inside ({t['sw']}×{t['sh']} in "
                                     f"{t['cw']}×{t['ch']})")
+            if title in ("Grad-CAM", "Consensus"):  # they open on a committed example film, said to be one
+                main = page.locator('[data-testid="stMain"]')
+                assert main.get_by_text("Example film", exact=False).count() >= 1, title
+                assert main.locator('[data-testid="stImage"] img').count() >= 2, title  # the film and a map
             if title == "Home":
                 rows = len(shown.models)  # the leaderboard is full height: every model of the run, no inner scroll
                 assert any(t["key"] == "st-key-home_leaderboard" and t["ch"] > rows * 30 for t in tables), tables

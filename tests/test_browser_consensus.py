@@ -27,10 +27,13 @@ pytestmark = pytest.mark.browser
 __all__ = ["browser", "committed_server", "server", "shots"]  # fixtures imported for pytest
 
 
-def _upload_and_wait(page, path) -> None:
+def _upload_and_wait(page, path, pictures: int = 2) -> None:
+    """Upload ``path`` and wait until the page shows it (its caption "name · W×H", not the example film the page
+    opened on) with ``pictures`` pictures."""
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(path)])
-    page.wait_for_function("document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img')"
-                           ".length >= 2", timeout=PAGE_TIMEOUT_MS)
+    page.wait_for_function(f"document.body.innerText.includes('{path.name} · ') && document.querySelectorAll("
+                           f"'[data-testid=\"stMain\"] [data-testid=\"stImage\"] img').length >= {pictures}",
+                           timeout=PAGE_TIMEOUT_MS)
     _wait_idle(page)
 
 
@@ -39,9 +42,9 @@ def _inside_every_model(path) -> bool:
     committed default run."""
     import threading
 
-    from core.artifacts import default_run, list_runs
     from core.images import load_for_model
     from core.inference import load_trained
+    from core.store import default_run, list_runs
     from dashboard.population import check
 
     run = default_run(list_runs(COMMITTED), COMMITTED)
@@ -85,13 +88,8 @@ def test_consensus_report_holds_the_film_and_every_model(browser, server, shots,
         page.goto(f"{server}/Consensus", wait_until="domcontentloaded")
         _wait_idle(page)
         _assert_no_exception(page, "Consensus")
-        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(film)])
+        _upload_and_wait(page, film, 1 + len(TINY_MODELS))  # the film plus one map per model
         main = page.locator('[data-testid="stMain"]')
-        # the film plus one map per model
-        page.wait_for_function(
-            f"document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img').length >= "
-            f"{1 + len(TINY_MODELS)}", timeout=PAGE_TIMEOUT_MS)
-        _wait_idle(page)
         _assert_no_exception(page, "Consensus after upload")
         assert main.get_by_text(f"of {len(TINY_MODELS)}").count() >= 1  # "k of 2" models call it PNEUMONIA
         _screenshot(page, shots / "20_consensus.png")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import calibration
-from core.artifacts import ArtifactError, ModelArtifacts, write_json
+from core import calibration, store
 from core.metrics import ece
+from core.store import ArtifactError, ModelArtifacts, write_json
 
 
 def _overconfident(n=4000, true_t=3.0, seed=0):
@@ -58,13 +58,13 @@ def test_fit_needs_both_classes():
 
 def test_read_scaling_rejects_nonsense_and_reads_old_files(tmp_path):
     m = ModelArtifacts(tmp_path, "m")
-    assert calibration.read_scaling(m) is None  # no file: shown raw
+    assert store.read_scaling(m.dir) is None  # no file: shown raw
     for bad, message in (({"temperature": -1}, "positive"), ({"temperature": True}, "positive"),
                          ({"temperature": 1.0, "bias": "x"}, "bias"), ({"temperature": 1.0, "bias": None}, "bias")):
         write_json(tmp_path / "m" / "calibration.json", bad)
         with pytest.raises(ArtifactError, match=message):
-            calibration.read_scaling(m)
+            store.read_scaling(m.dir)
     write_json(tmp_path / "m" / "calibration.json", {"temperature": 0.5})  # written before the bias existed
-    assert calibration.read_scaling(m) == calibration.Scaling(0.5, 0.0)
+    assert store.read_scaling(m.dir) == calibration.Scaling(0.5, 0.0)
     write_json(tmp_path / "m" / "calibration.json", {"temperature": 0.5, "bias": 1.2})
-    assert calibration.read_scaling(m)(0.5) == pytest.approx(calibration.calibrate(0.5, 0.5, 1.2))
+    assert store.read_scaling(m.dir)(0.5) == pytest.approx(calibration.calibrate(0.5, 0.5, 1.2))

@@ -20,9 +20,8 @@ import shutil
 import numpy as np
 import pytest
 
-from core import calibration, faithfulness
-from core.artifacts import Run
-from core.cams import REFERENCE_FILE
+from core import faithfulness, store
+from core.store import Run
 from tests.conftest import KERMANY224, REPO, SAMPLE_DATA, need
 from trainer.cli import main
 from trainer.explain import networks, scale_check
@@ -82,9 +81,9 @@ def test_shared_scale_holds_for_every_committed_model():
 def test_committed_run_has_references_and_calibration_for_every_model():
     run = _committed()
     for m in run.models:
-        assert calibration.read_scaling(m) is not None, m.name
+        assert store.read_scaling(m.dir) is not None, m.name
     for name in networks(run):
-        refs = json.loads((run.dir / name / REFERENCE_FILE).read_text())
+        refs = json.loads((run.dir / name / store.CAM_REFERENCE_FILE).read_text())
         assert refs["split"] == "val" and refs["n"] >= 32
         assert refs["methods"]["Grad-CAM"]["PNEUMONIA"] > 0
 
@@ -92,10 +91,10 @@ def test_committed_run_has_references_and_calibration_for_every_model():
 def test_trainer_writes_references_and_calibration_and_the_commands_rerun(tiny_run, capsys):
     run = Run(tiny_run / "tiny")
     for name in ("small_cnn", "mobilenet_v2"):  # written by the trainer right after training
-        refs = json.loads((run.dir / name / REFERENCE_FILE).read_text())
+        refs = json.loads((run.dir / name / store.CAM_REFERENCE_FILE).read_text())
         assert set(refs["methods"]) == {"Grad-CAM", "Grad-CAM++", "HiResCAM", "XGradCAM", "LayerCAM"}
         assert refs["n"] == len(run.model(name).predictions("val"))  # the tiny run has fewer val films than n
-        assert calibration.read_scaling(run.model(name)).temperature > 0
+        assert store.read_scaling(run.model(name).dir).temperature > 0
     assert main(["explain", "--run", str(run.dir), "--calibration-table"]) == 0
     assert "| small_cnn |" in capsys.readouterr().out
     assert main(["explain", "--run", str(run.dir), "--models", "nope"]) == 2  # a clear error, nothing lost
@@ -111,9 +110,9 @@ def test_faithfulness_command_flags_a_map_that_ignores_the_model(tiny_run, tmp_p
     shutil.copytree(tiny_run / "tiny", dest, ignore=shutil.ignore_patterns("*.pt"))
     assert main(["faithfulness", "--run", str(dest), "--models", "small_cnn", "--methods", "Grad-CAM,EigenCAM",
                  "--n", "2"]) == 0
-    figures = faithfulness.read(dest)
+    figures = store.read_faithfulness(dest)
     entry = figures["models"]["small_cnn"]
-    assert len(entry["films"]) == 2 and len(entry["Grad-CAM"]["road_per_film"]) == 2
+    assert len(figures["films"]) == 2 and len(entry["Grad-CAM"]["road_per_film"]) == 2
     assert entry["EigenCAM"]["sanity_rho"] > 0.99 and entry["EigenCAM"]["sanity_pass"] is False
     assert faithfulness.failing(figures, "small_cnn", "EigenCAM") > 0.99
     assert np.isfinite(entry["Grad-CAM"]["road"]) and -1 <= entry["Grad-CAM"]["road"] <= 1

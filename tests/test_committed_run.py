@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.artifacts import Run
+from core.store import Run
 from tests.conftest import REPO, SAMPLE_DATA
 from trainer import report
 
@@ -26,7 +26,7 @@ def test_readme_results_table_matches_the_committed_artifacts(run_id):
 def test_the_recommended_model_is_a_finished_committed_model():
     """artifacts/RECOMMENDED (what the maintainers score on the hidden sets) names a finished model with figures on
     every source of its run."""
-    from core.artifacts import recommended
+    from core.store import recommended
 
     pick = recommended(REPO / "artifacts")
     assert pick is not None, "artifacts/RECOMMENDED must hold one line run/model"

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from core import calibration, faithfulness
-from core.artifacts import Run
+from core import faithfulness, store, summary
+from core.store import Run
 from tests.conftest import REPO
 
-PAGES = REPO / "dashboard" / "pages"
 RUN = REPO / "artifacts" / "kermany-lineup"
 
 
 @pytest.fixture
 def committed(monkeypatch):
-    if not (RUN / faithfulness.FAITHFULNESS_FILE).exists():
+    if not (RUN / store.FAITHFULNESS_FILE).exists():
         pytest.skip("no committed faithfulness figures")
     monkeypatch.setenv("CXR_ARTIFACTS", str(RUN.parent))
     return Run(RUN)
@@ -22,19 +21,16 @@ def committed(monkeypatch):
 
 def _app(name: str, run: str = RUN.name):
     """The page with ``run`` chosen (the artifacts root may hold newer runs, which the selector would pick)."""
-    from streamlit.testing.v1 import AppTest
-
     from dashboard.common import RUN_KEY
+    from tests.dashboard_app import page_app
 
-    at = AppTest.from_file(str(PAGES / name), default_timeout=120)
-    at.session_state[RUN_KEY] = run
-    return at
+    return page_app(name, timeout=120, **{RUN_KEY: run})
 
 
 def test_faithfulness_page_shows_the_stored_figures(committed):
     at = _app("9_Faithfulness.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    figures = faithfulness.read(committed.dir)
+    figures = store.read_faithfulness(committed.dir)
     road, rho = at.dataframe[0].value, at.dataframe[1].value
     assert sorted(road.index) == sorted(figures["models"]) and list(rho.columns)[0] == "Grad-CAM"
     m = next(iter(figures["models"]))
@@ -55,7 +51,7 @@ def test_calibration_page_before_after_and_calibrated_view(committed):
     assert not at.exception, [e.value for e in at.exception]
     ba = at.dataframe[-1].value
     row = ba[(ba["model"] == ba["model"].iloc[0]) & (ba["split"] == "test")].iloc[0]
-    want = calibration.before_after(committed, ("test",))
+    want = summary.calibration_rows(committed, ("test",))
     want = next(r for r in want if r["model"] == row["model"])
     assert row["ECE raw"] == pytest.approx(want["ece_raw"]) and row["ECE cal."] == pytest.approx(want["ece_calibrated"])
     at.radio(key="cal_which").set_value("calibrated").run()
@@ -69,6 +65,7 @@ def test_gradcam_page_marks_methods_that_fail_the_sanity_check(committed):
     options = at.selectbox(key="cam_method").options  # as displayed
     eigen = next(o for o in options if o.startswith("EigenCAM"))
     assert "fails sanity check" in eigen  # rho 1 on every committed model
-    chosen = at.multiselect(key="cam_models").value
-    if all(faithfulness.failing(faithfulness.read(committed.dir), n, "Grad-CAM") is None for n in chosen):
+    (models,) = [w for w in at.sidebar.multiselect if w.label == "Models"]  # the sidebar's shared choice
+    chosen = [n for n in models.value if not committed.model(n).is_ensemble]  # networks: they have maps
+    if all(faithfulness.failing(store.read_faithfulness(committed.dir), n, "Grad-CAM") is None for n in chosen):
         assert "Grad-CAM" in options  # unmarked

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core import metrics as cm
-from core.artifacts import list_runs
+from core.store import list_runs
 from dashboard import figures, tables
 
 

@@ -15,18 +15,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import calibration
-from core.artifacts import ArtifactError, list_runs
+from core import calibration, store
 from core.cams import CAM_METHODS
 from core.images import load_for_model
 from core.inference import load_trained, predict_loaded
 from core.models import REGISTRY
+from core.store import ArtifactError, list_runs
 from dashboard import explain as ex
 from tests.conftest import FULLRES, REPO, need, write_dicom
+from tests.dashboard_app import page_app
 
-PAGES = REPO / "dashboard" / "pages"
-GRADCAM = str(PAGES / "4_Grad-CAM.py")
-ERRORS = str(PAGES / "5_Errors.py")
+GRADCAM = "4_Grad-CAM.py"  # files of dashboard/views/, run through the entrypoint (tests/dashboard_app.py)
+ERRORS = "5_Errors.py"
 TIMEOUT = 240
 
 
@@ -43,11 +43,9 @@ def _copy_run(root: Path, dest: Path) -> Path:
     return dest
 
 
-def _app(path: str, root: Path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
+def _app(view: str, root: Path, monkeypatch):
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    return AppTest.from_file(path, default_timeout=TIMEOUT)
+    return page_app(view, timeout=TIMEOUT)
 
 
 def _no_exception(at) -> None:
@@ -169,7 +167,11 @@ def test_explain_one_matches_core_inference_and_caches(tiny_run, kermany224):
     assert a.heatmap.shape == (96, 96) and a.heatmap.dtype == np.float32
     assert 0.0 <= a.heatmap.min() and a.heatmap.max() <= 1.0
     hit = ex.explain_one(cm, img, "Grad-CAM")  # served from the heatmap cache, and says so
-    assert hit.cached and not a.cached and hit.heatmap is a.heatmap and hit.seconds == a.seconds > 0
+    assert hit.cached and not a.cached and hit.seconds == a.seconds > 0
+    np.testing.assert_array_equal(hit.heatmap, a.heatmap)  # st.cache_data: a copy of the stored map
+    np.testing.assert_array_equal(hit.raw, a.raw)
+    hit.heatmap[:] = 0  # a caller changing its copy changes no other caller's map
+    assert np.array_equal(ex.explain_one(cm, img, "Grad-CAM").heatmap, a.heatmap)
     assert a.raw.shape == (96, 96) and a.raw.min() >= 0
     with pytest.raises(ValueError, match="expects a"):
         ex.explain_one(cm, img[:50], "Grad-CAM")
@@ -211,7 +213,7 @@ def _explanation(raw: np.ndarray, method="Grad-CAM", target=1, p=1.0) -> ex.Expl
 
 
 def test_map_view_uses_the_stored_reference_and_says_what_it_shows(tmp_path):
-    from core.artifacts import write_json
+    from core.store import write_json
 
     write_json(tmp_path / "cam_reference.json", {"methods": {"Grad-CAM": {"PNEUMONIA": 2.0, "NORMAL": 1.0}}})
     weak = np.full((8, 8), 0.02, np.float32)
@@ -320,7 +322,7 @@ def test_gradcam_page_test_split_pick_matches_core_inference(tiny_run, monkeypat
     assert [m.label for m in at.metric] == ["P(PNEUMONIA)", "P(PNEUMONIA)"]
     for metric, model in zip(at.metric, ["small_cnn", "mobilenet_v2"]):
         want = _independent_probability(tiny_run, model, run.locate(path))
-        scaling = calibration.read_scaling(run.model(model))  # the trainer fitted one after training
+        scaling = store.read_scaling(run.model(model).dir)  # the trainer fitted one after training
         assert scaling is not None and metric.value == f"{scaling(want):.3f}"
         csv = run.model(model).predictions("test").set_index("path")["probability"][path]
         assert abs(want - csv) < 1e-3  # the trainer's own evaluation saw the same pixels
@@ -363,7 +365,7 @@ def test_gradcam_page_uploads_good_and_bad_files(tiny_run, monkeypatch):
     assert len(at.image) == 3 * 3  # three good films, each: the film + two overlays
     assert len(at.metric) == 3 * 2
     want = _independent_probability(tiny_run, "small_cnn", jpeg)
-    scaling = calibration.read_scaling(_run(tiny_run).model("small_cnn"))
+    scaling = store.read_scaling(_run(tiny_run).model("small_cnn").dir)
     assert at.metric[0].value == f"{scaling(want):.3f}"
     assert [s.value for s in at.subheader] == [f[0] for f in files]  # errors sit in each file's own spot
 
@@ -437,3 +439,42 @@ def test_errors_page_without_data_folder_shows_tables_only(tiny_run, tmp_path, m
     assert len(at.image) == 0 and len(at.dataframe) >= 1
     fp, fn, _, _ = _expected_errors(root, "small_cnn", "test")
     assert _metrics(at)["False positives"] == str(fp) and _metrics(at)["False negatives"] == str(fn)
+
+
+# --- example films and the warm-up -----------------------------------------------------------------------------
+
+def test_example_films_are_test_split_films_of_every_committed_run():
+    """No committed model was trained or tuned on an example film: each is a test film of every run that has its
+    source, and no other film of its patient is in train or val."""
+    runs = list_runs(REPO / "artifacts")
+    assert runs and len(ex.EXAMPLES) == 3 and {e.truth for e in ex.EXAMPLES} == {0, 1}
+    for example in ex.EXAMPLES:
+        assert example.path.is_file(), example.path
+        found = 0
+        for run in runs:
+            split = run.split_table()
+            rows = split[split["path"].astype(str).str.endswith("/" + example.file)]
+            if rows.empty:
+                continue
+            found += 1
+            patients = set(rows["patient_id"])
+            assert set(split[split["patient_id"].isin(patients)]["split"]) == {"test"}, (run.id, example.file)
+        assert found >= 1, example.file  # the default run (children and adults) has every example
+
+
+def test_warm_up_fills_the_caches_the_pages_read(tiny_run):
+    """``dashboard.warm`` (what the server runs in the background once its first page is drawn): afterwards the
+    default models are loaded and each example film's map is served from the cache."""
+    from core.labels import POSITIVE
+    from core.store import default_run
+    from dashboard import common, warm
+
+    assert warm.warm(tiny_run) > 0
+    run = default_run(list_runs(tiny_run), tiny_run)
+    nets = [run.model(n) for n in common.default_models(run.models) if not run.model(n).is_ensemble]
+    assert nets
+    for m in nets:
+        cm = ex.cached_model(m)
+        for example in ex.EXAMPLES:
+            pixels = ex.decoded(example.path, example.file).for_model(cm.loaded.input_size)
+            assert ex.explain_one(cm, pixels, "Grad-CAM", POSITIVE).cached, (m.name, example.file)

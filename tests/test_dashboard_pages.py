@@ -19,12 +19,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import metrics as cm
-from core.artifacts import DEFAULT_RUN_FILE, ModelWriter, list_runs, write_json
+from core.store import DEFAULT_RUN_FILE, ModelWriter, list_runs, write_json
+from tests.dashboard_app import page_app
 
-DASH = Path(__file__).resolve().parents[1] / "dashboard"
-PAGES = {"home": DASH / "Home.py", "curves": DASH / "pages" / "1_Training_curves.py",
-         "roc": DASH / "pages" / "2_ROC_PR_confusion.py", "compare": DASH / "pages" / "3_Model_comparison.py",
-         "calibration": DASH / "pages" / "6_Calibration.py"}
+PAGES = {"home": None, "curves": "1_Training_curves.py", "roc": "2_ROC_PR_confusion.py",
+         "compare": "3_Model_comparison.py", "calibration": "6_Calibration.py"}  # files of dashboard/views/
 COUNTS = re.compile(r"\*\*(?P<name>[\w.-]+)\*\* at threshold (?P<t>[\d.]+): TP (?P<tp>\d+) · FP (?P<fp>\d+) · "
                     r"TN (?P<tn>\d+) · FN (?P<fn>\d+)")
 
@@ -40,9 +39,7 @@ def open_page(name: str, root: Path, monkeypatch, run_id: str | None = None) -> 
     from dashboard.common import RUN_KEY
 
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    at = AppTest.from_file(str(PAGES[name]), default_timeout=60)
-    if run_id is not None:
-        at.session_state[RUN_KEY] = run_id
+    at = page_app(PAGES[name], **({RUN_KEY: run_id} if run_id is not None else {}))
     at.run(timeout=60)
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -366,12 +363,12 @@ def test_defaults_are_the_best_three_by_validation_auc_plus_the_ensemble(committ
     # The choice follows the user from page to page.
     chosen = best3[:1] + ["vit_tiny"]
     at.sidebar.multiselect[0].set_value(chosen).run()
-    at.switch_page("pages/2_ROC_PR_confusion.py").run()
+    at.switch_page("views/2_ROC_PR_confusion.py").run()
     assert not at.exception and sidebar_models(at) == chosen
     assert set(points(at).index) == set(chosen)
     roc = chart(at, "roc")
     colors = {t["legendgroup"]: t["line"]["color"] for t in roc["data"] if t.get("legendgroup") and "line" in t}
-    at.switch_page("pages/1_Training_curves.py").run()
+    at.switch_page("views/1_Training_curves.py").run()
     assert not at.exception and sidebar_models(at) == chosen
     loss = chart(at, "curves_loss")
     assert {t["name"]: t["line"]["color"] for t in loss["data"] if t.get("meta") == "train"} == colors
@@ -403,7 +400,7 @@ def test_run_against_run(committed, tmp_path, monkeypatch):
     assert not at.exception
     board = shown_table(at, "home_leaderboard")
     assert len(board) == 24 and f"{other}/ensemble" in set(board["model"])
-    at.switch_page("pages/2_ROC_PR_confusion.py").run()
+    at.switch_page("views/2_ROC_PR_confusion.py").run()
     assert not at.exception
     roc = chart(at, "roc")
     lines = {t["legendgroup"]: t["line"] for t in roc["data"] if t.get("legendgroup") and "line" in t}

@@ -1,4 +1,4 @@
-"""Scaling out: core.distributed (real gloo process groups), the sharded cache build, the GPU path (skipped
+"""Scaling out: trainer.distributed (real gloo process groups), the sharded cache build, the GPU path (skipped
 without CUDA), and DDP training through torchrun (docs/scaling.md)."""
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from core import accel, cache_build, distributed
+from core import accel, cache_build
 from core.cache import load_or_build
 from core.data import scan
+from trainer import distributed
 
 
 def _free_port() -> int:
@@ -271,8 +272,8 @@ def ddp_run(kermany224, tmp_path_factory):
 def test_torchrun_two_processes_write_each_artifact_once(ddp_run):
     root, out = ddp_run
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    assert "cpu x 2 processes (gloo)" in out.stdout
-    assert out.stdout.count("== small_cnn") == 1  # rank 1 prints nothing
+    assert "cpu x 2 processes (gloo)" in out.stderr  # progress is logged (trainer/logs.py), by rank 0 only
+    assert out.stderr.count("== small_cnn") == 1  # rank 1 logs warnings and errors only
     model = root / "artifacts" / "ddp" / "small_cnn"
     assert json.loads((model / "status.json").read_text())["state"] == "finished"
     assert [int(line.split(",")[0]) for line in (model / "history.csv").read_text().splitlines()[1:]] == [1, 2]
@@ -350,7 +351,7 @@ def test_killed_rank_stops_the_run_and_resume_continues(kermany224, tmp_path):
     resumed = subprocess.run(TORCHRUN + [*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=600, check=False)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
-    assert f"resuming small_cnn after epoch {done}" in resumed.stdout
+    assert f"resuming small_cnn after epoch {done}" in resumed.stderr
     epochs = [int(line.split(",")[0]) for line in (model / "history.csv").read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3, 4, 5]
     assert json.loads((model / "status.json").read_text())["state"] == "finished"

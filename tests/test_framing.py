@@ -9,9 +9,9 @@ import yaml
 from conftest import KERMANY224, need
 
 from core import framing, lungs
-from core.artifacts import Run
 from core.images import load_for_model
 from core.inference import load_trained, predict_loaded
+from core.store import Run
 from dashboard import explain as ex
 from trainer import config as cfgmod
 from trainer.cli import main
@@ -100,12 +100,12 @@ def test_a_lung_framed_model_is_framed_in_training_evaluation_and_its_maps(tmp_p
     assert result.heatmap.shape == (96, 96)
 
 
-def test_a_cache_folder_that_cannot_be_written_keeps_the_framed_films_in_memory(tmp_path):
+def test_a_cache_folder_that_cannot_be_written_keeps_the_framed_films_in_memory(tmp_path, caplog):
     from core.cache import ImageCache
     gone = tmp_path / "gone"  # a folder removed under the trainer (root may write anywhere, so not a chmod)
     films = kermany_films(96, 2)
     cache = ImageCache(gone, films, [f"f{i}" for i in range(4)], np.ones(4, bool), [], 96)
-    logged = []
-    out = framing.framed_cache(cache, "lungs", log=logged.append)
+    with caplog.at_level("INFO", logger="core.framing"):
+        out = framing.framed_cache(cache, "lungs")
     np.testing.assert_array_equal(out.images, framing.frame(films, "lungs")[0])
-    assert any("kept in memory" in line for line in logged) and not gone.exists()
+    assert any("kept in memory" in r.getMessage() for r in caplog.records) and not gone.exists()

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from core import lungs
-from core.artifacts import read_json
-from core.focus import BORDER_BAND, body_mask, map_focus, ranking, read_focus
+from core.focus import BORDER_BAND, body_mask, map_focus, ranking
+from core.store import read_focus, read_json
 from tests.conftest import KERMANY224, SHARED_DATA, missing, need
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,11 +211,10 @@ def test_focus_command_writes_figures_for_every_model(focus_run):
 
 
 def test_where_models_look_page_ranks_models_by_median_lung_focus(focus_run, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    from core.artifacts import Run
+    from core.store import Run
+    from tests.dashboard_app import page_app
     monkeypatch.setenv("CXR_ARTIFACTS", str(focus_run))
-    at = AppTest.from_file(str(REPO / "dashboard" / "pages" / "7_Where_models_look.py"), default_timeout=60)
+    at = page_app("7_Where_models_look.py")
     at.run(timeout=60)
     assert not at.exception, [e.value for e in at.exception]
     df, _ = read_focus(Run(focus_run / "kermany-lineup"), "test")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from conftest import REPO
 
-from core.artifacts import Run, write_json
+from core.store import CARD_HTML_FILE, CARD_MD_FILE, Run, write_json
 from trainer import card
 
 RUNS = [REPO / "artifacts" / name for name in ("kermany-robust", "kermany-lineup", "populations")]
@@ -22,9 +22,9 @@ def test_every_committed_model_has_its_card_regenerated_byte_for_byte(run_dir, n
     m = run.model(name)
     blocks = card.card_blocks(run, m)
     md, page = card.to_markdown(blocks), card.to_html(blocks, f"Model card: {name}")
-    assert (m.dir / card.CARD_MD).read_text(encoding="utf-8") == md, \
+    assert (m.dir / CARD_MD_FILE).read_text(encoding="utf-8") == md, \
         f"stale card: python -m trainer card --run {run_dir.relative_to(REPO)} --model {name}"
-    assert (m.dir / card.CARD_HTML).read_text(encoding="utf-8") == page
+    assert (m.dir / CARD_HTML_FILE).read_text(encoding="utf-8") == page
     for section in ("Intended use", "Training data and recipe", "Evaluation", "Operating points", "Calibration",
                     "Known failure modes", "Ethical considerations"):
         assert f"## {section}" in md, section
@@ -33,7 +33,7 @@ def test_every_committed_model_has_its_card_regenerated_byte_for_byte(run_dir, n
 def test_a_card_quotes_the_metrics_files_and_the_site_profile():
     run = Run(RUNS[0])
     m = run.model("mobilenet_v2_lungs_plain")
-    md = (m.dir / card.CARD_MD).read_text(encoding="utf-8")
+    md = (m.dir / CARD_MD_FILE).read_text(encoding="utf-8")
     test = m.metrics("test")
     at = test["at"][m.config["threshold_rule"]]
     row = next(line for line in md.splitlines() if line.startswith("| test | children"))
@@ -51,13 +51,13 @@ def test_the_command_writes_both_files_and_escapes_text_from_the_run(tmp_path, c
     for f in ("run.json", "split.csv", "shift.json"):
         shutil.copy2(src / f, dst / f)
     shutil.copytree(src / "mobilenet_v2_robust", dst / "mobilenet_v2_robust",
-                    ignore=shutil.ignore_patterns("checkpoints", card.CARD_MD, card.CARD_HTML))
+                    ignore=shutil.ignore_patterns("checkpoints", CARD_MD_FILE, CARD_HTML_FILE))
     shift = json.loads((dst / "shift.json").read_text())
     shift["shifts"]["noise"] = '<img src="https://example.org/pixel.gif"> noise'
     write_json(dst / "shift.json", shift)
     assert main(["card", "--run", str(dst), "--model", "mobilenet_v2_robust"]) == 0
-    page = (dst / "mobilenet_v2_robust" / card.CARD_HTML).read_text()
-    md = (dst / "mobilenet_v2_robust" / card.CARD_MD).read_text()
+    page = (dst / "mobilenet_v2_robust" / CARD_HTML_FILE).read_text()
+    md = (dst / "mobilenet_v2_robust" / CARD_MD_FILE).read_text()
     assert "<img" not in page and "&lt;img" in page
     assert "`noise`" in md  # the shift that hurt specificity is a known failure mode
     assert main(["card", "--run", str(dst), "--model", "nope"]) == 2
@@ -65,14 +65,11 @@ def test_the_command_writes_both_files_and_escapes_text_from_the_run(tmp_path, c
 
 
 def test_dashboard_page_shows_the_card_of_the_chosen_model(monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
     from dashboard.common import RUN_KEY
+    from tests.dashboard_app import page_app
 
     monkeypatch.setenv("CXR_ARTIFACTS", str(REPO / "artifacts"))
-    at = AppTest.from_file(str(REPO / "dashboard" / "pages" / "10_Model_card.py"), default_timeout=60)
-    at.session_state[RUN_KEY] = "kermany-robust"
-    at.session_state["card_model"] = "mobilenet_v2_lungs_plain"
+    at = page_app("10_Model_card.py", **{RUN_KEY: "kermany-robust", "card_model": "mobilenet_v2_lungs_plain"})
     at.run(timeout=60)
     assert not at.exception, [e.value for e in at.exception]
     assert [h.value for h in at.header] == ["Model card: mobilenet_v2_lungs_plain"]

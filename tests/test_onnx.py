@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from core import onnx_backend
-from core.artifacts import Run
+from core import onnx_backend, store
 from core.cams import explain
 from core.inference import (
     LoadedModel,
@@ -22,6 +21,7 @@ from core.inference import (
     predict_probabilities,
 )
 from core.models import create_model, get_spec, list_specs
+from core.store import Run
 from core.transforms import (
     TTA_VIEWS,
     _affine_grid,
@@ -102,14 +102,24 @@ def test_backend_switch_env_argument_and_errors(monkeypatch):
         loaded.forward()
 
 
-def test_auto_uses_onnx_runtime_only_where_it_was_measured_faster():
-    assert isinstance(_loaded("small_cnn").forward("auto"), onnx_backend.OnnxModel)
-    resnet = _loaded("resnet18")
-    assert not resnet.spec.onnx_faster and resnet.forward("auto") is resnet.model
-    assert isinstance(resnet.forward("onnx"), onnx_backend.OnnxModel)  # still there when asked for
+def test_auto_takes_the_backend_measured_faster_per_architecture_and_size(tmp_path, caplog):
+    table = onnx_backend._load_table()
+    assert table and set(table) == {s.name for s in list_specs()}, table  # every registry architecture measured
+    for arch in ("small_cnn", "resnet18"):
+        loaded, want = _loaded(arch), onnx_backend.measured_backend(arch, SIZE)
+        got = loaded.forward("auto")
+        assert isinstance(got, onnx_backend.OnnxModel) if want == "onnx" else got is loaded.model
+        assert isinstance(loaded.forward("onnx"), onnx_backend.OnnxModel)  # still there when asked for
+    fake = {"x": {96: "torch", 224: "onnx"}}
+    assert [onnx_backend.measured_backend("x", s, fake) for s in (64, 96, 150, 160, 300)] == \
+        ["torch", "torch", "torch", "onnx", "onnx"]  # nearest measured size; a tie goes to the larger
+    assert onnx_backend.measured_backend("unmeasured", 224, fake) is None  # then ModelSpec.onnx_faster decides
+    bad = tmp_path / "table.json"
+    bad.write_text('{"entries": [{"arch": "x", "size": 96, "backend": "tensorrt"}]}')
+    assert onnx_backend._load_table(bad) == {} and "unreadable" in caplog.text
 
 
-def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_forced_says_why(monkeypatch, capsys):
+def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_forced_says_why(monkeypatch, caplog):
     def broken(*a, **k):
         raise RuntimeError("exporter exploded")
 
@@ -120,7 +130,7 @@ def test_auto_falls_back_to_torch_when_the_export_fails_and_onnx_forced_says_why
     loaded = _loaded("small_cnn")
     films = _films(3)
     probs = predict_loaded(loaded, films, backend="auto")
-    assert "exporter exploded" in capsys.readouterr().err and loaded.forward("auto") is loaded.model
+    assert "exporter exploded" in caplog.text and loaded.forward("auto") is loaded.model  # a logged warning
     np.testing.assert_array_equal(probs, predict_loaded(loaded, films, backend="torch"))
 
 
@@ -169,7 +179,7 @@ def test_a_graph_beside_the_checkpoint_from_other_weights_is_not_used(tiny_run, 
     loaded = load_trained(art)
     stale = onnx_backend.export_bytes(_random_model("small_cnn"), loaded.input_size,
                                       {"checkpoint_sha256": "0" * 64, "arch": "small_cnn"})
-    onnx_backend.beside_path(art.best_checkpoint()).write_bytes(stale)
+    store.onnx_beside(art.best_checkpoint()).write_bytes(stale)
     films = _films(5, loaded.input_size)
     got = predict_loaded(loaded, films, backend="onnx")
     assert np.abs(got - predict_loaded(loaded, films, backend="torch")).max() <= TOL

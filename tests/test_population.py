@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 
 from core import population as pop
-from core.artifacts import ArtifactError, Run, read_population, write_json
 from core.images import load_for_model
+from core.store import ArtifactError, Run, read_population, write_json
 from tests.conftest import KERMANY224, NIH_ADULT, REPO, TINY_MODELS, missing, need
 
 COMMITTED = REPO / "artifacts" / "kermany-robust"
 MODEL = "mobilenet_v2_lungs_plain"
 NOT_XRAY = REPO / "tests" / "data" / "not_xray"
 NIH = NIH_ADULT  # the NIH folder beside the full data set, else the 36 committed adult films
-PAGES = REPO / "dashboard" / "pages"
 TIMEOUT = 300
 
 
@@ -170,10 +169,10 @@ def test_population_command_writes_every_model(tiny_population):
 
 
 def _app(page: str, root: Path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from tests.dashboard_app import page_app
 
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    return AppTest.from_file(str(PAGES / page), default_timeout=TIMEOUT)
+    return page_app(page, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize("page", ["4_Grad-CAM.py", "8_Consensus.py"])

@@ -12,16 +12,16 @@ import yaml
 from conftest import KERMANY224, SAMPLE_DATA, need
 
 from core import metrics
-from core.artifacts import Run
 from core.checkpoints import save_best
 from core.inference import load_trained, predict_loaded, predict_probabilities
 from core.models import create_model, get_spec
-from core.shift import SHIFTS, apply_shift
+from core.store import Run
 from core.transforms import AugmentConfig, augment, clahe, equalize, normalize, standardize
 from trainer import config as cfgmod
 from trainer.cli import main
 from trainer.robust import WeightAverage, mixup
 from trainer.shift import test_split_samples as split_samples
+from trainer.shifts import SHIFTS, apply_shift
 
 
 def _film(seed=0, size=64) -> torch.Tensor:
@@ -132,7 +132,7 @@ def test_headline_rule_defaults_to_youden_for_old_runs():
 
 
 def test_loaded_model_applies_the_preprocess_its_config_records(tmp_path):
-    from core.artifacts import ModelWriter
+    from core.store import ModelWriter
     model, _ = create_model("small_cnn", pretrained=False, input_size=64)
     writer = ModelWriter(tmp_path, "m")
     save_best(model, writer.dir / "checkpoints" / "best.safetensors")

@@ -24,9 +24,9 @@ import pytest
 from conftest import write_dicom
 from PIL import Image
 
-from core import artifacts, cache, data, images
-from core.artifacts import ArtifactError, Run
+from core import cache, data, images, store
 from core.data import DataError, Sample
+from core.store import ArtifactError, Run
 from trainer import config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -410,7 +410,7 @@ def test_huge_or_deeply_nested_json_is_refused_without_reading_it(tmp_path):
     run.mkdir()
     _sparse(run / "run.json", 2 * GiB, b"{")
     out = run_capped(f"""
-        from core.artifacts import ArtifactError, Run
+        from core.store import ArtifactError, Run
         try:
             Run(__import__("pathlib").Path({str(run)!r})).info
         except ArtifactError as e:
@@ -459,19 +459,19 @@ def test_a_data_root_that_is_not_a_data_set_opens_nothing(tmp_path, root):
 def test_allow_list_lets_the_user_add_a_folder(tmp_path, monkeypatch):
     run, _, outside = _data_run(tmp_path)
     assert run.locate(str(outside)) is None
-    monkeypatch.setenv(artifacts.ENV_ALLOW, str(outside.parent))
+    monkeypatch.setenv(store.ENV_ALLOW, str(outside.parent))
     assert run.locate(str(outside)) == outside.resolve()
     assert Run(run.dir, allow=(str(outside.parent),)).locate(str(outside)) is not None
 
 
 @pytest.mark.parametrize("name", ["", "..", "../x", "a/b", "a\\b", ".hidden", "x" * 101, "a..b", 5, None])
 def test_unusable_names_are_refused(name):
-    assert artifacts.name_problem(name)
+    assert store.name_problem(name)
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "kermany-lineup", "run-20261130-101010", "v1.2", "External_2"])
 def test_usual_names_are_accepted(name):
-    assert artifacts.name_problem(name) is None
+    assert store.name_problem(name) is None
 
 
 def test_error_messages_never_echo_text_from_the_file(run_copy):
@@ -488,4 +488,4 @@ def test_folders_with_unusable_names_are_neither_models_nor_runs(run_copy):
     shutil.copytree(run_copy / "small_cnn", run_copy / "![x](tracker.png)")
     assert [m.name for m in Run(run_copy).models] == ["small_cnn"]
     shutil.copytree(run_copy, run_copy.parent / "run `x`")
-    assert [r.id for r in artifacts.list_runs(run_copy.parent)] == ["run"]
+    assert [r.id for r in store.list_runs(run_copy.parent)] == ["run"]

@@ -17,9 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "artifacts" / "kermany-lineup"
-DASH = REPO / "dashboard"
-PAGES = ["Home.py", "pages/1_Training_curves.py", "pages/2_ROC_PR_confusion.py", "pages/3_Model_comparison.py",
-         "pages/6_Calibration.py"]
+PAGES = ["Home.py", "1_Training_curves.py", "2_ROC_PR_confusion.py", "3_Model_comparison.py",
+         "6_Calibration.py"]  # the entrypoint's Home, then files of dashboard/views/
 TRACKER = "![t](http://tracker.example/pixel.png)"
 TEXT_ELEMENTS = ("markdown", "caption", "error", "warning", "info", "success", "title", "header", "subheader")
 
@@ -43,8 +42,10 @@ def _edit(path: Path, **changes) -> None:
 
 
 def _open(page: str, root: Path, monkeypatch) -> AppTest:
+    from tests.dashboard_app import page_app
+
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    at = AppTest.from_file(str(DASH / page), default_timeout=90)
+    at = page_app(None if page == "Home.py" else page, timeout=90)
     at.run(timeout=90)
     return at
 
@@ -61,7 +62,7 @@ def _no_markup(at: AppTest) -> None:
         assert "![" not in text and "](http" not in text, text
 
 
-@pytest.mark.parametrize("page", [*PAGES, "pages/4_Grad-CAM.py", "pages/5_Errors.py"])
+@pytest.mark.parametrize("page", [*PAGES, "4_Grad-CAM.py", "5_Errors.py"])
 def test_markdown_in_artifacts_is_shown_as_plain_text(hostile_root, monkeypatch, page):
     run = hostile_root / "r"
     _edit(run / "run.json", data_root=f"data`{TRACKER}`", data_root_given=f"data`{TRACKER}`")
@@ -135,7 +136,7 @@ BAD_FAITHFULNESS = [{"models": {"small_cnn": {"Grad-CAM": {"road": "x", "sanity_
                     {"models": [1, 2]}, {"models": {"small_cnn": {}}}]
 
 
-@pytest.mark.parametrize("page", ["pages/9_Faithfulness.py", "pages/4_Grad-CAM.py"])
+@pytest.mark.parametrize("page", ["9_Faithfulness.py", "4_Grad-CAM.py"])
 @pytest.mark.parametrize("figures", BAD_FAITHFULNESS, ids=["bad-entry", "models-list", "no-methods"])
 def test_malformed_faithfulness_figures_do_not_crash_a_page(hostile_root, monkeypatch, page, figures):
     (hostile_root / "r" / "faithfulness.json").write_text(json.dumps(figures))
@@ -146,7 +147,7 @@ def test_malformed_faithfulness_figures_do_not_crash_a_page(hostile_root, monkey
 
 def test_an_oversized_input_size_does_not_crash_the_errors_page(hostile_root, monkeypatch):
     _edit(hostile_root / "r" / "small_cnn" / "config.json", input_size=30000)
-    at = _open("pages/5_Errors.py", hostile_root, monkeypatch)
+    at = _open("5_Errors.py", hostile_root, monkeypatch)
     assert not at.exception, [e.value for e in at.exception]
     assert any("input_size" in str(e.value) for e in at.error)
 

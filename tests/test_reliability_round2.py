@@ -21,8 +21,8 @@ import pytest
 from conftest import KERMANY224, need, write_dicom
 from PIL import Image
 
-from core import artifacts, calibration, cams, images
-from core.artifacts import ArtifactError, Run
+from core import images, store
+from core.store import ArtifactError, Run
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "artifacts" / "kermany-lineup"
@@ -107,19 +107,19 @@ def test_a_checkpoint_that_is_a_pipe_is_refused(tmp_path, name):
 
 def test_home_listing_and_default_run_do_not_hang_on_pipes(run_copy):
     root = run_copy.parent
-    os.mkfifo(root / artifacts.DEFAULT_RUN_FILE)
+    os.mkfifo(root / store.DEFAULT_RUN_FILE)
     (run_copy / "small_cnn" / "status.json").unlink()
     os.mkfifo(run_copy / "small_cnn" / "status.json")
-    runs = _within(10, lambda: artifacts.list_runs(root))
-    assert _within(10, lambda: artifacts.default_run(runs, root)).id == "run"
+    runs = _within(10, lambda: store.list_runs(root))
+    assert _within(10, lambda: store.default_run(runs, root)).id == "run"
     (root / "dangling").mkdir()
     (root / "dangling" / "run.json").symlink_to(root / "nowhere.json")  # listed, not a crash
-    assert "run" in [r.id for r in _within(10, lambda: artifacts.list_runs(root))]
+    assert "run" in [r.id for r in _within(10, lambda: store.list_runs(root))]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "link"])
 def test_lock_file_that_is_a_pipe_or_link_is_refused(tmp_path, kind):
-    from core.locks import run_lock
+    from trainer.locks import run_lock
 
     run_dir, victim = tmp_path / "r", tmp_path / "precious.txt"
     run_dir.mkdir()
@@ -178,12 +178,12 @@ def test_counts_that_do_not_add_up_are_refused(run_copy):
 
 
 def test_the_committed_runs_pass_every_value_check():
-    for run in artifacts.list_runs(REPO / "artifacts"):
+    for run in store.list_runs(REPO / "artifacts"):
         for m in run.models:
             _ = m.config
             for split in m.splits():
                 m.metrics(split)
-            calibration.read_scaling(m)
+            store.read_scaling(m.dir)
 
 
 def _iso(delta: timedelta) -> str:
@@ -205,18 +205,18 @@ def test_a_heartbeat_in_the_future_or_absurd_reads_as_stale(run_copy, heartbeat,
                                              ({"temperature": 1.0, "bias": 1e6}, "bias"),
                                              ({"temperature": "1"}, "temperature")])
 def test_calibration_outside_the_fitted_range_is_refused(run_copy, stored, message):
-    artifacts.write_json(run_copy / "small_cnn" / "calibration.json", stored)
+    store.write_json(run_copy / "small_cnn" / "calibration.json", stored)
     with pytest.raises(ArtifactError, match=message):
-        calibration.read_scaling(Run(run_copy).model("small_cnn"))
+        store.read_scaling(Run(run_copy).model("small_cnn").dir)
 
 
 @pytest.mark.parametrize("value", [1e-30, 1e30, "2.0", True, -1])
 def test_cam_reference_outside_meaningful_bounds_is_refused(tmp_path, value):
-    artifacts.write_json(tmp_path / cams.REFERENCE_FILE, {"methods": {"Grad-CAM": {"PNEUMONIA": value}}})
+    store.write_json(tmp_path / store.CAM_REFERENCE_FILE, {"methods": {"Grad-CAM": {"PNEUMONIA": value}}})
     with pytest.raises(ArtifactError, match="reference"):
-        cams.read_reference(tmp_path, "Grad-CAM", "PNEUMONIA")
-    artifacts.write_json(tmp_path / cams.REFERENCE_FILE, {"methods": {"Grad-CAM": {"PNEUMONIA": 0.02}}})
-    assert cams.read_reference(tmp_path, "Grad-CAM", "PNEUMONIA") == 0.02
+        store.read_cam_reference(tmp_path, "Grad-CAM", "PNEUMONIA")
+    store.write_json(tmp_path / store.CAM_REFERENCE_FILE, {"methods": {"Grad-CAM": {"PNEUMONIA": 0.02}}})
+    assert store.read_cam_reference(tmp_path, "Grad-CAM", "PNEUMONIA") == 0.02
 
 
 @pytest.mark.parametrize("models", [{"m": {"Grad-CAM": {"road": "x", "sanity_rho": 0.1, "sanity_pass": True}}},
@@ -224,11 +224,10 @@ def test_cam_reference_outside_meaningful_bounds_is_refused(tmp_path, value):
                                     {"m": {"Grad-CAM": {"road": 0.1, "sanity_rho": 0.1, "sanity_pass": "no"}}},
                                     {"m": [1, 2]}, [1]])
 def test_malformed_faithfulness_figures_are_one_clear_error(tmp_path, models):
-    from core import faithfulness
 
-    artifacts.write_json(tmp_path / faithfulness.FAITHFULNESS_FILE, {"models": models})
+    store.write_json(tmp_path / store.FAITHFULNESS_FILE, {"models": models})
     with pytest.raises(ArtifactError, match="field 'models'"):
-        faithfulness.read(tmp_path)
+        store.read_faithfulness(tmp_path)
 
 
 # ------------------------------------------------------------------------------------- films that show nothing
@@ -321,8 +320,8 @@ def test_copies_of_training_films_under_new_names_are_found(tmp_path):
         rows.append({"path": f"train/{f.parent.name}/{f.name}", "label": 0, "patient_id": f"p{i}",
                      "split": ("train", "val", "test")[i % 3]})
     run_dir = tmp_path / "artifacts" / "r"
-    artifacts.write_csv(run_dir / "split.csv", rows, artifacts.SPLIT_COLUMNS)
-    artifacts.write_json(run_dir / "run.json", {"data_root": str(data)})
+    store.write_csv(run_dir / "split.csv", rows, store.SPLIT_COLUMNS)
+    store.write_json(run_dir / "run.json", {"data_root": str(data)})
     external = tmp_path / "external"
     external.mkdir()
     leaked = [shutil.copy(films[0], external / "renamed.jpeg"), shutil.copy(films[1], external / "other.jpeg")]
@@ -350,7 +349,7 @@ def _model_folder(tmp_path: Path, **config) -> tuple[Run, object]:
 
     run_dir = tmp_path / "run"
     model, _ = create_model("small_cnn", pretrained=False, input_size=64)
-    artifacts.ModelWriter(run_dir, "m").config({"name": "m", "arch": "small_cnn", "input_size": 64, **config})
+    store.ModelWriter(run_dir, "m").config({"name": "m", "arch": "small_cnn", "input_size": 64, **config})
     save_best(model, run_dir / "m" / "checkpoints" / "best.safetensors")
     return Run(run_dir), model
 
@@ -366,7 +365,7 @@ def test_a_lung_framed_model_refuses_another_lung_model(tmp_path):
     assert load_trained(run2.model("m")).framing == "lungs"
 
 
-def test_an_onnx_graph_of_other_weights_claiming_the_checkpoint_is_not_used(tmp_path, capsys):
+def test_an_onnx_graph_of_other_weights_claiming_the_checkpoint_is_not_used(tmp_path, caplog):
     import torch
 
     from core import onnx_backend
@@ -383,13 +382,13 @@ def test_an_onnx_graph_of_other_weights_claiming_the_checkpoint_is_not_used(tmp_
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.05)
-    onnx_backend.write_export(other.eval(), 64, onnx_backend.beside_path(ckpt),
+    onnx_backend.write_export(other.eval(), 64, store.onnx_beside(ckpt),
                               {"checkpoint_sha256": sha256_of(ckpt), "arch": "small_cnn"})  # a lie
     films = np.random.default_rng(0).integers(0, 256, (4, 64, 64), np.uint8)
     got = predict_loaded(loaded, films, backend="onnx")
     assert np.abs(got - predict_loaded(loaded, films, backend="torch")).max() <= 1e-4
-    assert "weights differ" in capsys.readouterr().err
-    assert loaded.forward("onnx").session._model_path != str(onnx_backend.beside_path(ckpt))
+    assert "weights differ" in caplog.text  # a logged warning
+    assert loaded.forward("onnx").session._model_path != str(store.onnx_beside(ckpt))
 
 
 # ---------------------------------------------------------------------------------------------------- the CLI

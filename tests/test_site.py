@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from conftest import KERMANY224, REPO
 
-from core import calibration
 from core import site as site_mod
-from core.artifacts import (
+from core import store
+from core.store import (
     ArtifactError,
     Run,
     read_site_predictions,
@@ -36,7 +36,7 @@ def committed_model(name="mobilenet_v2_lungs_plain"):
 
 def val_fit(model):
     val = model.metrics("val")
-    return dict(config=model.config, val_thresholds=val["thresholds"], val_scaling=calibration.read_scaling(model),
+    return dict(config=model.config, val_thresholds=val["thresholds"], val_scaling=store.read_scaling(model.dir),
                 val_prevalence=float(val["prevalence"]))
 
 
@@ -52,7 +52,7 @@ def test_em_recovers_a_lower_prevalence_from_real_held_out_predictions():
     pos = test[test["label"] == 1].sample(n=len(neg) // 3, random_state=0)
     thin = pd.concat([neg, pos])
     truth = float(thin["label"].mean())
-    q = calibration.read_scaling(m)(thin["probability"].to_numpy())
+    q = store.read_scaling(m.dir)(thin["probability"].to_numpy())
     est = site_mod.estimate_prevalence(q, float(m.metrics("val")["prevalence"]), n_boot=200, seed=int(rng.integers(9)))
     assert abs(est["value"] - truth) < 0.04, (est, truth)
     assert est["ci"][0] <= truth <= est["ci"][1]
@@ -253,12 +253,11 @@ def test_a_tampered_profile_is_an_artifact_error(run_copy, tmp_path):
 # --- the dashboard follows the chosen profile -------------------------------------------------------------------
 
 def _page(name: str, root: Path, monkeypatch, site: str | None):
-    from streamlit.testing.v1 import AppTest
-
     from dashboard.common import SITE_KEY
+    from tests.dashboard_app import page_app
 
     monkeypatch.setenv("CXR_ARTIFACTS", str(root))
-    at = AppTest.from_file(str(REPO / "dashboard" / "pages" / name), default_timeout=120)
+    at = page_app(None if name == "Home.py" else name, timeout=120)
     if site:
         at.session_state[SITE_KEY] = site
     return at
@@ -325,7 +324,7 @@ def test_consensus_report_names_the_profile():
 
 def test_home_lists_the_site_figures_with_intervals(profiled_root, monkeypatch):
     prof = read_site_profile(Run(profiled_root / "kermany-robust").model(REFERENCE), "clinic_a")
-    at = _page("../Home.py", profiled_root, monkeypatch, "clinic_a")
+    at = _page("Home.py", profiled_root, monkeypatch, "clinic_a")
     at.run(timeout=120)
     assert not at.exception, [e.value for e in at.exception]
     (table,) = [t for t in at.table if "sensitivity" in t.value.columns]

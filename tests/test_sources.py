@@ -14,7 +14,7 @@ import pytest
 from conftest import FULL_DATA, KERMANY224, NIH_ADULT, REPO
 
 from core import data, metrics
-from core.artifacts import Run
+from core.store import Run
 from trainer.prepare import Source, common_root, prepare, prepare_sources
 from trainer.train import source_weights
 
@@ -154,22 +154,18 @@ def test_evaluate_reports_per_view_of_a_manifest(two_source_run, tmp_path):
 def test_dashboard_shows_each_population(two_source_run, monkeypatch):
     """Home's leaderboard has a column per source, and the Populations page a row per source with the AUC of the
     metrics file, in a real Streamlit script run (AppTest)."""
-    from streamlit.testing.v1 import AppTest
-
     from dashboard.common import RUN_KEY
+    from tests.dashboard_app import page_app
 
     monkeypatch.setenv("CXR_ARTIFACTS", str(two_source_run.parent))
-    dash = REPO / "dashboard"
     expected = Run(two_source_run).model("small_cnn").metrics("test:nih_adult")["auc"]
-    home = AppTest.from_file(str(dash / "Home.py"), default_timeout=120)
-    home.session_state[RUN_KEY] = "two"
+    home = page_app(timeout=120, **{RUN_KEY: "two"})
     home.run(timeout=120)
     assert not home.exception, [e.value for e in home.exception]
     board = next(d.value for d in home.dataframe if "AUC nih_adult" in d.value.columns)
     assert "AUC test" not in board.columns  # pooled over two populations it would hide the small one
     assert board["AUC nih_adult"].iloc[0] == pytest.approx(expected)
-    page = AppTest.from_file(str(dash / "pages" / "11_Populations.py"), default_timeout=120)
-    page.session_state[RUN_KEY] = "two"
+    page = page_app("11_Populations.py", timeout=120, **{RUN_KEY: "two"})
     page.run(timeout=120)
     assert not page.exception, [e.value for e in page.exception]
     table = next(d.value for d in page.dataframe if "population" in d.value.columns)

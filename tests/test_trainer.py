@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from core import metrics
-from core.artifacts import Run
 from core.checkpoints import load_resume
 from core.images import load_for_model
 from core.inference import load_trained, predict_loaded
+from core.store import Run
 from tests.conftest import FULLRES, KERMANY224, REPO, TINY_MODELS, need
 from trainer.cli import main
 
@@ -62,6 +62,20 @@ def test_mobilenet_is_pretrained_and_small_cnn_is_not(tiny_run):
     assert mob["pretrained"] is True and mob["weights_source"].startswith(("package:", "torch-hub", "weights-dir"))
     assert mob["weights_sha256"].startswith("b03531047ffacf1e")
     assert small["pretrained"] is False
+
+
+def test_run_json_records_every_setting_and_configs_read_back_typed(tiny_run):
+    from core.recipe import model_config
+    from trainer import config
+
+    run = Run(tiny_run / "tiny")
+    recorded = run.info["config"]
+    assert set(recorded) - {"recipe"} == config.RUN_KEYS  # --compile and --weights-dir included
+    assert recorded["compile"] is False and recorded["recipe"]["input_size"] == 96
+    for name in ("small_cnn", "mobilenet_v2"):
+        raw, typed = run.model(name).config, model_config(run.model(name))
+        assert (typed.arch, typed.pretrained, typed.input_size, typed.params) == (
+            raw["arch"], raw["pretrained"], raw["input_size"], raw["params"])
 
 
 def test_best_checkpoint_reproduces_saved_predictions(tiny_run):
@@ -107,7 +121,7 @@ def test_resume_after_kill_continues_from_last_finished_epoch(tmp_path):
     out = subprocess.run(_train_cmd(tmp_path / "a", cache, "r", epochs=3, extra=["--resume"]), cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"resuming small_cnn after epoch {killed_after}" in out.stdout
+    assert f"resuming small_cnn after epoch {killed_after}" in out.stderr  # progress is logged (trainer/logs.py)
     hist2 = pd.read_csv(hist)
     assert hist2["epoch"].tolist() == [1, 2, 3]
     pd.testing.assert_frame_equal(hist2.iloc[: len(first)], first)  # finished epochs are kept, not redone
@@ -232,7 +246,7 @@ def test_models_command_lists_the_lineup(capsys):
 
 
 def test_ensemble_is_the_mean_of_its_members_and_evaluates(tiny_run, tmp_path):
-    from core.artifacts import ArtifactError
+    from core.store import ArtifactError
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run / "tiny", run_dir)
     assert main(["ensemble", "--run", str(run_dir), "--members", ",".join(TINY_MODELS), "--name", "ens"]) == 0

@@ -2,33 +2,42 @@
 model of a run, generated from its artifacts only and written beside it as MODEL_CARD.md and model_card.html.
 
 Nothing is typed by hand: intended use follows from the populations the model was measured on, figures and
-intervals come from metrics_<split>.json, calibration.json, lung_focus_<split>.json, the run's faithfulness.json
-and shift.json, and the model's site profiles. The output depends on the artifacts alone (no clock, no machine
-paths), so a test regenerates every committed card and compares it byte for byte.
+intervals come from the model's metrics, calibration and lung-focus summaries, the run's faithfulness and shift
+records, and the model's site profiles (all read through ``core.store``). The output depends on the artifacts alone
+(no clock, no machine paths), so a test regenerates every committed card and compares it byte for byte.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import re
-import sys
 from pathlib import Path
 
-from core import calibration
-from core.artifacts import (
+from core.metrics import headline_rule, rule_label, wilson_interval
+from core.recipe import model_config
+from core.store import (
+    CALIBRATION_FILE,
+    CARD_MD_FILE,
     ArtifactError,
     ModelArtifacts,
     Run,
-    atomic_write_text,
-    read_json,
+    focus_summary_splits,
+    is_ensemble,
+    read_calibration,
+    read_faithfulness,
+    read_focus_summary,
+    read_scaling,
+    read_shift,
     read_site_profile,
     site_names,
 )
-from core.metrics import headline_rule, rule_label, wilson_interval
+from core.store import write_card as write_card_files
 
-CARD_MD, CARD_HTML = "MODEL_CARD.md", "model_card.html"
+log = logging.getLogger(__name__)
+
 SHIFT_DROP = 0.05  # a synthetic shift that moves sensitivity or specificity by this much is a known failure mode
 SOURCES = {  # what each named data source of a run is (configs/populations.yaml names them)
     "kermany": "children aged 1–5, Guangzhou Women and Children's Medical Center (Kermany, Zhang, Goldbaum et al., "
@@ -101,14 +110,15 @@ def card_blocks(run: Run, m: ModelArtifacts) -> list[tuple]:
 
 
 def _details(m, cfg, rule) -> list[tuple]:
-    if cfg.get("arch") == "ensemble":
-        what = f"ensemble: the mean probability of {', '.join(cfg.get('members') or [])}"
+    c = model_config(m)
+    if c.is_ensemble:
+        what = f"ensemble: the mean probability of {', '.join(c.members)}"
     else:
-        what = (f"{cfg.get('arch')} ({cfg.get('params', 0):,} parameters), input {cfg.get('input_size')} px, "
-                f"starting weights: {cfg.get('weights_source') or ('ImageNet' if cfg.get('pretrained') else 'none')}")
+        what = (f"{c.arch} ({c.params or 0:,} parameters), input {c.input_size} px, "
+                f"starting weights: {c.weights_source or ('ImageNet' if c.pretrained else 'none')}")
     items = [f"Architecture: {what}",
-             f"Input: a frontal chest film as 8-bit grayscale, framing `{cfg.get('framing') or 'none'}`, intensity "
-             f"standardisation `{cfg.get('preprocess') or 'none'}`; output: P(PNEUMONIA)",
+             f"Input: a frontal chest film as 8-bit grayscale, framing `{c.framing}`, intensity "
+             f"standardisation `{c.preprocess}`; output: P(PNEUMONIA)",
              f"Operating point: {rule_label(rule)} (`{rule}`), chosen on the validation split",
              "Classes: NORMAL vs PNEUMONIA (bacterial and viral together); no other finding is recognised"]
     return [("h", 2, "Model details"), ("ul", items)]
@@ -148,7 +158,7 @@ def _training(run, m, cfg) -> list[tuple]:
                  + ("Each source split by patient on its own, drawn by source, class and view (docs/recipes.md, "
                     "Populations). " if len(run_sources(run)) > 1 else "") + f"{info.get('split_rule', '')}"),
            ("table", ["split", "NORMAL", "PNEUMONIA"], rows)]
-    if cfg.get("arch") != "ensemble":
+    if not is_ensemble(cfg):
         out.append(("p", f"Recipe: {recipe}. Best epoch {st.get('best_epoch', '?')} of {st.get('epoch', '?')} "
                          f"(validation AUC {_num(st.get('best_val_auc'), 4)}); docs/recipes.md explains each key."))
     return out
@@ -199,7 +209,7 @@ def _operating_points(m, metrics, rule) -> list[tuple]:
     val = metrics.get("val")
     if not val:
         return []
-    scaling = _read(lambda: calibration.read_scaling(m))
+    scaling = _read(lambda: read_scaling(m.dir))
     rows = []
     for name, t in (val.get("thresholds") or {}).items():
         test_at = ((metrics.get("test") or {}).get("at") or {}).get(name) or {}
@@ -212,9 +222,9 @@ def _operating_points(m, metrics, rule) -> list[tuple]:
 
 
 def _calibration(m) -> list[tuple]:
-    cal = _read(lambda: calibration.read_summary(m))
+    cal = _read(lambda: read_calibration(m.dir))
     if not cal:
-        return [("h", 2, "Calibration"), ("p", "No calibration.json: probabilities are shown raw.")]
+        return [("h", 2, "Calibration"), ("p", f"No {CALIBRATION_FILE}: probabilities are shown raw.")]
     rows = [[s, str(v.get("n")), _num(v.get("ece_raw"), 4), _num(v.get("ece_calibrated"), 4),
              _num(v.get("brier_raw"), 4), _num(v.get("brier_calibrated"), 4)]
             for s, v in (cal.get("splits") or {}).items()]
@@ -228,10 +238,10 @@ def _calibration(m) -> list[tuple]:
 
 def _explanations(run, m) -> list[tuple]:
     rows = []
-    for path in sorted(m.dir.glob("lung_focus_*.json")):
-        focus = _read(lambda path=path: read_json(path), {}) or {}
+    for split in focus_summary_splits(m.dir):
+        focus = _read(lambda split=split: read_focus_summary(m.dir, split), {}) or {}
         for method, f in sorted((focus.get("methods") or {}).items()):
-            rows.append([path.stem.removeprefix("lung_focus_"), method, str(f.get("n")),
+            rows.append([split, method, str(f.get("n")),
                          _num(f.get("lung_focus_median")), _num(f.get("uniform_map_lung_focus_median")),
                          _pct(f.get("share_flagged"))])
     out = [("h", 2, "Lung focus and faithfulness of its maps")]
@@ -240,7 +250,7 @@ def _explanations(run, m) -> list[tuple]:
                       "scores the baseline. Flagged: films whose focus is below one half."),
                 ("table", ["split", "CAM method", "films", "lung focus (median)", "uniform baseline",
                            "films flagged"], rows)]
-    faith = _read(lambda: read_json(run.dir / "faithfulness.json"), {}) or {}
+    faith = _read(lambda: read_faithfulness(run.dir), {}) or {}
     mine = (faith.get("models") or {}).get(m.name) or {}
     frows = [[meth, _num(f.get("road")), _num(f.get("sanity_rho")), "pass" if f.get("sanity_pass") else "FAIL"]
              for meth, f in sorted(mine.items()) if isinstance(f, dict)]
@@ -264,7 +274,7 @@ def _failure_modes(run, m, metrics, rule) -> list[tuple]:
             items.append(f"Films of another batch (`official_val`, n = {off.get('n')}): specificity "
                          f"{_pct(at['specificity'])}{_ci(spec_ci)} against {_pct(test_spec)} on test: healthy "
                          "children are called PNEUMONIA more often.")
-    shift = _read(lambda: read_json(run.dir / "shift.json"), {}) or {}
+    shift = _read(lambda: read_shift(run.dir), {}) or {}
     mine = ((shift.get("models") or {}).get(m.name) or {}).get("shifts") or {}
     base = mine.get("none") or {}
     for name, r in sorted(mine.items()):
@@ -280,13 +290,13 @@ def _failure_modes(run, m, metrics, rule) -> list[tuple]:
             items.append(f"Site `{s}` ({f['n']} films): AUC {_num(f['auc'])}, specificity {_pct(f.get('specificity'))}"
                          f" at the validation threshold: the model does not transfer to these films; a site threshold "
                          "cannot repair a ranking this poor.")
-    for path in sorted(m.dir.glob("lung_focus_*.json")):
-        focus = _read(lambda path=path: read_json(path), {}) or {}
+    for split in focus_summary_splits(m.dir):
+        focus = _read(lambda split=split: read_focus_summary(m.dir, split), {}) or {}
         weak = sorted(meth for meth, f in (focus.get("methods") or {}).items()
                       if f.get("lung_focus_median") is not None and f.get("uniform_map_lung_focus_median") is not None
                       and f["lung_focus_median"] < f["uniform_map_lung_focus_median"] + SHIFT_DROP)
         if weak:
-            items.append(f"Maps on `{path.stem.removeprefix('lung_focus_')}`: {', '.join(weak)} put no more of their "
+            items.append(f"Maps on `{split}`: {', '.join(weak)} put no more of their "
                          "mass in the lungs than a uniform map would: the evidence may lie outside the lungs "
                          "(markers, borders, devices).")
     if not items:
@@ -355,8 +365,7 @@ def to_html(blocks, title: str) -> str:
 def write_card(run: Run, m: ModelArtifacts) -> tuple[str, str]:
     blocks = card_blocks(run, m)
     md, page = to_markdown(blocks), to_html(blocks, f"Model card: {m.name}")
-    atomic_write_text(m.dir / CARD_MD, md)
-    atomic_write_text(m.dir / CARD_HTML, page)
+    write_card_files(m.dir, md, page)
     return md, page
 
 
@@ -370,19 +379,8 @@ def card_run(run_dir, models: list[str] | None = None) -> int:
     for m in chosen:
         try:
             write_card(run, m)
-            print(f"{m.name}: {m.dir / CARD_MD}")
+            print(f"{m.name}: {m.dir / CARD_MD_FILE}")
         except ArtifactError as e:
-            print(f"skip {m.name}: {e}", file=sys.stderr)
+            log.warning(f"skip {m.name}: {e}")
             failed += 1
     return 1 if failed else 0
-
-
-def cmd_card(args) -> int:
-    return card_run(args.run, [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None)
-
-
-def add_parser(sub) -> None:
-    c = sub.add_parser("card", help="write a model card (MODEL_CARD.md, model_card.html) beside each model")
-    c.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
-    c.add_argument("--model", help="comma-separated model names (default: every model)")
-    c.set_defaults(func=cmd_card)

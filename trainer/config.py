@@ -1,4 +1,5 @@
-"""Training recipes: one ``Recipe`` per model entry, built from defaults, a config file and command-line flags.
+"""Training config: one ``RunConfig`` per run and one ``Recipe`` per model entry (``core/recipe.py``), built from
+defaults, a config file and command-line flags.
 
 A config file (YAML or JSON) has run-level keys, recipe keys that apply to every model, and a ``models`` list
 whose items are architecture names or mappings that override recipe keys for one entry, for example::
@@ -10,114 +11,39 @@ whose items are architecture names or mappings that override recipe keys for one
       - small_cnn
       - {name: mobilenet_v2_scratch, arch: mobilenet_v2, pretrained: false}
 
-Flags given on the command line win over the file; per-entry keys win over both.
+Flags given on the command line win over the file; per-entry keys win over both. Every key is declared once, as a
+field with its default, rule and help (``core.recipe.key``); the ``train`` flags are generated from those fields
+(``add_flags``), and the whole ``RunConfig`` is recorded in run.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
 
-from core.artifacts import ArtifactError, is_ensemble, name_problem, read_csv, read_json, read_text, stored_path
+from core import recipe as core_recipe
 from core.data import DataError
-from core.images import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from core.recipe import NAME_RULE, ConfigError, Recipe, Rule, key, rules_of
+from core.store import (
+    RUN_FILE,
+    ArtifactError,
+    ModelArtifacts,
+    Run,
+    is_ensemble,
+    is_run,
+    name_problem,
+    read_text,
+    stored_path,
+)
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one model entry is trained. Defaults follow the seed projects (Adam-family, lr 1e-4, batch 32)."""
-
-    name: str = ""
-    arch: str = ""
-    pretrained: bool = True
-    weights: str | None = None  # explicit weights file
-    input_size: int | None = None  # None: the registry's default
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-4
-    backbone_lr_factor: float = 1.0  # backbone lr = lr * factor once unfrozen (lower for gentle fine-tuning)
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adam | adamw
-    warmup_epochs: float = 0.5
-    freeze_epochs: int = 0  # epochs with a frozen backbone (pretrained models only)
-    label_smoothing: float = 0.0
-    class_weights: bool = True
-    balanced_sampler: bool = False
-    augment: bool = True
-    hflip: bool = False
-    blur_prob: float = 0.0
-    patience: int = 4  # early stopping on validation AUC
-    keep_last: int = 2
-    tta: int = 1  # views averaged at evaluation
-    half_checkpoint: bool = False  # store best.safetensors as float16
-    target_sensitivity: float = 0.95
-    max_train_batches: int | None = None  # cap per epoch: for quick runs only
-    # robust-recipe keys (docs/recipes.md); each default leaves training as it was
-    preprocess: str = "none"  # none | equalize | clahe: intensity standardisation, also applied at inference
-    framing: str = "none"  # none | lungs: what part of the film the model sees (core.framing), also at inference
-    crop_area_min: float = 1.0  # < 1: random-resized crops covering [crop_area_min, 1] of the film
-    photometric_scale: float = 1.0  # multiplies the brightness/contrast/gamma augmentation ranges
-    noise_std: float = 0.0  # > 0: Gaussian noise augmentation, std up to this (pixel units)
-    ema_decay: float = 0.0  # > 0: keep, validate and save an exponential moving average of the weights
-    mixup_alpha: float = 0.0  # > 0: mixup with Beta(alpha, alpha) weights
-    threshold_rule: str = "youden"  # headline operating point: youden | sens<target%> | default
-    # multi-source runs (docs/recipes.md, "Populations"): each source's share of the training draws is
-    # proportional to (its training films) ** (1 - source_balance): 0 keeps the sources' natural proportions, 1
-    # gives every source the same share; classes are balanced within each source. One source: no effect.
-    source_balance: float = 0.5
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    data: str = ""
-    run: str = ""
-    artifacts: str | None = None
-    models: tuple = ("small_cnn",)
-    seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    subset: int | None = None  # keep about this many images per class (by patient) for quick runs
-    cache_dir: str | None = None
-    workers: int | None = None
-    device: str = "auto"
-    threads: int | None = None
-    duplicates: str = "warn"  # byte-identical files in two splits: warn | refuse
-    ensembles: tuple = ()  # ({name: ..., members: [...]}, ...): built after training (trainer/ensemble.py)
-    sources: tuple = ()  # ({name: ..., data: ...}, ...): several data sources instead of one ``data`` folder
-    recipe: Recipe = field(default_factory=Recipe)
-
-
-RUN_KEYS = {f.name for f in fields(RunConfig)} - {"recipe"}
-RECIPE_KEYS = {f.name for f in fields(Recipe)}
-
-
-MAX_CONFIG_BYTES = 2**20
-
-
-class ConfigError(ValueError):
-    """A config file or flag that cannot be used; the message says which key and why."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How one key is checked before any work: type, bounds (inclusive unless ``*_open``), choices, None allowed.
-
-    ``check`` returns a problem description or None, for what bounds cannot say (names, device strings)."""
-
-    kind: type
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    choices: tuple = ()
-    optional: bool = False
-    check: Callable[[object], str | None] | None = None
+__all__ = ["ConfigError", "Recipe", "RunConfig", "Rule", "RULES", "RUN_KEYS", "RECIPE_KEYS", "add_flags",
+           "flag_values", "check_value", "load_file", "build", "entries", "as_dict", "keys_table", "check_split_name",
+           "check_new_split", "check_ensemble_name", "check_resume", "check_nothing_vanished"]
 
 
 def _device_problem(value) -> str | None:
@@ -127,94 +53,104 @@ def _device_problem(value) -> str | None:
     return "is not a device: use auto, cpu, cuda, cuda:N or mps"
 
 
-# One line per key: adding a recipe key means adding its rule here. A key without a rule is still type-checked
-# against its default (bool, int, float finite, str); the rule adds the bounds.
-RULES: dict[str, Rule] = {
-    # run level
-    "data": Rule(str), "run": Rule(str, check=name_problem), "artifacts": Rule(str, optional=True),
-    "seed": Rule(int, 0, 2**31 - 1), "val_fraction": Rule(float, 0, 1, hi_open=True),
-    "test_fraction": Rule(float, 0, 1, hi_open=True), "subset": Rule(int, 1, 10**9, optional=True),
-    "cache_dir": Rule(str, optional=True), "workers": Rule(int, 1, 256, optional=True),
-    "device": Rule(str, check=_device_problem), "threads": Rule(int, 1, 1024, optional=True),
-    "duplicates": Rule(str, choices=("warn", "refuse")),
-    # recipe
-    "name": Rule(str, check=name_problem), "arch": Rule(str), "pretrained": Rule(bool),
-    "weights": Rule(str, optional=True), "input_size": Rule(int, MIN_INPUT_SIZE, MAX_INPUT_SIZE, optional=True),
-    "epochs": Rule(int, 1, 10_000), "batch_size": Rule(int, 1, 4096), "lr": Rule(float, 0, 10, lo_open=True),
-    "backbone_lr_factor": Rule(float, 0, 100), "weight_decay": Rule(float, 0, 10),
-    "optimizer": Rule(str, choices=("adam", "adamw")), "warmup_epochs": Rule(float, 0, 10_000),
-    "freeze_epochs": Rule(int, 0, 10_000), "label_smoothing": Rule(float, 0, 1, hi_open=True),
-    "class_weights": Rule(bool), "balanced_sampler": Rule(bool), "augment": Rule(bool), "hflip": Rule(bool),
-    "blur_prob": Rule(float, 0, 1), "patience": Rule(int, 1, 10_000), "keep_last": Rule(int, 0, 10_000),
-    "tta": Rule(int, 1, 64), "half_checkpoint": Rule(bool), "target_sensitivity": Rule(float, 0, 1, True, True),
-    "max_train_batches": Rule(int, 1, 10**9, optional=True),
-    "preprocess": Rule(str, choices=("none", "equalize", "clahe")),  # = core.transforms.PREPROCESS
-    "framing": Rule(str, choices=("none", "lungs")),  # = core.framing.FRAMINGS
-    "crop_area_min": Rule(float, 0.05, 1), "photometric_scale": Rule(float, 0, 4), "noise_std": Rule(float, 0, 0.5),
-    "ema_decay": Rule(float, 0, 1, hi_open=True), "mixup_alpha": Rule(float, 0, 10),
-    "source_balance": Rule(float, 0, 1),
-    "threshold_rule": Rule(str, check=lambda v: None if re.fullmatch(r"youden|default|sens\d{1,2}", v) else
-                           "is not a threshold rule: use youden, default or sens<NN> (e.g. sens95)"),
-}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+@dataclass(frozen=True)
+class RunConfig:
+    """Run-level keys: the data, where the run goes, the split, and how this machine runs it (all recorded)."""
+
+    data: str = key("", Rule(str), "Kermany tree, flat NORMAL/PNEUMONIA folder, or CSV manifest")
+    run: str = key("", NAME_RULE, "run name (folder under the artifacts root)")
+    artifacts: str | None = key(None, Rule(str, optional=True),
+                                "artifacts root (default $CXR_ARTIFACTS or ./artifacts)")
+    models: tuple = key(("small_cnn",), Rule(tuple), "comma-separated registry names (see 'models')")
+    seed: int = key(0, Rule(int, 0, 2**31 - 1), "seed of the split, the initialisation and the batch order")
+    val_fraction: float = key(0.15, Rule(float, 0, 1, hi_open=True), "share of patients carved out for validation")
+    test_fraction: float = key(0.15, Rule(float, 0, 1, hi_open=True),
+                               "share of patients carved out for test (when the data has no test split)")
+    subset: int | None = key(None, Rule(int, 1, 10**9, optional=True),
+                             "keep about N images per class and split (whole patients): quick runs")
+    cache_dir: str | None = key(None, Rule(str, optional=True),
+                                "image cache folder (default $CXR_CACHE_DIR or ~/.cache/cxr-compare)")
+    workers: int | None = key(None, Rule(int, 1, 256, optional=True), "decoding processes for the cache build")
+    device: str = key("auto", Rule(str, check=_device_problem), "auto (CUDA when present), cpu or cuda")
+    threads: int | None = key(None, Rule(int, 1, 1024, optional=True), "torch CPU threads")
+    duplicates: str = key("warn", Rule(str, choices=("warn", "refuse")),
+                          "byte-identical files in two splits: warn (default) or refuse to train")
+    compile: bool = key(False, Rule(bool), "torch.compile the model (long runs on a GPU)")
+    weights_dir: str | None = key(None, Rule(str, optional=True),
+                                  "a folder of ImageNet weights files (default $CXR_WEIGHTS_DIR)")
+    ensembles: tuple = key((), Rule(tuple), "({name: ..., members: [...]}, ...): built after training",
+                           flag=False)
+    sources: tuple = key((), Rule(tuple), "({name: ..., data: ...}, ...): several data sources instead of data",
+                         flag=False)
+    recipe: Recipe = field(default_factory=Recipe)
 
 
-def _rule(key: str) -> Rule:
-    if key in RULES:
-        return RULES[key]
-    default = {f.name: f.default for f in fields(Recipe) + fields(RunConfig)}.get(key)
+RUN_KEYS = frozenset(f.name for f in fields(RunConfig)) - {"recipe"}
+RECIPE_KEYS = core_recipe.RECIPE_KEYS
+STRUCTURED = frozenset({"models", "ensembles", "sources"})  # checked by their own functions below
+RULES = rules_of(RunConfig, Recipe)  # key -> Rule, generated from the fields (one place per key)
+FLAG_KEYS = tuple(f.name for f in fields(RunConfig) + fields(Recipe) if f.metadata.get("flag"))
+MAX_CONFIG_BYTES = 2**20
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config key (``--batch-size`` for ``batch_size``), typed and helped from its field; a flag left
+    out is None, so the config file's value (or the default) stands."""
+    for f in fields(RunConfig) + fields(Recipe):
+        if not f.metadata.get("flag"):
+            continue
+        rule, flag = f.metadata["rule"], "--" + f.name.replace("_", "-")
+        if rule.kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            kind = rule.kind if rule.kind in (int, float) else str
+            parser.add_argument(flag, type=kind, choices=rule.choices or None, help=f.metadata["help"])
+
+
+def flag_values(args: argparse.Namespace) -> dict:
+    """The config keys given as flags."""
+    return {k: getattr(args, k) for k in FLAG_KEYS if getattr(args, k, None) is not None}
+
+
+def keys_table() -> str:
+    """Every config key as a Markdown table (docs/trainer.md holds it; a test keeps the two equal)."""
+    lines = ["| key | flag | default | allowed | what it does |", "|---|---|---|---|---|"]
+    for f in fields(RunConfig) + fields(Recipe):
+        if "rule" not in f.metadata:
+            continue
+        flag = f"`--{f.name.replace('_', '-')}`" if f.metadata["flag"] else "config only"
+        default = "" if f.default in ("", ()) else f"`{json.dumps(f.default)}`"
+        lines.append(f"| `{f.name}` | {flag} | {default} | {_allowed(f.metadata['rule'])} | {f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+def _allowed(rule: Rule) -> str:
+    if rule.choices:
+        text = " \\| ".join(map(str, rule.choices))
+    elif rule.lo is not None or rule.hi is not None:
+        lo = "" if rule.lo is None else f"{_number(rule.lo)} {'<' if rule.lo_open else '≤'} "
+        hi = "" if rule.hi is None else f" {'<' if rule.hi_open else '≤'} {_number(rule.hi)}"
+        text = f"{lo}{rule.kind.__name__}{hi}"
+    else:
+        text = {tuple: "list"}.get(rule.kind, rule.kind.__name__)
+    return text + (" or null" if rule.optional else "")
+
+
+def _number(x) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def _rule(name: str) -> Rule:
+    if name in RULES:
+        return RULES[name]
+    default = {f.name: f.default for f in fields(Recipe) + fields(RunConfig)}.get(name)
     kind = type(default) if isinstance(default, (bool, int, float, str)) else object
     return Rule(kind, optional=default is None)
 
 
-def check_value(key: str, value, where: str = "config"):
+def check_value(name: str, value, where: str = "config"):
     """``value`` converted to the key's type and checked against its rule; ConfigError naming key and value."""
-    rule = _rule(key)
-    if value is None:
-        if rule.optional:
-            return None
-        raise ConfigError(f"{where}: {key} must be given a value (null is not allowed)")
-    v = _convert(value, rule.kind)
-    if v is None:
-        raise ConfigError(f"{where}: {key}={value!r} is not a valid {rule.kind.__name__}")
-    problem = _bounds_problem(v, rule)
-    if problem:
-        raise ConfigError(f"{where}: {key}={value!r} {problem}")
-    return v
-
-
-def _convert(value, kind):
-    """value as ``kind`` or None when it is not one (no silent truncation, no NaN, no bool posing as a number)."""
-    if kind is object:
-        return value if isinstance(value, (str, int, float, bool)) else None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-        return True if text in _TRUE else False if text in _FALSE else None
-    if isinstance(value, (bool, list, dict, tuple, set)):
-        return None
-    if kind is str:
-        return str(value) if isinstance(value, (str, int)) else None
-    try:
-        number = float(value) if isinstance(value, str) else value
-        if not isinstance(number, (int, float)) or not math.isfinite(number):
-            return None
-        if kind is int:
-            return int(number) if float(number).is_integer() else None
-        return float(number)
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _bounds_problem(v, rule: Rule) -> str | None:
-    if rule.choices and v not in rule.choices:
-        return f"must be one of {', '.join(map(str, rule.choices))}"
-    if rule.lo is not None and (v <= rule.lo if rule.lo_open else v < rule.lo):
-        return f"must be {'>' if rule.lo_open else '>='} {rule.lo}"
-    if rule.hi is not None and (v >= rule.hi if rule.hi_open else v > rule.hi):
-        return f"must be {'<' if rule.hi_open else '<='} {rule.hi}"
-    return rule.check(v) if rule.check else None
+    return core_recipe.check_value(name, value, where, _rule(name))
 
 
 def load_file(path: str | Path) -> dict:
@@ -231,16 +167,16 @@ def load_file(path: str | Path) -> dict:
     return data
 
 
-def build(file_values: dict, flag_values: dict) -> RunConfig:
+def build(file_values: dict, flags: dict) -> RunConfig:
     """Merge file and flags (flags win) into a RunConfig; unknown keys are an error, not silently ignored.
 
     Every value is type- and bounds-checked here, before any work starts."""
-    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    merged = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
     unknown = set(merged) - RUN_KEYS - RECIPE_KEYS
     if unknown:
         raise ConfigError(f"unknown config keys: {sorted(map(str, unknown))}; known: {sorted(RUN_KEYS | RECIPE_KEYS)}")
     recipe = _typed_recipe(Recipe(), {k: v for k, v in merged.items() if k in RECIPE_KEYS}, "config")
-    run = {k: check_value(k, v) for k, v in merged.items() if k in RUN_KEYS - {"models", "ensembles", "sources"}}
+    run = {k: check_value(k, v) for k, v in merged.items() if k in RUN_KEYS - STRUCTURED}
     run["models"] = _models(merged.get("models", RunConfig.models))
     run["ensembles"] = _ensembles(merged.get("ensembles", ()))
     run["sources"] = _sources(merged.get("sources", ()))
@@ -320,19 +256,25 @@ def as_dict(cfg: RunConfig) -> dict:
 RESERVED_SPLITS = ("train", "val", "test", "official_val", "excluded")  # the run's own splits
 
 
-def check_new_split(run, name: str, *, force: bool = False) -> None:
-    """``evaluate --split-name``: a usable name, never one of the run's own splits, and not an earlier evaluation
-    unless ``force`` (replacing predictions that a report may already quote)."""
+def check_split_name(name: str) -> None:
+    """The one check of a name ``evaluate`` stores a split under: usable as a file-name part (else ConfigError),
+    and never one of the run's own splits, whose predictions and metrics it would replace (ArtifactError)."""
     problem = name_problem(name)
     if problem:
         raise ConfigError(f"--split-name {name!r} {problem}")
     if name.lower() in RESERVED_SPLITS:
         raise ArtifactError(f"--split-name {name!r} is one of the run's own splits ({', '.join(RESERVED_SPLITS)}): "
-                          "its predictions and metrics would be replaced; choose another name, e.g. external")
-    taken = [m.name for m in run.models if (m.dir / f"predictions_{name}.csv").exists()]
+                            "its predictions and metrics would be replaced; choose another name, e.g. external")
+
+
+def check_new_split(run, name: str, *, force: bool = False) -> None:
+    """``evaluate --split-name``: ``check_split_name``, and not an earlier evaluation unless ``force`` (replacing
+    predictions that a report may already quote)."""
+    check_split_name(name)
+    taken = [m.name for m in run.models if m.predictions_path(name).exists()]
     if taken and not force:
         raise ArtifactError(f"split {name!r} was already evaluated in {run.dir} ({', '.join(taken)}); add --force to "
-                          "replace it, or choose another --split-name")
+                            "replace it, or choose another --split-name")
 
 
 def check_ensemble_name(run, name: str) -> None:
@@ -343,7 +285,7 @@ def check_ensemble_name(run, name: str) -> None:
     folder = run.dir / name
     if folder.exists():
         try:
-            existing = read_json(folder / "config.json")
+            existing = ModelArtifacts(run.dir, name).config
         except ArtifactError:
             existing = {}
         if not is_ensemble(existing):
@@ -353,15 +295,14 @@ def check_ensemble_name(run, name: str) -> None:
 
 def check_resume(run_dir: Path) -> None:
     """``train --resume`` needs a run to resume: silently starting a new one would hide a typo in --run."""
-    if not (run_dir / "run.json").is_file():
-        raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no run.json); drop --resume to "
+    if not is_run(run_dir):
+        raise ConfigError(f"--resume: there is no run to resume at {run_dir} (no {RUN_FILE}); drop --resume to "
                           "start a new run")
 
 
 def check_nothing_vanished(run_dir: Path, samples) -> None:
     """``train --resume``: every image of the recorded split must still be in the data folder."""
-    recorded = read_csv(run_dir / "split.csv", ["path", "split"])
-    root = read_json(run_dir / "run.json").get("data_root")
+    recorded, root = Run(run_dir).split_table(), Run(run_dir).info.get("data_root")
     present = {stored_path(s.path, root) for s in samples}  # split.csv paths are relative to the data root
     used = recorded[recorded["split"] != "excluded"]
     gone = [p for p in used["path"].astype(str) if p not in present]

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from core import metrics
-from core.artifacts import ENSEMBLE_ARCH, STRATUM_COLUMNS, ArtifactError, ModelArtifacts, ModelWriter, Run
+from core.recipe import ModelConfig, model_config
+from core.store import ENSEMBLE_ARCH, STRATUM_COLUMNS, ArtifactError, ModelArtifacts, ModelWriter, Run
 
 
 def mean_predictions(run: Run, members: list[str], split: str) -> pd.DataFrame:
@@ -39,7 +40,7 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
     """Write the ensemble's folder for every split its members share; returns its validation metrics."""
     if len(members) < 2:
         raise ArtifactError(f"ensemble {name!r}: needs at least two members, got {members}")
-    configs = [run.model(m).config for m in members]
+    configs = [model_config(run.model(m)) for m in members]
     states = [run.model(m).status().get("state") for m in members]
     if any(s != "finished" for s in states):
         raise ArtifactError(f"ensemble {name!r}: members not all finished ({dict(zip(members, states))})")
@@ -48,8 +49,8 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
         raise ArtifactError(f"ensemble {name!r}: members have no shared validation predictions")
     writer = ModelWriter(run.dir, name)
     writer.config({"name": name, "arch": ENSEMBLE_ARCH, "members": members, "input_size": None,
-                   "pretrained": all(c.get("pretrained") for c in configs),
-                   "params": int(sum(c.get("params", 0) for c in configs)),
+                   "pretrained": all(c.pretrained for c in configs),
+                   "params": int(sum(c.params or 0 for c in configs)),
                    "target_sensitivity": target_sensitivity, "threshold_rule": _shared_rule(configs)})
     val = mean_predictions(run, members, "val")
     groups = val["source"].tolist() if "source" in val.columns else None
@@ -66,14 +67,15 @@ def build(run: Run, name: str, members: list[str], *, target_sensitivity: float 
     return ModelArtifacts(run.dir, name).metrics("val")
 
 
-def _shared_rule(configs: list[dict]) -> str:
+def _shared_rule(configs: list[ModelConfig]) -> str:
     """The members' headline threshold rule when they all share it (the robust run's sens95), else the default."""
-    rules = {metrics.headline_rule(c) for c in configs}
+    rules = {c.threshold_rule for c in configs}
     return rules.pop() if len(rules) == 1 else metrics.HEADLINE_RULE
 
 
 def score_split(run: Run, name: str, members: list[str], split: str, thresholds: dict) -> dict:
     """Write the ensemble's predictions and metrics on one split its members have scored."""
     df = mean_predictions(run, members, split)
-    return ModelWriter(run.dir, name).score(split, df["path"], df["label"], df["probability"], thresholds,
-                                            _strata(df))
+    m = metrics.evaluate_split(df["label"], df["probability"], thresholds, split=split, strata=_strata(df))
+    ModelWriter(run.dir, name).scored(split, df["path"], df["label"], df["probability"], m, _strata(df))
+    return m

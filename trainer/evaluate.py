@@ -7,29 +7,28 @@ about the new data set moves them. Its predictions and metrics are written into 
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 from core import data
-from core.artifacts import ArtifactError, ModelWriter, Run, now_iso, stored_path, write_json
 from core.data import DataError
 from core.inference import load_trained, predict_loaded
-from core.metrics import headline_rule
+from core.metrics import evaluate_split, headline_rule
+from core.recipe import model_config
+from core.store import ArtifactError, ModelWriter, Run, now_iso, stored_path, write_evaluated
 from trainer import ensemble, report
+from trainer.config import check_split_name
 from trainer.overlap import content_overlap, leak_message
 from trainer.prepare import Prepared, build_cache, prepare, rows_for, strata_of
 
-RESERVED = {"train", "val"}
-
+log = logging.getLogger(__name__)
 
 def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None = None, cache_dir=None,
                  workers=None, command=None) -> int:
     run = Run(Path(run_dir))
     _ = run.info  # a missing or broken run.json is an ArtifactError here, before any work
-    if split_name in RESERVED or not split_name.replace("_", "").replace("-", "").isalnum():
-        raise DataError(f"--split-name {split_name!r}: use letters, digits, '-' or '_', and not train/val "
-                        "(val holds the thresholds)")
+    check_split_name(split_name)
     prepared = prepare(data_root, assign=False)
     if only_split:
         prepared.samples = [s for s in prepared.samples if s.split == only_split]
@@ -39,17 +38,16 @@ def evaluate_run(run_dir, data_root, *, split_name: str, only_split: str | None 
         raise DataError(f"{data_root}: no images found")
     overlap = _overlap_with_run(run, prepared.samples)
     if overlap:
-        print(f"warning: {len(overlap)} of these images were used by the run itself (e.g. {overlap[0]})",
-              file=sys.stderr)
+        log.warning(f"warning: {len(overlap)} of these images were used by the run itself (e.g. {overlap[0]})")
     leaked = content_overlap(run, prepared.samples)  # the same films under other names: byte-identical copies
     if leaked:
-        print(f"warning: {leak_message(leaked, len(prepared.samples))}", file=sys.stderr)
+        log.warning(f"warning: {leak_message(leaked, len(prepared.samples))}")
 
     scored = _score_networks(run, prepared, split_name, cache_dir=cache_dir, workers=workers)
     scored += _score_ensembles(run, split_name)
     if not scored:
         raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
-    write_json(run.dir / f"evaluated_{split_name}.json", {
+    write_evaluated(run.dir, split_name, {
         "split_name": split_name, "data_root": prepared.root, "layout": prepared.layout, "only_split": only_split,
         "data_fingerprint": data.fingerprint(prepared.samples), "n": len(prepared.samples),
         "counts": data.split_counts(prepared.samples),
@@ -69,15 +67,17 @@ def _score_networks(run: Run, prepared: Prepared, split_name: str, *, cache_dir,
             loaded = load_trained(art)
             thresholds = art.metrics("val")["thresholds"]
         except ArtifactError as e:
-            print(f"skip {art.name}: {e}", file=sys.stderr)
+            log.warning(f"skip {art.name}: {e}")
             continue
         cache = build_cache(prepared, loaded.input_size, cache_dir=cache_dir, workers=workers)
         if not prepared.samples:
             raise DataError(f"{prepared.root}: no readable images ({len(prepared.skipped)} skipped)")
         probs = predict_loaded(loaded, cache.images[rows_for(prepared, cache)])
-        writer = ModelWriter(run.dir, art.name, prepared.root)
-        _report(art.name, writer.score(split_name, [s.path for s in prepared.samples], prepared.labels(), probs,
-                                       thresholds, strata_of(prepared.samples)), headline_rule(art.config))
+        y, strata = prepared.labels(), strata_of(prepared.samples)
+        m = evaluate_split(y, probs, thresholds, split=split_name, strata=strata)
+        ModelWriter(run.dir, art.name, prepared.root).scored(split_name, [s.path for s in prepared.samples], y, probs,
+                                                             m, strata)
+        _report(art.name, m, headline_rule(art.config))
         scored += 1
     return scored
 
@@ -90,9 +90,9 @@ def _score_ensembles(run: Run, split_name: str) -> int:
             continue
         try:
             thresholds = art.metrics("val")["thresholds"]
-            m = ensemble.score_split(run, art.name, list(art.config["members"]), split_name, thresholds)
+            m = ensemble.score_split(run, art.name, list(model_config(art).members), split_name, thresholds)
         except (ArtifactError, KeyError) as e:
-            print(f"skip {art.name}: {e}", file=sys.stderr)
+            log.warning(f"skip {art.name}: {e}")
             continue
         _report(art.name, m, headline_rule(art.config))
         scored += 1

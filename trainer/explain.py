@@ -1,45 +1,65 @@
 """``python -m trainer explain``: what the dashboard needs to show explanations a clinician can read, per model.
 
-* ``cam_reference.json``: for each CAM method and target class, the ``REFERENCE_PERCENTILE`` of the model's raw
+* the CAM reference: for each CAM method and target class, the ``REFERENCE_PERCENTILE`` of the model's raw
   maps over a fixed sample of validation films: the value that full colour means (``core.cams``).
-* ``calibration.json``: the validation-fitted temperature and bias (``core.calibration``).
+* the calibration: the validation-fitted temperature and bias (``core.calibration``).
+
+Both are read and written through ``core.store``.
 
 The trainer runs it after training; this command adds it to runs that lack it (``--force`` recomputes).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+import pandas as pd
 
-from core import calibration, faithfulness
-from core.artifacts import ArtifactError, ModelArtifacts, Run, now_iso, write_json
+from core import calibration, faithfulness, onnx_backend
 from core.cams import (
     CAM_METHODS,
     GRADIENT_FREE,
-    REFERENCE_FILE,
     REFERENCE_PERCENTILE,
     on_shared_scale,
     raw_maps,
     raw_maps_many,
-    read_reference,
     reference_value,
 )
 from core.images import load_for_model
 from core.inference import load_trained
 from core.labels import CLASSES
+from core.recipe import model_config
+from core.store import (
+    CAM_REFERENCE_FILE,
+    ArtifactError,
+    ModelArtifacts,
+    Run,
+    has_calibration,
+    has_cam_reference,
+    is_ensemble,
+    now_iso,
+    read_cam_reference,
+    read_faithfulness,
+    read_scaling,
+    write_calibration,
+    write_cam_reference,
+    write_faithfulness,
+)
 
 # Class-specific methods only: EigenCAM is the same map whatever the class (no "evidence for PNEUMONIA" to scale),
-# Score-CAM takes minutes per film on a CPU. Both are shown contrast-stretched, and labelled so.
+# Score-CAM costs 256 masked passes per film and class. Both are shown contrast-stretched, and labelled so.
 REFERENCE_METHODS = [m for m in CAM_METHODS if m not in GRADIENT_FREE]
 DEFAULT_SAMPLE = 64
 BATCH = 16
-FAITHFULNESS_METHODS = [m for m in CAM_METHODS if m != "Score-CAM"]  # Score-CAM: minutes per film on a CPU
-FAITHFULNESS_SAMPLE = 4
+FAITHFULNESS_METHODS = list(CAM_METHODS)  # every method the Grad-CAM page offers
+# test films, stratified by source and class; 52 films x 7 methods x 3 levels: about 25 min of one core per 224 px
+# MobileNetV2, half of it Score-CAM (BENCHMARKS.md)
+FAITHFULNESS_SAMPLE = 52
+
+log = logging.getLogger(__name__)
 
 
 def sample_rows(model: ModelArtifacts, split: str, n: int, seed: int = 0):
@@ -97,10 +117,11 @@ def scale_check(run: Run, name: str, k: int = 20, method: str = "Grad-CAM") -> d
     """The meaning of the shared scale, measured: the maximum of the PNEUMONIA map (raw / the stored reference) on
     the ``k`` most confidently NORMAL and the ``k`` most confidently PNEUMONIA validation films."""
     model = run.model(name)
-    reference = read_reference(model.dir, method, "PNEUMONIA")
+    reference = read_cam_reference(model.dir, method, "PNEUMONIA")
     if reference is None:
-        raise ArtifactError(f"{model.dir / REFERENCE_FILE}: no {method} reference; run `python -m trainer explain`")
-    scaling = calibration.read_scaling(model)
+        raise ArtifactError(f"{model.dir / CAM_REFERENCE_FILE}: no {method} reference; run `python -m trainer "
+                            "explain`")
+    scaling = read_scaling(model.dir)
     loaded = load_trained(model)
     pred = model.predictions("val").sort_values("probability", kind="stable")
     out = {}
@@ -119,7 +140,7 @@ def networks(run: Run) -> list[str]:
     out = []
     for m in run.models:
         try:
-            if not m.config.get("members") and m.best_checkpoint().is_file():
+            if not is_ensemble(m.config) and m.best_checkpoint().is_file():  # an unreadable config: skipped
                 out.append(m.name)
         except ArtifactError:
             continue
@@ -127,7 +148,7 @@ def networks(run: Run) -> list[str]:
 
 
 def explain_run(run_dir, models=None, *, n: int = DEFAULT_SAMPLE, methods=REFERENCE_METHODS, force: bool = False,
-                seed: int = 0, log=print) -> list[str]:
+                seed: int = 0) -> list[str]:
     """Write the missing (or, with ``force``, all) references and calibrations; returns the models that failed.
     A model whose validation split has one class only cannot be calibrated: said, and its probabilities stay raw."""
     run = Run(Path(run_dir))
@@ -136,52 +157,36 @@ def explain_run(run_dir, models=None, *, n: int = DEFAULT_SAMPLE, methods=REFERE
     for name in names:
         model = run.model(name)
         try:
-            if force or not (model.dir / calibration.CALIBRATION_FILE).exists():
-                _calibrate(model, log)
-            if name in networks(run) and (force or not (model.dir / REFERENCE_FILE).exists()):
+            if force or not has_calibration(model.dir):
+                calibrate(model)
+            if name in networks(run) and (force or not has_cam_reference(model.dir)):
                 refs = compute_references(run, name, methods, n, seed)
-                write_json(model.dir / REFERENCE_FILE, refs)
-                log(f"{name}: CAM references on {refs['n']} val films, "
-                    f"Grad-CAM PNEUMONIA {refs['methods'].get('Grad-CAM', {}).get('PNEUMONIA', float('nan')):.4g}")
+                write_cam_reference(model.dir, refs)
+                log.info(f"{name}: CAM references on {refs['n']} val films, "
+                         f"Grad-CAM PNEUMONIA {refs['methods'].get('Grad-CAM', {}).get('PNEUMONIA', float('nan')):.4g}")
         except (ArtifactError, ValueError, RuntimeError) as e:
-            log(f"{name}: FAILED: {e}")
+            log.error(f"{name}: FAILED: {e}")
             failed.append(name)
     return failed
 
 
-def _calibrate(model: ModelArtifacts, log) -> None:
+def _labels_and_probabilities(model: ModelArtifacts, split: str) -> tuple:
+    pred = model.predictions(split)
+    return pred["label"].to_numpy(), pred["probability"].to_numpy()
+
+
+def calibrate(model: ModelArtifacts) -> None:
+    """Fit the model's calibration on its validation predictions, record before/after on every split it has, write
+    it, and say what was fitted."""
+    val = model.predictions("val")
+    splits = {s: _labels_and_probabilities(model, s) for s in model.splits()}
     try:
-        c = calibration.fit_and_write(model)
+        c = calibration.fit_record(val["label"], val["probability"], splits, created=now_iso())
     except ValueError as e:  # one class in validation: nothing to fit, not an error of the model
-        log(f"{model.name}: not calibrated ({e}); its probabilities are shown raw")
+        log.warning(f"{model.name}: not calibrated ({e}); its probabilities are shown raw")
         return
-    log(f"{model.name}: temperature {c['temperature']:.3f}, bias {c['bias']:+.3f}")
-
-
-def cmd_explain(args) -> int:
-    if args.calibration_table:
-        rows = calibration.before_after(Run(Path(args.run)))
-        print(calibration.markdown_table(rows) if rows else "no model of this run has a calibration.json yet")
-        return 0
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    if args.recalibrate:
-        run = Run(Path(args.run))
-        for name in models or [m.name for m in run.models]:
-            _calibrate(run.model(name), print)
-        return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.scale_check:
-        print_scale_check(Run(Path(args.run)), args.models)
-        return 0
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else REFERENCE_METHODS
-    unknown = [m for m in methods if m not in CAM_METHODS]
-    if unknown:
-        raise ArtifactError(f"unknown CAM method(s) {unknown}; known: {', '.join(CAM_METHODS)}")
-    failed = explain_run(args.run, models, n=args.n, methods=methods, force=args.force)
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    write_calibration(model.dir, c)
+    log.info(f"{model.name}: temperature {c['temperature']:.3f}, bias {c['bias']:+.3f}")
 
 
 def print_scale_check(run: Run, models: str | None) -> None:
@@ -198,79 +203,61 @@ def print_scale_check(run: Run, models: str | None) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def faithfulness_rows(model: ModelArtifacts, n: int, seed: int = 0):
+    """A fixed sample of ``n`` test films, the same number from each source x class cell (as near as the cells
+    allow), so that a run with a small second source still has it in the figures."""
+    pred = model.predictions("test")
+    keys = [c for c in ("source", "label") if c in pred.columns]
+    cells = list(pred.groupby(keys, sort=True)) if keys else [((), pred)]
+    per, extra = divmod(n, len(cells))
+    picked = [g.sample(n=min(len(g), per + (i < extra)), random_state=seed) for i, (_, g) in enumerate(cells)]
+    return pd.concat(picked).reset_index(drop=True)
+
+
 def faithfulness_run(run_dir, models=None, *, n: int = FAITHFULNESS_SAMPLE, methods=FAITHFULNESS_METHODS,
-                     seed: int = 0, percentiles=faithfulness.ROAD_PERCENTILES, log=print) -> dict:
-    """ROAD and the randomisation check per model and method on ``n`` fixed test films; merged into the run's
-    ``faithfulness.json`` model by model (so an interrupted run keeps what it finished)."""
+                     seed: int = 0, percentiles=faithfulness.ROAD_PERCENTILES, force: bool = False) -> dict:
+    """ROAD and the randomisation check per model and method on ``n`` fixed test films (the same films for every
+    model and method), with bootstrap intervals; written to the run's record after each method, so an interrupted
+    run keeps what it finished and a rerun with the same settings computes only what is missing."""
     run = Run(Path(run_dir))
-    path = run.dir / faithfulness.FAITHFULNESS_FILE
-    stored = faithfulness.read(run.dir) or {}
-    out = {"split": "test", "n": n, "seed": seed, "target": "PNEUMONIA",
-           "road_percentiles": list(percentiles), "sanity_max_rho": faithfulness.SANITY_MAX_RHO,
+    names = models or sorted(networks(run), key=lambda m: model_config(run.model(m)).input_size or 0)
+    if not names:
+        return {}
+    rows = faithfulness_rows(run.model(names[0]), n, seed)
+    settings = {"split": "test", "n": int(len(rows)), "seed": seed, "target": "PNEUMONIA",
+                "road_percentiles": list(percentiles)}
+    stored = read_faithfulness(run.dir) or {}
+    same = not force and all(stored.get(k) == v for k, v in settings.items())
+    out = {**settings, "sanity_max_rho": faithfulness.SANITY_MAX_RHO, "ci_level": faithfulness.CI_LEVEL,
            "sanity": "classifier head re-initialised; Spearman rho between maps over pixels, mean over films",
-           "road": "pytorch-grad-cam ROADCombined on softmax P(target), noisy linear imputation",
-           "models": stored.get("models", {}) if stored.get("n") == n and stored.get("seed") == seed else {}}
-    # smallest inputs first: the imputation ROAD runs grows fast with the size, so an interrupted run keeps most
-    for name in models or sorted(networks(run), key=lambda m: int(run.model(m).config.get("input_size") or 0)):
-        model = run.model(name)
-        loaded = load_trained(model)
-        rows = sample_rows(model, "test", n, seed)
-        x = loaded.inputs(loaded.frame(load_films(run, rows["path"], loaded.input_size))[0])
-        twin = faithfulness.with_random_head(loaded.model, loaded.spec, seed)
-        t0, result = time.perf_counter(), {}
-        for method in methods:
-            result[method] = faithfulness.check(loaded.model, loaded.spec, x, method, percentiles=percentiles,
-                                                random_model=twin)
-            log(f"{name} {method}: ROAD {result[method]['road']:+.3f}, sanity rho {result[method]['sanity_rho']:.2f}"
-                f"{'' if result[method]['sanity_pass'] else '  FAILS'}")
-        out["models"][name] = {**result, "seconds": round(time.perf_counter() - t0, 1),
-                               "films": [str(p) for p in rows["path"]]}
-        out["created"] = now_iso()
-        write_json(path, out)
+           "road": "ROADCombined (Rong et al. 2022) on softmax P(target), noisy linear imputation; level p removes "
+                   "(100 - p) % of the pixels, exactly, ties in random order (core/faithfulness.py)",
+           "intervals": f"{faithfulness.CI_LEVEL:.0%} percentile bootstrap over films ({faithfulness.BOOTSTRAP} "
+                        "resamples)",
+           "films": [str(p) for p in rows["path"]],
+           "sources": rows["source"].astype(str).tolist() if "source" in rows else None,
+           "models": stored.get("models", {}) if same else {}}
+    for name in names:
+        _faithfulness_model(run, name, rows, methods, out, seed, percentiles)
     return out
 
 
-def cmd_faithfulness(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else FAITHFULNESS_METHODS
-    unknown = [m for m in methods if m not in CAM_METHODS]
-    if unknown:
-        raise ArtifactError(f"unknown CAM method(s) {unknown}; known: {', '.join(CAM_METHODS)}")
-    percentiles = [int(p) for p in args.percentiles.split(",")]
-    if not all(0 < p < 100 for p in percentiles):
-        raise ArtifactError(f"--percentiles must lie strictly between 0 and 100, got {percentiles}")
-    faithfulness_run(args.run, models, n=args.n, methods=methods, seed=args.seed, percentiles=percentiles)
-    return 0
-
-
-def add_commands(sub) -> None:
-    """Register ``explain`` (and ``faithfulness``) on the trainer's subcommand parser."""
-    e = sub.add_parser("explain", help="CAM references (one colour scale) and calibration for a run's models")
-    e.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
-    e.add_argument("--models", help="comma-separated model names (default: all)")
-    e.add_argument("--methods", help=f"comma-separated CAM methods (default: {','.join(REFERENCE_METHODS)})")
-    e.add_argument("--n", type=int, default=DEFAULT_SAMPLE, help="validation films sampled per model")
-    e.add_argument("--force", action="store_true", help="recompute what exists")
-    e.add_argument("--threads", type=int)
-    e.add_argument("--calibration-table", action="store_true",
-                   help="only print ECE and Brier before/after calibration on test and official_val (Markdown)")
-    e.add_argument("--recalibrate", action="store_true",
-                   help="only refit calibration.json (temperature and bias on validation), e.g. for files written "
-                        "before the bias existed")
-    e.add_argument("--scale-check", action="store_true",
-                   help="only print the shared scale's check: PNEUMONIA map maxima on confidently NORMAL vs "
-                        "confidently PNEUMONIA validation films")
-    e.set_defaults(func=cmd_explain)
-
-    f = sub.add_parser("faithfulness", help="ROAD and the model-randomisation sanity check per model and CAM method")
-    f.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
-    f.add_argument("--models", help="comma-separated model names (default: every model with a network)")
-    f.add_argument("--methods", help=f"comma-separated CAM methods (default: {','.join(FAITHFULNESS_METHODS)})")
-    f.add_argument("--n", type=int, default=FAITHFULNESS_SAMPLE, help="test films (a fixed random sample)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--percentiles", default=",".join(str(p) for p in faithfulness.ROAD_PERCENTILES),
-                   help="ROAD: percent of pixels removed, comma-separated (each costs one imputation per film)")
-    f.add_argument("--threads", type=int)
-    f.set_defaults(func=cmd_faithfulness)
+def _faithfulness_model(run: Run, name: str, rows, methods, out: dict, seed: int, percentiles) -> None:
+    loaded = load_trained(run.model(name))
+    x = loaded.inputs(loaded.frame(load_films(run, rows["path"], loaded.input_size))[0])
+    twin = faithfulness.with_random_head(loaded.model, loaded.spec, seed)
+    forward = loaded.forward()  # ROAD's imputed films: the backend scoring uses (ONNX Runtime where faster)
+    if forward is not loaded.model:  # Score-CAM's masked passes of the randomised twin on ONNX Runtime too
+        onnx_backend.register_twin(twin, onnx_backend.OnnxModel.from_module(twin, loaded.input_size))
+    done = out["models"].setdefault(name, {})
+    for method in methods:
+        if isinstance(done.get(method), dict) and done[method].get("n") == len(rows):
+            continue
+        t0 = time.perf_counter()
+        r = faithfulness.check(loaded.model, loaded.spec, x, method, percentiles=percentiles, random_model=twin,
+                               forward=forward, seed=seed)
+        done[method] = {**r, "seconds": round(time.perf_counter() - t0, 1)}
+        log.info(f"{name} {method}: ROAD {r['road']:+.3f} [{r['road_ci'][0]:+.3f}, {r['road_ci'][1]:+.3f}], sanity "
+                 f"rho {r['sanity_rho']:.2f}{'' if r['sanity_pass'] else '  FAILS'} ({done[method]['seconds']} s)")
+        out["created"] = now_iso()
+        write_faithfulness(run.dir, out)

@@ -8,15 +8,17 @@ against eager torch on random input; a model whose probabilities differ by more 
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from core import onnx_backend
-from core.artifacts import ArtifactError, Run
 from core.inference import load_trained, predict_probabilities
+from core.store import ArtifactError, Run, onnx_beside
 from core.weights import sha256_of
+
+log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max abs difference in P(PNEUMONIA) between ONNX Runtime and eager torch
 
@@ -42,10 +44,10 @@ def export_run(run_dir, models: list[str] | None = None) -> int:
         try:
             loaded = load_trained(art)
         except ArtifactError as e:
-            print(f"skip {art.name}: {e}", file=sys.stderr)
+            log.warning(f"skip {art.name}: {e}")
             continue
         ckpt = art.best_checkpoint()
-        path = onnx_backend.beside_path(ckpt)
+        path = onnx_beside(ckpt)
         meta = {"checkpoint_sha256": sha256_of(ckpt), "arch": loaded.spec.name, "model": art.name}
         onnx_backend.write_export(loaded.model, loaded.input_size, path, meta)
         diff = agreement(loaded, onnx_backend.cached_session(path, loaded.input_size))
@@ -59,7 +61,6 @@ def export_run(run_dir, models: list[str] | None = None) -> int:
         else:
             path.unlink(missing_ok=True)  # never leave a graph that scores differently
     if not written and not failed:  # asked to export and nothing was: that is not success
-        print(f"error: nothing exported from {run.dir}: every model was skipped (above) or is an ensemble",
-              file=sys.stderr)
+        log.error(f"error: nothing exported from {run.dir}: every model was skipped (above) or is an ensemble")
         return 1
     return 1 if failed else 0

@@ -13,7 +13,7 @@ Ensembles have no network of their own and are skipped.
 
 from __future__ import annotations
 
-import os
+import logging
 import shlex
 import time
 from pathlib import Path
@@ -21,18 +21,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.artifacts import (
+from core.cams import GRADIENT_FREE, raw_maps, raw_maps_many
+from core.focus import BORDER_BAND, FLAG_BELOW, body_mask, map_focus, ranking
+from core.framing import unframe
+from core.images import ImageError, load_for_model
+from core.inference import load_trained
+from core.labels import POSITIVE
+from core.lungs import METRICS, lung_mask
+from core.store import (
+    FOCUS_COLUMNS,
     ArtifactError,
     ModelArtifacts,
     Run,
+    is_ensemble,
     now_iso,
+    read_focus,
     read_json,
-    write_csv,
-    write_json,
+    write_focus,
 )
-from core.focus import BORDER_BAND, FLAG_BELOW, FOCUS_COLUMNS, body_mask, map_focus
-from core.images import ImageError, load_for_model
-from core.labels import POSITIVE
+
+log = logging.getLogger(__name__)
 
 MASK_SIZE = 224
 
@@ -65,7 +73,7 @@ def sample_films(run: Run, split: str, n: int, seed: int, data_root: Path | None
         raise ArtifactError(f"none of the {len(table)} films of {split!r} were found here (e.g. "
                             f"{table['path'].iloc[0]}); give --data-root")
     if missing:
-        print(f"warning: {missing} of {len(table)} films of {split!r} not found here; drawing from the rest")
+        log.warning(f"warning: {missing} of {len(table)} films of {split!r} not found here; drawing from the rest")
     table = table.dropna(subset=["file"]).reset_index(drop=True)
     if 0 < n < len(table):
         table = table.iloc[np.sort(np.random.default_rng(seed).choice(len(table), n, replace=False))]
@@ -74,13 +82,12 @@ def sample_films(run: Run, split: str, n: int, seed: int, data_root: Path | None
 
 def film_masks(films: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
     """(lung mask, body mask) per film at MASK_SIZE px, computed once for all models; unreadable films dropped."""
-    from core.lungs import lung_mask
     keep, out = [], []
     for i, f in enumerate(films["file"]):
         try:
             gray = load_for_model(f, MASK_SIZE)
         except ImageError as e:
-            print(f"warning: skipped {f}: {e}")
+            log.warning(f"warning: skipped {f}: {e}")
             continue
         lungs = lung_mask(gray)
         keep.append(i)
@@ -92,9 +99,6 @@ def model_focus(artifacts: ModelArtifacts, films: pd.DataFrame, masks, methods: 
                 batch: int = 16) -> list[dict]:
     """One row per film and method: lung focus and border mass of the model's raw PNEUMONIA map (the map the
     Grad-CAM page measures), computed in batches; gradient methods share one forward and backward pass."""
-    from core.cams import GRADIENT_FREE, raw_maps, raw_maps_many
-    from core.framing import unframe
-    from core.inference import load_trained
     loaded = load_trained(artifacts)
     grad_methods = [m for m in methods if m not in GRADIENT_FREE]
     rows = []
@@ -136,7 +140,6 @@ def summarize(rows: list[dict]) -> dict:
 
 def lung_model_figures() -> dict:
     """The committed lung model's held-out figures (shown beside every lung-focus number)."""
-    from core.lungs import METRICS
     try:
         return read_json(METRICS).get("heldout", {}).get("overall", {})
     except ArtifactError:
@@ -146,7 +149,6 @@ def lung_model_figures() -> dict:
 def markdown_table(run_: Run, split: str) -> str:
     """The stored figures as a Markdown table (README): per model, median lung focus per method, ranked by the
     first method's median."""
-    from core.focus import ranking, read_focus
     df, _ = read_focus(run_, split)
     methods = sorted(df["method"].dropna().unique(), key=lambda m: (m != "Grad-CAM", m))
     if not methods:
@@ -166,7 +168,8 @@ def markdown_table(run_: Run, split: str) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
+def focus_run(args) -> int:
+    """``python -m trainer focus`` (flags: trainer/commands/focus.py)."""
     import torch
     if args.table:
         print(markdown_table(Run(Path(args.run)), args.split))
@@ -180,35 +183,19 @@ def run(args) -> int:
     films = sample_films(run_, args.split, args.n, args.seed, data_root)
     t0 = time.time()
     films, masks = film_masks(films)
-    print(f"{len(films)} films of {args.split}: lung masks in {time.time() - t0:.0f}s")
+    log.info(f"{len(films)} films of {args.split}: lung masks in {time.time() - t0:.0f}s")
     for name in names:
         artifacts = run_.model(name)
-        if artifacts.config.get("members"):
+        if is_ensemble(artifacts.config):
             continue  # an ensemble: no maps of its own
         t0 = time.time()
         rows = model_focus(artifacts, films, masks, methods)
         summary = summarize(rows)
-        write_csv(artifacts.dir / f"lung_focus_{args.split}.csv", rows, FOCUS_COLUMNS)
-        write_json(artifacts.dir / f"lung_focus_{args.split}.json", {
+        write_focus(artifacts.dir, args.split, rows, {
             "created": now_iso(), "split": args.split, "n_films": len(films), "seed": args.seed,
             "target": "PNEUMONIA", "mask_size": MASK_SIZE, "border_band": BORDER_BAND, "flag_below": FLAG_BELOW,
             "lung_model": lung_model_figures(), "methods": summary,
             "command": "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv)})
         medians = ", ".join(f"{m} {s['lung_focus_median']:.2f}" for m, s in summary.items())
-        print(f"== {name}: median lung focus {medians}  ({time.time() - t0:.0f}s)", flush=True)
+        log.info(f"== {name}: median lung focus {medians}  ({time.time() - t0:.0f}s)")
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("focus", help="lung focus and border mass of each model's CAMs over a split")
-    p.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
-    p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=120, help="films sampled from the split (0: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="Grad-CAM", help="comma-separated CAM methods (see core/cams.py)")
-    p.add_argument("--models", help="comma-separated model names (default: every model of the run)")
-    p.add_argument("--data-root", default=os.environ.get("CXR_DATA_ROOT"),
-                   help="where the run's films are, when its stored paths do not resolve here")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--table", action="store_true", help="only print the stored figures as a Markdown table")
-    p.set_defaults(func=run)

@@ -12,8 +12,8 @@ epoch: rerun the same command to continue an interrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 import shlex
 import time
 from pathlib import Path
@@ -24,9 +24,13 @@ import torch
 from torch.nn import functional as F
 
 from core import lungs
-from core.artifacts import ArtifactError, now_iso, write_csv, write_json
 from core.checkpoints import load_resume, save_best, save_resume
 from core.images import load_xray, resize_square
+from core.models import get_spec
+from core.store import ArtifactError, now_iso, write_csv, write_json
+from core.weights import resolve_weights
+
+log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = ["source", "stem", "image", "mask", "group"]
 
@@ -106,17 +110,15 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def new_model(weights_dir=None) -> lungs.LungUNet:
     """A LungUNet whose encoder starts from MobileNetV2's ImageNet weights (found offline via core/weights.py)."""
-    from core.models import get_spec
-    from core.weights import resolve_weights
     model = lungs.LungUNet()
     state, info = resolve_weights(get_spec("mobilenet_v2").weights, weights_dir=weights_dir)
     if state is None:
-        print(f"warning: {info.warning}; the encoder trains from scratch")
+        log.warning(f"warning: {info.warning}; the encoder trains from scratch")
         return model
     enc = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     enc = {k: v for k, v in enc.items() if int(k.split(".")[0]) <= lungs.ENCODER_END}
     model.encoder.load_state_dict(enc, strict=True)
-    print(f"encoder: ImageNet weights from {info.source}")
+    log.info(f"encoder: ImageNet weights from {info.source}")
     return model
 
 
@@ -158,7 +160,8 @@ def evaluate(model, data: Path, df: pd.DataFrame) -> tuple[list[dict], dict]:
     return rows, out
 
 
-def run(args) -> int:
+def train_lungs(args) -> int:
+    """``python -m trainer lungs``: train, save and score the lung-field model (flags: trainer/commands/lungs.py)."""
     data, out = Path(args.data), Path(args.out)
     torch.manual_seed(args.seed)
     if args.threads:
@@ -166,11 +169,11 @@ def run(args) -> int:
     df = read_pairs(data)
     df["split"] = split_groups(df, args.seed, args.heldout_fraction)
     train_df, held_df = df[df["split"] == "train"], df[df["split"] == "heldout"]
-    print(f"pairs: {len(train_df)} train, {len(held_df)} held out "
-          f"({held_df['group'].nunique()} films; per source {held_df['source'].value_counts().to_dict()})")
+    log.info(f"pairs: {len(train_df)} train, {len(held_df)} held out "
+             f"({held_df['group'].nunique()} films; per source {held_df['source'].value_counts().to_dict()})")
     t0 = time.time()
     images, masks = load_squares(data, train_df, args.size)
-    print(f"loaded {len(images)} training pairs at {args.size}px in {time.time() - t0:.0f}s")
+    log.info(f"loaded {len(images)} training pairs at {args.size}px in {time.time() - t0:.0f}s")
 
     model = new_model(args.weights_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -188,13 +191,13 @@ def run(args) -> int:
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         start = int(state["epoch"])
-        print(f"resumed after epoch {start} from {resume_path}")
+        log.info(f"resumed after epoch {start} from {resume_path}")
     for epoch in range(start, args.epochs):
         t0 = time.time()
         loss = train_epoch(model, opt, sched, images, masks, args.batch_size, gen, args.max_batches)
         save_resume(resume_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                   "scheduler": sched.state_dict(), "generator": gen.get_state(), "epoch": epoch + 1})
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  ({time.time() - t0:.0f}s)", flush=True)
+        log.info(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.4f}  ({time.time() - t0:.0f}s)")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     save_best(model, out, half=True)
@@ -210,20 +213,3 @@ def run(args) -> int:
         print(f"held-out {name:<18} n={s['n']:>3}  Dice {s['dice']:.4f}  IoU {s['iou']:.4f}  "
               f"(min Dice {s['dice_min']:.3f})")
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("lungs", help="train the lung-field segmentation model on the lungmasks pairs")
-    p.add_argument("--data", required=True, help="the lungmasks folder (pairs.csv, <source>/images, <source>/masks)")
-    p.add_argument("--out", default=str(lungs.WEIGHTS), help="weights file (metrics.json and heldout.csv beside it)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--size", type=int, default=lungs.INPUT_SIZE)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--heldout-fraction", type=float, default=0.2)
-    p.add_argument("--max-batches", type=int, help="cap batches per epoch: quick runs")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 default: on a shared, busy machine 2 threads ran ~10x slower)")
-    p.add_argument("--weights-dir", default=os.environ.get("CXR_WEIGHTS_DIR"))
-    p.set_defaults(func=run)

@@ -12,8 +12,8 @@ import os
 import stat
 from collections.abc import Iterable
 
-from core.artifacts import Run
 from core.data import file_sha256
+from core.store import Run, evaluated_file
 
 SEEN_SPLITS = ("train", "val")  # what the model learned from, or was chosen on
 
@@ -55,5 +55,5 @@ def leak_message(leaked: list[str], total: int) -> str:
     """The loud warning ``evaluate`` prints: how many, and the first few."""
     shown = ", ".join(leaked[:3]) + (", ..." if len(leaked) > 3 else "")
     return (f"{len(leaked)} of {total} films are byte-identical copies of films this run trained or validated on "
-            f"({shown}); their scores are not an independent evaluation (listed in evaluated_<split>.json under "
-            "'leaked')")
+            f"({shown}); their scores are not an independent evaluation (listed under 'leaked' in "
+            f"{evaluated_file('<split>')})")

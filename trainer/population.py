@@ -10,7 +10,7 @@ network of their own: the pages judge a film with each member).
 
 from __future__ import annotations
 
-import os
+import logging
 import re
 import shlex
 import time
@@ -20,8 +20,12 @@ import numpy as np
 import pandas as pd
 
 from core import population as pop
-from core.artifacts import ArtifactError, ModelArtifacts, Run, name_problem, now_iso, write_json
 from core.images import SUPPORTED_EXTENSIONS, ImageError, load_for_model
+from core.inference import load_trained
+from core.store import ArtifactError, ModelArtifacts, Run, name_problem, now_iso, write_population
+from trainer.focus import find_image
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MAX_FILMS = 600  # films per source and split, and per measured set (seeded sample; docs/population.md)
@@ -35,7 +39,6 @@ def default_source(run: Run) -> str:
 
 def films_by_source(run: Run, split: str, max_films: int, seed: int) -> dict[str, pd.DataFrame]:
     """Per source, the films of ``split`` found on this machine (path, label, file), at most ``max_films``."""
-    from trainer.focus import find_image
 
     table = run.split_table()
     table = table[table["split"] == split]
@@ -59,7 +62,7 @@ def load_squares(files, size: int) -> tuple[np.ndarray, list[int]]:
             squares.append(load_for_model(f, size))
             ok.append(i)
         except ImageError as e:
-            print(f"warning: skipped {f}: {e}")
+            log.warning(f"warning: skipped {f}: {e}")
     return (np.stack(squares) if squares else np.zeros((0, size, size), np.uint8)), ok
 
 
@@ -80,7 +83,6 @@ def model_population(artifacts: ModelArtifacts, sources: dict, measure: dict[str
     outside (false flags), and the rate outside for each ``measure`` set; a measured set large enough gets a
     reference of its own under ``known`` (fit on every other image, limit on the rest), so that the pages can say
     which measured population an outside film resembles."""
-    from core.inference import load_trained
 
     loaded = load_trained(artifacts)
 
@@ -126,7 +128,8 @@ def _measure_sets(specs: list[str], max_films: int, seed: int) -> dict[str, list
     return out
 
 
-def run(args) -> int:
+def population_run(args) -> int:
+    """``python -m trainer population`` (flags: trainer/commands/population.py)."""
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,20 +148,7 @@ def run(args) -> int:
         t0 = time.time()
         out = model_population(artifacts, sources, measure)
         out["command"] = "python -m trainer " + " ".join(shlex.quote(a) for a in args.argv)
-        write_json(artifacts.dir / "population.json", out)
+        write_population(artifacts.dir, out)
         rates = ", ".join(f"{k} {v['outside']:.1%}" for k, v in out["measured"].items())
-        print(f"== {name}: outside: {rates}  ({time.time() - t0:.0f}s)", flush=True)
+        log.info(f"== {name}: outside: {rates}  ({time.time() - t0:.0f}s)")
     return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("population", help="fit each model's population check (is a film like its training films?)")
-    p.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
-    p.add_argument("--models", help="comma-separated model names (default: every model with a network)")
-    p.add_argument("--max-films", type=int, default=MAX_FILMS,
-                   help="films per source and split, and per measured set (0: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--measure", action="append", metavar="NAME=FOLDER",
-                   help="also record how often the images of FOLDER are flagged (repeatable)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("CXR_THREADS", "0") or 0))
-    p.set_defaults(func=run)

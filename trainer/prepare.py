@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from core import data
-from core.artifacts import data_folder
 from core.cache import ImageCache, load_or_build
 from core.data import STRATA, DataError, Sample
 from core.labels import CLASSES
+from core.store import data_folder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,10 +131,11 @@ def strata_of(samples: list[Sample]) -> dict[str, list[str]]:
 
 def build_cache(prepared: Prepared, size: int, *, cache_dir=None, workers=None, quiet=False) -> ImageCache:
     """Decode once at ``size``; files that fail to decode are dropped from the samples and listed as skipped."""
+    step = 200 * max(1, round(len(prepared.samples) / 2000))  # about ten lines a build
+
     def progress(done, total):
-        if not quiet and (done == total or done % 200 == 0):
-            print(f"\r  caching {size}px images: {done}/{total}", end="\n" if done == total else "",
-                  file=sys.stderr, flush=True)
+        if not quiet and (done == total or done % step == 0):
+            log.info(f"  caching {size}px images: {done}/{total}")
 
     cache = load_or_build(prepared.samples, size, root=cache_dir, workers=workers, progress=progress)
     if cache.failures:

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from core import metrics, summary
-from core.artifacts import ArtifactError, Run, population_metrics, population_specs, read_text
 from core.metrics import HEADLINE_RULE
+from core.store import ArtifactError, Run, population_metrics, population_specs, read_text
 
 
 def markers(run_id: str) -> tuple[str, str]:
@@ -121,7 +121,7 @@ def strata_table(run: Run, split: str) -> str:
         for column in STRATA_SHOWN:
             for spec in population_specs(whole, split, column):
                 try:
-                    m = population_metrics(whole, spec, art.dir / f"metrics_{split}.json")
+                    m = population_metrics(whole, spec, art.metrics_path(split))
                 except ArtifactError:
                     continue
                 at, ci = m["at"].get(rule, {}), (m.get("at_ci") or {}).get(rule, {})

@@ -1,4 +1,4 @@
-"""``trainer shift``: every model of a run scored under synthetic shifts of its own test split (core/shift.py).
+"""``trainer shift``: every model of a run scored under synthetic shifts of its own test split (trainer/shifts.py).
 
 Each model is fed exactly as in ``trainer evaluate`` (its input size, intensity ``preprocess`` and test-time
 views) and judged at the thresholds chosen on validation, at its headline rule: a shift that moves normal films
@@ -8,16 +8,20 @@ real shift, 16 films) are put beside the synthetic ones. Writes ``shift.json`` i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from core import metrics
-from core.artifacts import ArtifactError, Run, now_iso, read_json, write_json
 from core.cache import load_or_build
 from core.data import DataError, Sample
 from core.inference import load_trained, predict_loaded
-from core.shift import SHIFTS, apply_shift
+from core.recipe import model_config
+from core.store import SHIFT_FILE, ArtifactError, Run, now_iso, read_shift, write_shift
+from trainer.shifts import SHIFTS, apply_shift
+
+log = logging.getLogger(__name__)
 
 
 def test_split_samples(run: Run, limit: int | None = None, seed: int = 0) -> list[Sample]:
@@ -51,11 +55,10 @@ def _kept(run: Run, models, shifts, limit) -> tuple[dict, str]:
     and its command; without, nothing."""
     if not models:
         return {}, ""
-    path = run.dir / "shift.json"
-    stored = read_json(path) if path.exists() else {"models": {}, "shifts": {s: None for s in shifts},
-                                                     "limit": limit, "command": ""}
+    stored = read_shift(run.dir) or {"models": {}, "shifts": {s: None for s in shifts}, "limit": limit,
+                                     "command": ""}
     if list(stored.get("shifts") or {}) != shifts or stored.get("limit") != limit:
-        raise DataError(f"{path} was made with other shifts or --limit: rerun without --models")
+        raise DataError(f"{run.dir / SHIFT_FILE} was made with other shifts or --limit: rerun without --models")
     unknown = sorted(set(models) - {m.name for m in run.models})
     if unknown:
         raise ArtifactError(f"{run.dir}: no model named {', '.join(unknown)}")
@@ -83,7 +86,7 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
             loaded = load_trained(art)
             thresholds, rule = art.metrics("val")["thresholds"], metrics.headline_rule(art.config)
         except ArtifactError as e:
-            print(f"skip {art.name}: {e}")
+            log.warning(f"skip {art.name}: {e}")
             continue
         if loaded.input_size not in images:
             cache = load_or_build(samples, loaded.input_size, root=cache_dir, workers=workers)
@@ -92,14 +95,14 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
             images[loaded.input_size] = {name: apply_shift(name, base) for name in shifts}
         probs[art.name] = {name: predict_loaded(loaded, batch) for name, batch in images[loaded.input_size].items()}
         results[art.name] = _model_result(art, y, probs[art.name], thresholds, rule)
-        print(_line(art.name, results[art.name]), flush=True)
+        log.info(_line(art.name, results[art.name]))
     for art in run.models:
-        members = art.config.get("members") if art.is_ensemble else None
+        members = model_config(art).members if art.is_ensemble else None
         if members and all(m in probs for m in members):
             mean = {s: np.mean([probs[m][s] for m in members], axis=0) for s in shifts}
             results[art.name] = _model_result(art, y, mean, art.metrics("val")["thresholds"],
                                               metrics.headline_rule(art.config))
-            print(_line(art.name, results[art.name]), flush=True)
+            log.info(_line(art.name, results[art.name]))
     if not results:
         raise ArtifactError(f"{run.dir}: no model could be scored (no finished model with a best checkpoint)")
     order = [m.name for m in run.models]
@@ -107,7 +110,7 @@ def shift_run(run_dir, *, shifts=None, limit: int | None = None, cache_dir=None,
            "shifts": {s: SHIFTS[s][0] for s in shifts},
            "models": {k: results[k] for k in sorted(results, key=lambda k: order.index(k) if k in order else 0)},
            "command": "; ".join(c for c in (before, command or "") if c)}
-    write_json(run.dir / "shift.json", out)
+    write_shift(run.dir, out)
     return out
 
 

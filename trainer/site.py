@@ -2,46 +2,45 @@
 
     python -m trainer site --run artifacts/R --data FOLDER_OR_MANIFEST --site NAME [--prevalence P] [--unlabelled]
 
-Scores every model of the run on the site's films and writes, per model, ``<model>/sites/<NAME>/profile.json``
-and ``predictions.csv`` (docs/artifacts.md). The run's own files are never touched. Films the run trained or chose
+Scores every model of the run on the site's films and writes, per model, a profile and the films' predictions under
+``<model>/sites/<NAME>/`` (docs/artifacts.md). The run's own files are never touched. Films the run trained or chose
 its thresholds on (its ``train`` or ``val`` split, matched by real file, by content or by stored path) are refused
 (``--overlap drop`` leaves them out instead); films of its held-out splits are kept and flagged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from core import calibration, data
+from core import data
 from core import site as site_mod
-from core.artifacts import (
-    SITES_DIR,
-    ArtifactError,
-    ModelArtifacts,
-    Run,
-    name_problem,
-    now_iso,
-    stored_path,
-    write_csv,
-    write_json,
-)
 from core.data import DataError, Sample, file_sha256
 from core.images import SUPPORTED_EXTENSIONS
 from core.inference import load_trained, predict_loaded
+from core.recipe import model_config
+from core.store import (
+    SPLIT_FILE,
+    ArtifactError,
+    ModelArtifacts,
+    Run,
+    has_site_profile,
+    name_problem,
+    now_iso,
+    read_scaling,
+    stored_path,
+    write_site,
+)
 from trainer.prepare import Prepared, build_cache, prepare, rows_for
+
+log = logging.getLogger(__name__)
 
 MIN_FILMS = 10  # below this no profile is written: nothing about a site can be measured on fewer
 FITTED_ON = {"train", "val"}  # splits the run's weights, thresholds and calibration were chosen on
-SITE_PREDICTION_COLUMNS = ["path", "label", "probability"]
-
-
-def site_dir(model: ModelArtifacts, site: str) -> Path:
-    return model.dir / SITES_DIR / site
 
 
 def run_site(run_dir, data_root, site: str, *, prevalence: float | None = None, unlabelled: bool = False,
@@ -62,7 +61,7 @@ def run_site(run_dir, data_root, site: str, *, prevalence: float | None = None, 
     chosen = [m for m in run.models if models is None or m.name in models]
     if models and (unknown := sorted(set(models) - {m.name for m in chosen})):
         raise ArtifactError(f"{run.dir}: no model named {', '.join(unknown)}")
-    if not force and (done := [m.name for m in chosen if (site_dir(m, site) / "profile.json").exists()]):
+    if not force and (done := [m.name for m in chosen if has_site_profile(m.dir, site)]):
         raise DataError(f"site {site!r} already has profiles for {', '.join(done)}; add --force to replace them")
     facts = {"site": site, "data_root": prepared.root, "layout": prepared.layout, "labelled": not unlabelled,
              "data_fingerprint": data.fingerprint(prepared.samples), "n_skipped": len(prepared.skipped),
@@ -133,7 +132,7 @@ def _check_overlap(run: Run, prepared: Prepared, policy: str) -> dict:
     try:
         found = trained_on(run, prepared.samples, prepared.root)
     except ArtifactError as e:
-        print(f"warning: cannot check the films against the run's split.csv ({e})", file=sys.stderr)
+        log.warning(f"warning: cannot check the films against the run's {SPLIT_FILE} ({e})")
         return {"checked": False}
     fitted = {p: v for p, v in found.items() if v[0] in FITTED_ON}
     held = {p: v for p, v in found.items() if v[0] not in FITTED_ON}
@@ -144,11 +143,10 @@ def _check_overlap(run: Run, prepared: Prepared, policy: str) -> dict:
                         "or add --overlap drop to leave them out")
     if fitted:
         prepared.samples = [s for s in prepared.samples if s.path not in fitted]
-        print(f"warning: left out {len(fitted)} films the run trained or chose thresholds on", file=sys.stderr)
+        log.warning(f"warning: left out {len(fitted)} films the run trained or chose thresholds on")
     if held:
-        print(f"warning: {len(held)} films are in the run's held-out splits "
-              f"({', '.join(sorted({v[0] for v in held.values()}))}): kept, and flagged in the profile",
-              file=sys.stderr)
+        log.warning(f"warning: {len(held)} films are in the run's held-out splits "
+                    f"({', '.join(sorted({v[0] for v in held.values()}))}): kept, and flagged in the profile")
     return {"checked": True, "left_out_fitted": len(fitted), "examples_left_out": examples,
             "held_out_of_run": len(held), "held_out_splits": sorted({v[0] for v in held.values()})}
 
@@ -163,7 +161,7 @@ def _score_networks(run: Run, models, prepared: Prepared, *, cache_dir, workers)
         try:
             loaded = load_trained(art)
         except ArtifactError as e:
-            print(f"skip {art.name}: {e}", file=sys.stderr)
+            log.warning(f"skip {art.name}: {e}")
             continue
         cache = build_cache(prepared, loaded.input_size, cache_dir=cache_dir, workers=workers)
         if not prepared.samples:
@@ -179,32 +177,29 @@ def _ensembles(models, probs: dict) -> dict[str, np.ndarray]:
     out = {}
     for art in models:
         try:
-            members = list(art.config.get("members") or []) if art.is_ensemble else []
+            members = list(model_config(art).members) if art.is_ensemble else []
         except ArtifactError:
             continue
         if members and all(m in probs for m in members):
             out[art.name] = np.mean([probs[m] for m in members], axis=0)
         elif members:
-            print(f"skip {art.name}: its members {', '.join(members)} were not all scored", file=sys.stderr)
+            log.warning(f"skip {art.name}: its members {', '.join(members)} were not all scored")
     return out
 
 
 def _write_profile(m: ModelArtifacts, prepared: Prepared, y, p: np.ndarray, prevalence, facts: dict) -> None:
     val = m.metrics("val")
-    scaling = calibration.read_scaling(m)
+    scaling = read_scaling(m.dir)
     prof = site_mod.profile(y, p, config=m.config, val_thresholds=val["thresholds"], val_scaling=scaling,
                             val_prevalence=float(val["prevalence"]), prevalence=prevalence)
     prof = {"schema_version": 1, **facts, "model": m.name, **prof,
             "val_calibration": None if scaling is None else {"temperature": scaling.temperature, "bias": scaling.bias},
             "val_prevalence": float(val["prevalence"])}
-    out = site_dir(m, facts["site"])
-    write_csv(out / "predictions.csv", [{"path": stored_path(s.path, prepared.root),
-                                         "label": "" if y is None else int(s.label), "probability": repr(float(q))}
-                                        for s, q in zip(prepared.samples, p)], SITE_PREDICTION_COLUMNS)
-    write_json(out / "profile.json", prof)
+    labels = [None if y is None else s.label for s in prepared.samples]
+    write_site(m.dir, facts["site"], prof, [s.path for s in prepared.samples], labels, p, prepared.root)
     print(_line(m.name, prof))
     for w in prof["warnings"]:
-        print(f"  warning: {w}", file=sys.stderr)
+        log.warning(f"  warning: {w}")
 
 
 def _line(name: str, prof: dict) -> str:
@@ -219,29 +214,3 @@ def _line(name: str, prof: dict) -> str:
         v = f.get(k)
         return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
     return head + f" · sens {pct('sensitivity')} spec {pct('specificity')} (n = {f['n']})"
-
-
-def cmd_site(args) -> int:
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    return run_site(args.run, args.data, args.site, prevalence=args.prevalence, unlabelled=args.unlabelled,
-                    models=models, overlap=args.overlap, force=args.force, cache_dir=args.cache_dir,
-                    workers=args.workers, command="python -m trainer " + " ".join(args.argv))
-
-
-def add_parser(sub) -> None:
-    s = sub.add_parser("site", help="a site profile per model (threshold, calibration, prevalence, figures) from a "
-                                    "site's own films")
-    s.add_argument("--run", required=True, help="the run folder, e.g. artifacts/NAME")
-    s.add_argument("--data", required=True, help="the site's films: NORMAL/PNEUMONIA folders or a CSV manifest "
-                                                 "(with --unlabelled, any folder of images)")
-    s.add_argument("--site", required=True, help="the profile's name (letters, digits, '.', '_', '-')")
-    s.add_argument("--prevalence", type=float, help="the site's share of PNEUMONIA (default: from the labels, or "
-                                                    "estimated from unlabelled films)")
-    s.add_argument("--unlabelled", action="store_true", help="ignore labels: estimate the prevalence only")
-    s.add_argument("--models", help="comma-separated model names (default: every model of the run)")
-    s.add_argument("--overlap", choices=["refuse", "drop"], default="refuse",
-                   help="films the run trained or chose thresholds on: refuse (default) or leave them out")
-    s.add_argument("--force", action="store_true", help="replace this site's profiles")
-    s.add_argument("--cache-dir")
-    s.add_argument("--workers", type=int)
-    s.set_defaults(func=cmd_site)

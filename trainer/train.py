@@ -8,6 +8,7 @@ and test are scored once. ``train_one_epoch`` is the one batch loop: the trainin
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -18,19 +19,32 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core import distributed, metrics
+from core import metrics
 from core.accel import Accel, choose, pick_device  # noqa: F401 (pick_device stays importable from here)
-from core.artifacts import ModelWriter
 from core.cache import ImageCache
-from core.checkpoints import load_best, load_resume, prune_epochs, save_best, save_resume
+from core.checkpoints import load_best, load_resume, save_best, save_resume
 from core.inference import predict_probabilities
 from core.lungs import lung_model_sha256
 from core.models import ModelSpec, count_params, create_model, get_spec, input_size_for, set_backbone_trainable
+from core.store import (
+    ModelWriter,
+    best_checkpoint,
+    epoch_checkpoint,
+    last_checkpoint,
+    prune_epoch_checkpoints,
+    stored_path,
+)
 from core.transforms import AugmentConfig, augment, normalize, to_float
+from trainer import distributed
 from trainer.config import Recipe
+from trainer.distill import Teacher, distill_loss, load_teacher
 from trainer.prepare import SplitData
 from trainer.robust import WeightAverage, mixed_loss, mixup
 
+log = logging.getLogger(__name__)
+
+# "flat" validation loss for stop_on=val_loss: a gain under a thousandth of a nat is noise at our validation sizes
+LOSS_MIN_DELTA = 1e-3
 HEARTBEAT_SECONDS = 10  # status.json refresh within an epoch, for a live ETA on the dashboard
 
 
@@ -114,6 +128,7 @@ class Fit:
     ema: WeightAverage | None = None  # recipe ema_decay > 0: the averaged weights are validated and kept
     draw_weights: np.ndarray | None = None  # multi-source runs: ``source_weights`` of the training images
     accel: Accel = field(default_factory=lambda: choose("cpu"))  # mixed precision, pinned copies, compile
+    teacher: Teacher | None = None  # recipe distill_from: soft labels mixed into the loss (trainer.distill)
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -174,11 +189,15 @@ def _step(fit: Fit, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | Non
           scale: float = 1.0) -> tuple[float, int]:
     """One optimiser step; returns the batch's mean loss and its number of correct predictions.
 
-    ``scale`` multiplies the loss that is backpropagated (``core.distributed.loss_scale``)."""
+    ``scale`` multiplies the loss that is backpropagated (``trainer.distributed.loss_scale``)."""
     x, y_mix, lam = mixup(x, y, fit.recipe.mixup_alpha, gen)
     with fit.accel.autocast():
         logits = fit.model(x)
         loss = mixed_loss(logits.float(), y, y_mix, lam, fit.class_weights, fit.recipe.label_smoothing)
+        if fit.teacher is not None:
+            w = fit.recipe.distill_weight
+            soft = distill_loss(logits.float(), fit.teacher.logits(x), fit.recipe.distill_temperature)
+            loss = (1 - w) * loss + w * soft
     fit.opt.zero_grad(set_to_none=True)
     fit.scaler.scale(loss * scale).backward()
     fit.scaler.step(fit.opt)
@@ -250,11 +269,16 @@ class Progress:
     def stopped_early(self, patience: int) -> bool:
         return self.bad_epochs >= patience
 
-    def record(self, row: dict) -> bool:
-        """Append an epoch's history row; returns whether it is the new best (validation AUC, then loss)."""
+    def record(self, row: dict, stop_on: str = "val_auc") -> bool:
+        """Append an epoch's history row; returns whether it is the new best: by validation AUC (then loss), or with
+        ``stop_on="val_loss"`` by a validation loss at least ``LOSS_MIN_DELTA`` below the best so far."""
         self.history.append(row)
         auc, loss = row["val_auc"], row["val_loss"]
-        if auc > self.best_auc + 1e-4 or (abs(auc - self.best_auc) <= 1e-4 and loss < self.best_loss):
+        if stop_on == "val_loss":
+            better = loss < self.best_loss - LOSS_MIN_DELTA
+        else:
+            better = auc > self.best_auc + 1e-4 or (abs(auc - self.best_auc) <= 1e-4 and loss < self.best_loss)
+        if better:
             self.best_auc, self.best_loss, self.best_epoch, self.bad_epochs = auc, loss, row["epoch"], 0
             return True
         self.bad_epochs += 1
@@ -271,15 +295,15 @@ class Progress:
 
 
 def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter, *, seed: int,
-                device: torch.device, weights_dir=None, log=print, compile: bool = False) -> tuple[Fit, bool]:
+                device: torch.device, weights_dir=None, compile: bool = False) -> tuple[Fit, bool]:
     """Build the model (pretrained when asked and available), write config.json; returns it and pretrained."""
     spec = get_spec(recipe.arch)
     size = input_size_for(recipe.arch, recipe.input_size)
     torch.manual_seed(seed)
     model, winfo = create_model(recipe.arch, pretrained=recipe.pretrained, weights_path=recipe.weights,
-                                weights_dir=weights_dir, input_size=size)
+                                weights_dir=weights_dir, input_size=size, in_chans=recipe.in_chans)
     if winfo.warning:
-        log(f"  WARNING [{recipe.name}]: {winfo.warning}")
+        log.warning(f"  WARNING [{recipe.name}]: {winfo.warning}")
     model.to(device, memory_format=torch.channels_last)  # matches core.transforms.normalize's output
     writer.config({**asdict(recipe), "input_size": size, "mean": list(spec.mean), "std": list(spec.std),
                    "pretrained": winfo.pretrained, "pretrained_requested": recipe.pretrained,
@@ -289,8 +313,14 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
                    **{f"n_{split}": int(len(data[split].rows)) if split in data else 0
                       for split in ("train", "val", "test")}})
     train = data["train"]
-    return make_fit(model, spec, recipe, train.labels, device, compile, train.sources, train.strata.get("view")), \
-        winfo.pretrained
+    fit = make_fit(model, spec, recipe, train.labels, device, compile, train.sources, train.strata.get("view"))
+    if recipe.distill_from:
+        held_out = [stored_path(p, writer.data_root) for split in ("val", "test") if split in data
+                    for p in data[split].paths]
+        fit.teacher = load_teacher(recipe.distill_from, writer.dir.parent.parent, held_out, spec.mean, spec.std,
+                                   recipe.preprocess)
+        fit.teacher.net.model.to(device)
+    return fit, winfo.pretrained
 
 
 def rng_state() -> dict:
@@ -320,7 +350,7 @@ def restore_rng_state(state: dict | None) -> None:
     random.setstate(state["python"])
 
 
-def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
+def resume_entry(fit: Fit, last: Path) -> Progress:
     """Load last.pt into the model, optimiser, schedule and scaler; returns where training stood."""
     state = load_resume(last)
     fit.model.load_state_dict(state["model"])
@@ -330,25 +360,25 @@ def resume_entry(fit: Fit, last: Path, log=print) -> Progress:
     if fit.ema is not None and "ema" in state:
         fit.ema.load_state_dict(state["ema"])
     restore_rng_state(state.get("rng"))
-    log(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
+    log.info(f"  resuming {fit.recipe.name} after epoch {state['epoch']}")
     return Progress.from_state(state)
 
 
-def _save_epoch(fit: Fit, progress: Progress, ckpt_dir: Path, improved: bool) -> None:
+def _save_epoch(fit: Fit, progress: Progress, model_dir: Path, improved: bool) -> None:
     """best.safetensors when improved; last.pt (and the last ``keep_last`` epoch_NNN.pt) always; rank 0 only."""
     if not distributed.is_main():
         return
     if improved:
-        save_best(distributed.unwrap(fit.scored), ckpt_dir / "best.safetensors", half=fit.recipe.half_checkpoint)
+        save_best(distributed.unwrap(fit.scored), best_checkpoint(model_dir), half=fit.recipe.half_checkpoint)
     state = {"model": distributed.unwrap(fit.model).state_dict(), "optimizer": fit.opt.state_dict(),
              "scheduler": fit.sched.state_dict(),
              "scaler": fit.scaler.state_dict(), "rng": rng_state(), **progress.state()}
     if fit.ema is not None:
         state["ema"] = fit.ema.state_dict()
     if fit.recipe.keep_last > 0:
-        save_resume(ckpt_dir / f"epoch_{progress.epoch:03d}.pt", state)
-        prune_epochs(ckpt_dir, fit.recipe.keep_last)
-    save_resume(ckpt_dir / "last.pt", state)
+        save_resume(epoch_checkpoint(model_dir, progress.epoch), state)
+        prune_epoch_checkpoints(model_dir, fit.recipe.keep_last)
+    save_resume(last_checkpoint(model_dir), state)
 
 
 def _heartbeat(writer: ModelWriter, fit: Fit, progress: Progress, epoch: int, t0: float):
@@ -371,7 +401,7 @@ def _heartbeat(writer: ModelWriter, fit: Fit, progress: Progress, epoch: int, t0
 
 
 def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter, progress: Progress, *,
-              seed: int, epoch: int, frozen: bool, log=print) -> None:
+              seed: int, epoch: int, frozen: bool) -> None:
     """Train one epoch, validate, record it (history, checkpoints, status) and print a line."""
     recipe, t0 = fit.recipe, time.perf_counter()
     fit.model = distributed.rewrap(fit.model, fit.device, lambda net: set_backbone_trainable(net, fit.spec, not frozen),
@@ -391,12 +421,12 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
     val_loss, val_p = evaluate_loss(fit.scored, images, val.rows, val.labels, fit.spec.mean, fit.spec.std, fit.device,
                                     preprocess=recipe.preprocess)
     seconds = time.perf_counter() - t0
-    improved = progress.record({
+    improved = progress.record(stop_on=recipe.stop_on, row={
         "epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy, "val_loss": val_loss,
         "val_acc": float(np.mean((val_p >= 0.5) == val.labels)),
         "val_auc": metrics.macro_auc(val.labels, val_p, val.sources),  # several sources: their mean AUC
         "lr": fit.opt.param_groups[-1]["lr"], "seconds": round(seconds, 2)})
-    _save_epoch(fit, progress, writer.dir / "checkpoints", improved)
+    _save_epoch(fit, progress, writer.dir, improved)
     distributed.barrier()  # the other ranks read these checkpoints at the end (and on resume)
     writer.history(progress.history)  # after the checkpoints: a row in history means its epoch can be resumed from
     early = progress.stopped_early(recipe.patience)
@@ -404,32 +434,32 @@ def run_epoch(fit: Fit, images, data: dict[str, SplitData], writer: ModelWriter,
     writer.status("running", epoch=epoch, epochs=recipe.epochs,
                   eta_seconds=remaining * np.mean([h["seconds"] for h in progress.history]),
                   best_epoch=progress.best_epoch, best_val_auc=progress.best_auc, message="")
-    log(f"  {recipe.name} epoch {epoch}/{recipe.epochs}: train loss {stats.loss:.4f} val loss {val_loss:.4f} "
-        f"val AUC {progress.history[-1]['val_auc']:.4f} ({seconds:.0f}s)"
-        + (" *best*" if improved else "") + (" early stop" if early else ""))
+    log.info(f"  {recipe.name} epoch {epoch}/{recipe.epochs}: train loss {stats.loss:.4f} val loss {val_loss:.4f} "
+             f"val AUC {progress.history[-1]['val_auc']:.4f} ({seconds:.0f}s)"
+             + (" *best*" if improved else "") + (" early stop" if early else ""))
 
 
 def train_entry(recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], writer: ModelWriter, *, seed: int,
-                device: torch.device, resume: bool, weights_dir: str | None = None, log=print,
+                device: torch.device, resume: bool, weights_dir: str | None = None,
                 compile: bool = False) -> dict:
     """Train, select and score one model entry. Returns the final status dict."""
     writer = distributed.main_writer(writer)  # under DDP, rank 0 alone writes artifacts
-    fit, pretrained = setup_entry(recipe, data, writer, seed=seed, device=device, weights_dir=weights_dir, log=log,
+    fit, pretrained = setup_entry(recipe, data, writer, seed=seed, device=device, weights_dir=weights_dir,
                                   compile=compile)
-    last = writer.dir / "checkpoints" / "last.pt"
-    progress = resume_entry(fit, last, log) if resume and last.exists() else Progress()
+    last = last_checkpoint(writer.dir)
+    progress = resume_entry(fit, last) if resume and last.exists() else Progress()
     for epoch in range(progress.epoch + 1, recipe.epochs + 1):
         if progress.stopped_early(recipe.patience):
             break
         frozen = pretrained and epoch <= recipe.freeze_epochs
-        run_epoch(fit, cache.images, data, writer, progress, seed=seed, epoch=epoch, frozen=frozen, log=log)
+        run_epoch(fit, cache.images, data, writer, progress, seed=seed, epoch=epoch, frozen=frozen)
     return finish_entry(fit.model, recipe, cache, data, writer, device, progress)
 
 
 def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, SplitData], writer: ModelWriter,
                  device: torch.device, progress: Progress) -> dict:
     """Reload the best epoch, choose thresholds on validation, score validation and the other splits once."""
-    load_best(distributed.unwrap(model), writer.dir / "checkpoints" / "best.safetensors")
+    load_best(distributed.unwrap(model), best_checkpoint(writer.dir))
     spec = get_spec(recipe.arch)
     probs = {split: probabilities(model, cache.images, d.rows, spec.mean, spec.std, device, tta=recipe.tta,
                                   preprocess=recipe.preprocess)
@@ -437,8 +467,10 @@ def finish_entry(model, recipe: Recipe, cache: ImageCache, data: dict[str, Split
     val = data["val"]
     thresholds = metrics.choose_thresholds(val.labels, probs["val"], target_sensitivity=recipe.target_sensitivity,
                                            groups=val.sources)
-    for split, p in probs.items():
-        writer.score(split, data[split].paths, data[split].labels, p, thresholds, data[split].strata)
+    for split, p in probs.items() if distributed.is_main() else ():  # scored where it is written: rank 0
+        d = data[split]
+        writer.scored(split, d.paths, d.labels, p, metrics.evaluate_split(d.labels, p, thresholds, split=split,
+                                                                         strata=d.strata), d.strata)
     status = {"epoch": progress.epoch, "epochs": recipe.epochs, "best_epoch": progress.best_epoch,
               "best_val_auc": progress.best_auc, "eta_seconds": 0.0,
               "early_stopped": progress.stopped_early(recipe.patience),

@@ -9,16 +9,14 @@ chosen model's operating point. Presets are the thresholds chosen on validation 
 import streamlit as st
 
 from core import metrics as cm
+from core.store import metrics_file
 from dashboard import figures, tables
 from dashboard.common import (
     cached_metrics,
     cached_predictions,
-    choose_site,
+    choice,
     chosen_with_splits,
-    compared_run,
-    footer,
     guard,
-    start,
     stop,
 )
 
@@ -55,10 +53,10 @@ def load(chosen, split: str) -> dict:
         with guard(f"{e.label}: predictions for {split}"):
             pred = cached_predictions(m, split)
             met = val = None
-            with guard(f"{e.label}: metrics_{split}.json"):
-                if (m.dir / f"metrics_{split}.json").exists():
+            with guard(f"{e.label}: {metrics_file(split)}"):
+                if m.has_metrics(split):
                     met = cached_metrics(m, split)
-            with guard(f"{e.label}: validation thresholds (metrics_val.json)"):
+            with guard(f"{e.label}: validation thresholds ({metrics_file('val')})"):
                 val = cached_metrics(m, "val")
             presets = tables.threshold_presets(val)
             own = cm.headline_rule(m.config)  # the rule the model's figures are quoted at comes first
@@ -96,11 +94,10 @@ def operating_panel(data: dict, prevalence: float) -> None:
     st.caption(tables.PRESETS_EXPLAINED)
 
 
-run = start("ROC, PR and confusion")
-compare = compared_run(run)
+ctx = choice()
 st.title("ROC, precision–recall and confusion")
-chosen, splits = chosen_with_splits(run, compare)
-site = choose_site(run)
+chosen, splits = chosen_with_splits(ctx)
+site = ctx.site
 st.caption(site.describe())
 
 c1, c2, c3 = st.columns([2, 2, 2])
@@ -152,4 +149,3 @@ st.container(key="roc_points").dataframe(
                                      for c in ("threshold", "sensitivity", "specificity", "PPV", "NPV", "F1")})
 st.caption("Each model at its current threshold (the panel above moves one model's; the others stay where they "
            "were set, by default at Youden's threshold chosen on validation).")
-footer()

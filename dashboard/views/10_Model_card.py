@@ -5,13 +5,18 @@ Text from the run folder is shown inert (``plain``) and tables as data frames, s
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import footer, guard, model_names, plain, start, stop
+from core.store import CARD_HTML_FILE, CARD_MD_FILE, read_card
+from dashboard.common import choice, guard, model_names, plain, stop
 from trainer import card
 
-run = start("Model card")
+ctx = choice()
+run = ctx.run
 st.title("Model card")
-names = model_names(run)
-name = st.sidebar.selectbox("Model", names, key="card_model")
+names = model_names(ctx)
+if st.session_state.get("card_model") not in names:  # a one-model page starts on the sidebar's first choice
+    st.session_state["card_model"] = ctx.first_model() or names[0]
+name = st.sidebar.selectbox("Model", names, key="card_model",
+                            help="one model at a time; it starts on the first model chosen above")
 m = run.model(name)
 blocks = None
 with guard(f"{name}: model card"):
@@ -20,20 +25,16 @@ if not blocks:
     stop()
 
 md = card.to_markdown(blocks)
-stored = m.dir / card.CARD_MD
-try:
-    same = stored.is_file() and stored.stat().st_size < 2**20 and stored.read_text(encoding="utf-8") == md
-except (OSError, UnicodeDecodeError):
-    same = False
+same = read_card(m.dir) == md
 st.caption(f"Built from run `{plain(run.id)}`'s artifacts. "
            + ("The card stored beside the model is the same." if same else
-              f"The stored {card.CARD_MD} is missing or older than these artifacts: "
+              f"The stored {CARD_MD_FILE} is missing or older than these artifacts: "
               f"`python -m trainer card --run {plain(run.dir)} --model {plain(name)}` rewrites it."))
 c1, c2 = st.columns(2)
-c1.download_button("Download MODEL_CARD.md", md.encode("utf-8"), file_name=f"{name}_MODEL_CARD.md",
+c1.download_button(f"Download {CARD_MD_FILE}", md.encode("utf-8"), file_name=f"{name}_{CARD_MD_FILE}",
                    mime="text/markdown", key="card_md", on_click="ignore")
-c2.download_button("Download model_card.html", card.to_html(blocks, f"Model card: {name}").encode("utf-8"),
-                   file_name=f"{name}_model_card.html", mime="text/html", key="card_html", on_click="ignore")
+c2.download_button(f"Download {CARD_HTML_FILE}", card.to_html(blocks, f"Model card: {name}").encode("utf-8"),
+                   file_name=f"{name}_{CARD_HTML_FILE}", mime="text/html", key="card_html", on_click="ignore")
 
 def show(block) -> None:
     """One block of the card: text inert, tables static (they wrap, never scroll)."""
@@ -61,5 +62,3 @@ for tab, (_title, body) in zip(st.tabs([t for t, _ in sections[1:]]), sections[1
     with tab:
         for b in body:
             show(b)
-
-footer()

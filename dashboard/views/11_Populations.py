@@ -5,17 +5,15 @@ small one; here a model that is good on children and at chance on adults looks l
 
 import streamlit as st
 
-from core.artifacts import ArtifactError, population_metrics, population_specs
 from core.metrics import headline_rule
+from core.store import CONFIG_FILE, ArtifactError, metrics_file, population_metrics, population_specs
 from dashboard import figures, tables
-from dashboard.common import cached_metrics, chosen_with_splits, compared_run, footer, guard, start, stop
+from dashboard.common import cached_metrics, choice, chosen_with_splits, guard, stop
 
 STRATA = {"source": "data source", "view": "view (AP/PA)", "sex": "sex", "age": "age band"}
 
-run = start("Populations")
-compare = compared_run(run)
 st.title("Populations")
-chosen, splits = chosen_with_splits(run, compare)
+chosen, splits = chosen_with_splits(choice())
 shown = [s for s in splits if s != "train"]
 c1, c2 = st.columns([1, 1])
 split_choice = c1.multiselect("Splits", shown, default=[s for s in shown if s != "val"] or shown, key="pop_splits",
@@ -27,13 +25,13 @@ if "val" in split_choice:
 
 figures_by_model, rules = {}, {}
 for e in chosen:
-    with guard(f"{e.label}: config.json"):
+    with guard(f"{e.label}: {CONFIG_FILE}"):
         rules[e.label] = headline_rule(e.model.config)
     found = {}
     for split in split_choice:
         if split not in e.model.splits():
             continue
-        with guard(f"{e.label}: metrics_{split}.json"):
+        with guard(f"{e.label}: {metrics_file(split)}"):
             whole = cached_metrics(e.model, split)
             specs = population_specs(whole, split, column)
             if not specs and column == "source":
@@ -61,4 +59,3 @@ st.container(key="pop_table").dataframe(
 st.caption("Sensitivity and specificity at each model's own threshold, chosen on validation (one threshold for "
            "every film; in a multi-source run it keeps each source's validation sensitivity at its rule), with "
            "95% Wilson intervals. A population with no films of one class has no AUC.")
-footer()

@@ -8,8 +8,9 @@ While a chosen model is training, the charts refresh on their own. Ensembles tra
 import streamlit as st
 
 from core import summary
+from core.store import HISTORY_FILE, STATUS_FILE
 from dashboard import figures, tables
-from dashboard.common import cached_history, choose_models, compared_run, footer, guard, start, stop
+from dashboard.common import cached_history, choice, guard, stop
 
 REFRESH_SECONDS = 5
 OVERLAY_MAX = 5  # more models than this: one small chart per model by default
@@ -59,9 +60,7 @@ def extras(histories: dict, colors: dict) -> None:
                            key="curves_seconds")
 
 
-run = start("Training curves")
-compare = compared_run(run)
-chosen = choose_models(run, compare)
+chosen = choice().chosen
 st.title("Training curves")
 ensembles = [e for e in chosen if e.model.is_ensemble]
 trained = [e for e in chosen if not e.model.is_ensemble]
@@ -90,11 +89,11 @@ def curves() -> None:
         st.rerun()  # training just ended: stop refreshing
     histories = {}
     for e in trained:
-        with guard(f"{e.label}: status.json"):
+        with guard(f"{e.label}: {STATUS_FILE}"):
             if e.label not in stat:
                 e.model.status()
-        with guard(f"{e.label}: history.csv"):
-            h = tables.checked_history(cached_history(e.model), str(e.model.dir / "history.csv"))
+        with guard(f"{e.label}: {HISTORY_FILE}"):
+            h = tables.checked_history(cached_history(e.model), str(e.model.history_path))
             if h.empty:
                 st.info(f"{e.label}: no finished epoch yet.")
             else:
@@ -115,4 +114,3 @@ def curves() -> None:
 
 
 curves()
-footer()

@@ -6,75 +6,61 @@ from pathlib import Path
 import streamlit as st
 
 from core import faithfulness
-from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS, GRADIENT_FREE
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
+from core.store import best_checkpoint, read_faithfulness
 from dashboard import consensus as cs
 from dashboard import explain as ex
 from dashboard import population as pp
-from dashboard.common import CITATION, NOTICE, choose_site, footer, guard, plain, start, stop
+from dashboard.common import CITATION, NOTICE, choice, guard, plain, stop
 
-DEFAULT_MODELS = 4
 PER_ROW = 3
-ALPHA = 0.45
+ALPHA = ex.DEFAULT_ALPHA
 
-run = start("Consensus")
-site = choose_site(run)
+ctx = choice()
+run, site = ctx.run, ctx.site
 st.title("One film, every model")
-st.caption("What each chosen model says about one film: its calibrated P(PNEUMONIA), its label at the threshold "
-           "chosen on validation, and where it looks, all maps on the same colour scale. "
+st.caption("What each model chosen in the sidebar says about one film: its calibrated P(PNEUMONIA), its label at "
+           "the threshold chosen on validation, and where it looks, all maps on the same colour scale. "
            "**Research use only — not for diagnosis.**")
 
-
-def _val_auc(m) -> float:
-    try:
-        return float(m.metrics("val")["auc"])
-    except (ArtifactError, KeyError, TypeError, ValueError):
-        return float("-inf")
-
-
-nets = []
-with guard(f"Run {run.id}"):
-    nets = [m for m in run.models if m.dir.joinpath("checkpoints", "best.safetensors").is_file()
-            and not m.config.get("members")]
-if not nets:
-    st.warning(f"Run `{run.id}` has no trained model with a network yet.")
-    stop()
-names = [m.name for m in nets]
-best = [m.name for m in sorted(nets, key=_val_auc, reverse=True)[:DEFAULT_MODELS]]
+chosen = [e.model.name for e in ctx.nets if best_checkpoint(e.model.dir).is_file()]
+if any(e.model.is_ensemble for e in ctx.own):
+    st.caption("An ensemble averages its members' outputs and has no map of its own: its members speak here.")
+if not chosen:
+    stop("Choose at least one model with a network of its own in the sidebar.")
 
 st.sidebar.header("Consensus")
-chosen = st.sidebar.multiselect("Models", names, default=[n for n in names if n in best], key="con_models",
-                                help=f"default: the {DEFAULT_MODELS} best by validation AUC")
 methods = [m for m in CAM_METHODS if m not in GRADIENT_FREE]
 method = st.sidebar.selectbox("CAM method", methods, key="con_method")
 per_row = 2 if st.sidebar.toggle("Larger maps (2 per row)", key="con_large") else PER_ROW
 
-upload = st.file_uploader("A chest X-ray (PNG, JPEG or DICOM); nothing is stored",
-                          type=["png", "jpg", "jpeg", "dcm", "dicom"], key="con_upload")
+upload_col, pick_col = st.columns(2)  # side by side: the verdicts start higher on the screen
+upload = upload_col.file_uploader("A chest X-ray (PNG, JPEG or DICOM); nothing is stored",
+                                  type=["png", "jpg", "jpeg", "dcm", "dicom"], key="con_upload")
 test_rows = {}
 with guard("Test split"):
-    if "test" in nets[0].splits():
-        preds = nets[0].predictions("test")
-        for path, label in zip(preds["path"], preds["label"]):
-            if (found := ex.resolve_image_path(path, run)) is not None:
-                test_rows[str(path)] = (found, int(label))
+    first = run.model(chosen[0])
+    if "test" in first.splits():
+        test_rows = ex.test_films(run, first)  # cached: resolving every path took seconds per rerun
 picked = None
 if test_rows:
-    picked = st.selectbox(f"…or one film of the run's test split ({len(test_rows)} here)", list(test_rows),
-                          index=None, key="con_pick", placeholder="choose a test film",
-                          format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
+    picked = pick_col.selectbox(f"…or one film of the run's test split ({len(test_rows)} here)", list(test_rows),
+                                index=None, key="con_pick", placeholder="choose a test film",
+                                format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
+example = None
 if upload is not None:
     name, source, truth = upload.name, upload.getvalue(), None
 elif picked:
     name, source, truth = Path(picked).name, test_rows[picked][0], test_rows[picked][1]
-else:
-    st.info("Upload a chest X-ray or pick a test film to see what every chosen model says about it.")
-    stop()
-if not chosen:
-    st.info("Choose at least one model in the sidebar.")
-    stop()
+else:  # open on something: a committed example film, said to be one
+    labels = [e.label for e in ex.EXAMPLES]
+    shown = st.segmented_control("Example film", labels, default=labels[0], key="con_example") or labels[0]
+    example = next(e for e in ex.EXAMPLES if e.label == shown)
+    st.info(f"**Example film** — {example.about} (`{example.file}`). Upload a chest X-ray or pick a test film to "
+            "see what every chosen model says about your own.")
+    name, source, truth = example.file, example.path, example.truth
 
 image = ex.decoded(source, name)  # once per content, not on every rerun
 try:
@@ -85,7 +71,7 @@ except ImageError as e:
 
 sanity = None
 with guard("faithfulness figures"):
-    sanity = faithfulness.read(run.dir)
+    sanity = read_faithfulness(run.dir)
 
 
 def verdict(model_name: str) -> cs.Verdict:
@@ -105,7 +91,7 @@ def verdict(model_name: str) -> cs.Verdict:
     return cs.Verdict(model=model_name, p_raw=result.probability, p_shown=scale(result.probability),
                       calibrated=scaling is not None, threshold_raw=thr, threshold_shown=scale(thr),
                       label=ex.label_at(result.probability, thr),
-                      overlay_png=ex.png_bytes(ex.overlay_image(film, view, ALPHA)), note=" ".join(notes),
+                      overlay_png=ex.overlay_png(film, view, ALPHA), note=" ".join(notes),
                       figures=cs.split_figures(ma, population=where.inside[0] if where.inside else None),
                       population=where.short(), population_note=where.message(),
                       outside=where.outside)
@@ -124,10 +110,10 @@ c = st.columns(3)
 c[0].metric("Models calling PNEUMONIA", f"{k} of {n}")
 c[1].metric("Models calling NORMAL", f"{n - k} of {n}")
 if truth is not None:
-    c[2].metric("True label (test split)", CLASSES[truth])
+    c[2].metric(f"True label ({'example film' if example else 'test split'})", CLASSES[truth])
 for note in cs.outside_notes(verdicts):
     st.warning(note, icon="⚠️")
-st.dataframe(cs.display_table(verdicts), hide_index=True, width="stretch")
+st.table(cs.display_table(verdicts).set_index("model"))  # static: a dozen short columns wrap, never scroll
 st.caption(site.describe())
 st.caption("P(PNEUMONIA) is calibrated on validation (temperature and bias); the threshold is shown on the same "
            "scale, so the label is exactly the trainer's. test: held-out patients of the training data (in a run "
@@ -151,13 +137,19 @@ for first in range(0, len(cells), per_row):
             if v.note:
                 st.caption(v.note)
 
-report = cs.report_html(film_name=name, film_png=ex.png_bytes(film), verdicts=verdicts, run_id=run.id,
-                        method=method, notice=NOTICE, citation=CITATION, scale_note=scale_note,
-                        profile=site.describe().replace("`", ""))
+
+
+def report() -> bytes:
+    """The case as one HTML file, built when the button is clicked (a few MB of base64 pictures: not on every
+    rerun)."""
+    return cs.report_html(film_name=name, film_png=ex.png_bytes(film), verdicts=verdicts, run_id=run.id,
+                          method=method, notice=NOTICE, citation=CITATION, scale_note=scale_note,
+                          profile=site.describe().replace("`", "")).encode("utf-8")
+
+
 d1, d2 = st.columns(2)
-d1.download_button("Download report (HTML)", report.encode("utf-8"), file_name=f"{Path(name).stem}_report.html",
+d1.download_button("Download report (HTML)", report, file_name=f"{Path(name).stem}_report.html",
                    mime="text/html", key="con_report", on_click="ignore",
                    help="one self-contained file: film, maps with colour bars, probabilities, figures, notice")
 d2.download_button("Download table (CSV)", cs.table_csv(verdicts), file_name=f"{Path(name).stem}_models.csv",
                    mime="text/csv", key="con_csv", on_click="ignore")
-footer()

@@ -7,24 +7,14 @@ predictions_<split>.csv with ``core.metrics`` (the same functions the trainer us
 import pandas as pd
 import streamlit as st
 
-from core import calibration
+from core import summary
 from core.data import sort_splits
+from core.store import CALIBRATION_FILE, metrics_file, predictions_file
 from dashboard import figures, tables
-from dashboard.common import (
-    cached_metrics,
-    cached_predictions,
-    choose_models,
-    choose_site,
-    footer,
-    guard,
-    plain,
-    start,
-    stop,
-)
+from dashboard.common import cached_metrics, cached_predictions, choice, guard, plain, stop
 
-run = start("Calibration")
-chosen_entries = choose_models(run)
-site = choose_site(run)
+ctx = choice()
+run, site, chosen_entries = ctx.run, ctx.site, ctx.chosen
 st.title("Calibration")
 colors = {e.label: e.color for e in chosen_entries}
 splits = sort_splits(s for m in run.models for s in m.splits())
@@ -38,8 +28,7 @@ use_cal = c1.radio("Probabilities", ["raw", "calibrated"], key="cal_which", hori
                         "(python -m trainer explain)")
 
 bins, rows, preds = {}, [], {}
-for name in chosen:
-    m = run.model(name)
+for name, m in ((e.label, e.model) for e in chosen_entries):
     if split not in m.splits():
         st.info(f"{name}: no predictions for split `{split}` (yet).")
         continue
@@ -48,7 +37,7 @@ for name in chosen:
         with guard(f"{name}: calibration"):
             scaling = site.scaling(m)  # the chosen profile's calibration
             if scaling is None:
-                st.info(f"{name}: no calibration.json (run `python -m trainer explain --run …`).")
+                st.info(f"{name}: no {CALIBRATION_FILE} (run `python -m trainer explain --run …`).")
                 continue
             pred = cached_predictions(m, split).copy()
             pred["probability"] = scaling(pred["probability"])
@@ -56,10 +45,10 @@ for name in chosen:
             bins[name], _ = tables.calibration_from(None, pred)
             rows.append(tables.calibration_row(name, None, pred))
         continue
-    if (m.dir / f"metrics_{split}.json").exists():
-        with guard(f"{name}: metrics_{split}.json"):
+    if m.has_metrics(split):
+        with guard(f"{name}: {metrics_file(split)}"):
             met = cached_metrics(m, split)
-    with guard(f"{name}: predictions_{split}.csv"):
+    with guard(f"{name}: {predictions_file(split)}"):
         pred = cached_predictions(m, split)
         preds[name] = pred
     if met is None and pred is None:
@@ -91,7 +80,7 @@ if use_cal == "calibrated":
     st.caption(site.describe())
 
 with st.expander("Before and after calibration: temperature, bias, ECE and Brier per model"), guard("calibration"):
-    ba = [r for r in calibration.before_after(run, ("test", "official_val")) if r["model"] in chosen]
+    ba = [r for r in summary.calibration_rows(run, ("test", "official_val")) if r["model"] in chosen]
     if ba:
         st.dataframe(pd.DataFrame(ba)[["model", "split", "temperature", "bias", "n", "ece_raw", "ece_calibrated",
                                        "brier_raw", "brier_calibrated"]]
@@ -107,5 +96,3 @@ with st.expander("Before and after calibration: temperature, bias, ECE and Brier
                    "the class-weighted loss makes on purpose (it trains as if both classes were equally common).")
     else:
         st.info("No model of this run has a calibration yet: `python -m trainer explain --run …`.")
-
-footer()

@@ -9,15 +9,15 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.artifacts import ArtifactError, read_json
-from core.focus import FLAG_BELOW, focus_splits, ranking, read_focus
+from core.focus import FLAG_BELOW, ranking
 from core.lungs import METRICS
-from dashboard.common import footer, guard, start, stop
+from core.store import ArtifactError, focus_splits, read_focus, read_json
+from dashboard.common import choice, guard, stop
 from dashboard.tables import plain
 
 UNIFORM_MARGIN = 0.1  # "clearly above a uniform map"
 
-run = start("Where models look")
+run = choice().run
 st.title("Where models look")
 st.markdown(
     "A heatmap is only worth reading if it points at the lungs. **Lung focus** is the share of a map's weight that "
@@ -39,10 +39,7 @@ def lung_model_line() -> str:
 
 def is_ensemble(model) -> bool:
     """Ensembles have no maps of their own: not worth a "not shown" note."""
-    try:
-        return bool(model.config.get("members"))
-    except ArtifactError:
-        return False
+    return model.is_ensemble  # core.store.is_ensemble, the one test (False when config.json is unreadable)
 
 
 def focus_figure(df, order, method: str) -> go.Figure:
@@ -103,4 +100,3 @@ with guard(f"lung focus on {split}"):
     skipped = {k: v for k, v in problems.items() if not is_ensemble(run.model(k))}
     if skipped:
         st.caption("Not shown: " + "; ".join(f"{plain(k)} ({plain(v)})" for k, v in skipped.items()))
-footer()

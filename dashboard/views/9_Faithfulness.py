@@ -7,9 +7,10 @@ import streamlit as st
 
 from core import faithfulness
 from core.cams import CAM_METHODS
-from dashboard.common import footer, guard, start, stop
+from core.store import FAITHFULNESS_FILE, read_faithfulness
+from dashboard.common import choice, guard, plain, stop
 
-run = start("Faithfulness")
+run = choice().run
 st.title("Faithfulness: can these maps be trusted?")
 st.caption("Two checks per model and CAM method on a fixed sample of test films, computed once by "
            "`python -m trainer faithfulness` and read here. **ROAD** (Rong et al. 2022, pytorch-grad-cam's "
@@ -20,11 +21,11 @@ st.caption("Two checks per model and CAM method on a fixed sample of test films,
            "compute the map again; if it barely changes (Spearman rank correlation above the limit), the map "
            "shows the image's structure, not the model's decision.")
 figures = None
-with guard(f"{run.id}: {faithfulness.FAITHFULNESS_FILE}"):
-    figures = faithfulness.read(run.dir)
+with guard(f"{run.id}: {FAITHFULNESS_FILE}"):
+    figures = read_faithfulness(run.dir)
 if not figures or not figures.get("models"):
-    st.info(f"Run `{run.id}` has no faithfulness figures yet. Compute them once (minutes on a CPU):\n\n"
-            f"```\npython -m trainer faithfulness --run {run.dir} --n 4\n```")
+    st.info(f"Run `{run.id}` has no faithfulness figures yet. Compute them once (about 2 s of one core per "
+            f"film, method and model):\n\n```\npython -m trainer faithfulness --run {run.dir}\n```")
     stop()
 
 rows = []
@@ -34,7 +35,7 @@ for model, methods in figures["models"].items():
             rows.append({"model": model, "method": method, "ROAD": f["road"], "ROAD sd": f.get("road_sd"),
                          "sanity rho": f["sanity_rho"], "sanity": "pass" if f["sanity_pass"] else "FAILS"})
 if not rows:  # models listed, but no method figures under them
-    st.info(f"Run `{run.id}`: {faithfulness.FAITHFULNESS_FILE} holds no figures per model and method.")
+    st.info(f"Run `{run.id}`: {FAITHFULNESS_FILE} holds no figures per model and method.")
     stop()
 df = pd.DataFrame(rows)
 limit = figures.get("sanity_max_rho", faithfulness.SANITY_MAX_RHO)
@@ -44,7 +45,8 @@ c[1].metric("Models", df["model"].nunique())
 c[2].metric("Sanity-check failures", int((df["sanity"] == "FAILS").sum()), help=f"mean rho above {limit}")
 c[3].metric("ROAD percentiles", ", ".join(str(p) for p in figures.get("road_percentiles", [])))
 
-left, right = st.columns(2)
+# side by side while both fit half the width; one under the other for more methods (no table may scroll inside)
+left, right = st.columns(2) if df["method"].nunique() <= 4 else (st.container(), st.container())
 with left:
     st.subheader("ROAD (higher is better)")
     order = [m for m in CAM_METHODS if m in set(df["method"])]
@@ -57,6 +59,9 @@ with right:
     st.dataframe(rho.style.format("{:.2f}").background_gradient(cmap="RdYlGn_r", axis=None, vmin=0, vmax=1),
                  width="stretch", height=40 + 35 * len(rho))
 
+st.subheader("Methods ranked by ROAD, only where their 95 % intervals separate")
+for model, methods in figures["models"].items():
+    st.markdown(f"**{plain(model)}**: {plain(faithfulness.ranking_text(methods))}")  # faithfulness.rank_methods
 fails = df[df["sanity"] == "FAILS"]
 if not fails.empty:
     by_method = fails.groupby("method")["model"].apply(lambda s: ", ".join(s)).to_dict()
@@ -66,6 +71,4 @@ if not fails.empty:
 st.caption(f"{figures.get('sanity', '')}. ROAD: {figures.get('road', '')}. Films: a fixed random sample of the "
            f"test split (seed {figures.get('seed', '?')}), the same for every method of a model; with this few "
            "films, differences of a few hundredths are noise. A model sure of its answer (P near 1) barely moves when "
-           "half the film is imputed, so its ROAD stays near 0 whatever the map: compare methods within a model. "
-           "Score-CAM is left out (minutes per film on a CPU).")
-footer()
+           "half the film is imputed, so its ROAD stays near 0 whatever the map: compare methods within a model.")

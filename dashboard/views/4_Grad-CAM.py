@@ -1,4 +1,5 @@
-"""Grad-CAM: where did each model look? Upload films (or pick test-split films) and compare models side by side.
+"""Grad-CAM: where did each model look? The sidebar's chosen models side by side on uploaded films, on films of
+the run's test split or, until the user gives one, on a committed example film (``dashboard.explain.EXAMPLES``).
 
 Uploads stay in memory (bytes go straight to ``core.images``); preprocessing is the trainer's own. Models are cached
 once per process and locked while a map is computed (``dashboard.explain``).
@@ -9,35 +10,37 @@ from pathlib import Path
 import streamlit as st
 
 from core import faithfulness
-from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
+from core.store import ArtifactError, read_faithfulness
 from dashboard import explain as ex
 from dashboard import population as pp
-from dashboard.common import cached_predictions, choose_site, footer, guard, model_names, plain, start, stop
+from dashboard.common import choice, guard, plain, stop
 
 MAX_IMAGES = 8
 MAX_PICKED = 4  # test films picked at once ("Select N matches" would otherwise pick hundreds)
 PER_ROW = 3  # film + maps per row: about 350 px each at 1440 px
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
 
-run = start("Grad-CAM")
-site = choose_site(run)
+ctx = choice()
+run, site = ctx.run, ctx.site
 st.title("Grad-CAM: where the models look")
-st.caption("Class activation maps of the run's trained models on your films or on films of the run's test split. "
-           "Warm colours mark the regions that raised the chosen class's score. A map shows what a model used, "
-           "not whether it was right. Probabilities are calibrated on validation (temperature and bias). "
-           "**Research use only — not for diagnosis.**")
+chosen = [e.model.name for e in ctx.nets]  # the sidebar's choice: ensembles have no map of their own
+ensembles = [e.label for e in ctx.own if e.model.is_ensemble]
+st.caption("Class activation maps of the models chosen in the sidebar on your films or on films of the run's test "
+           "split. Warm colours mark the regions that raised the chosen class's score. A map shows what a model "
+           "used, not whether it was right. Probabilities are calibrated on validation (temperature and bias). "
+           + (f"{', '.join(ensembles)}: an ensemble averages its members' outputs and has no map of its own. "
+              if ensembles else "") + "**Research use only — not for diagnosis.**")
 
-names = model_names(run)
+if not chosen:
+    stop("Choose at least one model with a network of its own in the sidebar.")
 
 st.sidebar.header("Grad-CAM")
-chosen = st.sidebar.multiselect("Models (side by side)", names, default=names[: min(2, len(names))],
-                                key="cam_models")
 sanity = None
 with guard("faithfulness figures"):
-    sanity = faithfulness.read(run.dir)
+    sanity = read_faithfulness(run.dir)
 
 
 def _method_label(m: str) -> str:
@@ -54,7 +57,7 @@ if method == "Score-CAM":
                        "wait meanwhile. Try it on one film and one model.")
 target_name = st.sidebar.radio("Explain the score of", CLASSES, index=POSITIVE, key="cam_target", horizontal=True)
 target = CLASSES.index(target_name)
-alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="cam_alpha")
+alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, ex.DEFAULT_ALPHA, 0.05, key="cam_alpha")
 scale = st.sidebar.radio("Colour scale", list(ex.SCALES), format_func=ex.SCALES.get, key="cam_scale",
                          help="One scale: a colour means the same evidence on every film (the model's raw map "
                               "divided by a reference fixed on validation films; weak evidence gets no colour). "
@@ -64,43 +67,40 @@ per_row = 2 if st.sidebar.toggle("Larger maps (2 per row)", key="cam_large") els
 
 # --- which films ---------------------------------------------------------------------------------------------------
 
-uploads = st.file_uploader("Chest X-rays (PNG, JPEG or DICOM); nothing is stored", type=UPLOAD_TYPES,
-                           accept_multiple_files=True, key="cam_uploads") or []
+upload_col, pick_col = st.columns(2)  # side by side: the maps start higher on the screen
+uploads = upload_col.file_uploader("Chest X-rays (PNG, JPEG or DICOM); nothing is stored", type=UPLOAD_TYPES,
+                                   accept_multiple_files=True, key="cam_uploads") or []
 
 test_rows = {}  # path -> (resolved Path, true label)
-n_test = None  # rows of the first predictions_test.csv found; None: no model has test predictions yet
+has_test = False  # does any model have test predictions (the trainer writes them after training)?
 with guard("Test split"):
-    for name in chosen or names:
-        ma = run.model(name)
-        if "test" in ma.splits():
-            preds = cached_predictions(ma, "test")
-            n_test = len(preds)
-            for path, label in zip(preds["path"], preds["label"]):
-                found = ex.resolve_image_path(path, run)
-                if found is not None:
-                    test_rows[str(path)] = (found, int(label))
-            break
+    source = next((e.model for e in ctx.own if "test" in e.model.splits()), None)
+    source = source or next((m for m in run.models if "test" in m.splits()), None)
+    if source is not None:
+        has_test = True
+        test_rows = ex.test_films(run, source)  # cached: resolving every path took seconds per rerun
 picked: list[str] = []
 if test_rows:
-    picked = st.multiselect(f"…or pick up to {MAX_PICKED} films of the run's test split ({len(test_rows)} on this "
-                            "machine)", list(test_rows), key="cam_test_pick", max_selections=MAX_PICKED,
-                            format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
-elif n_test is None:
-    st.caption("No model of this run has test-split predictions yet (the trainer writes them after training), "
-               "so only uploads can be explained here.")
+    picked = pick_col.multiselect(f"…or pick up to {MAX_PICKED} films of the run's test split ({len(test_rows)} on "
+                                  "this machine)", list(test_rows), key="cam_test_pick", max_selections=MAX_PICKED,
+                                  format_func=lambda p: f"{CLASSES[test_rows[p][1]]} · {Path(p).name}")
+elif not has_test:
+    pick_col.caption("No model of this run has test-split predictions yet (the trainer writes them after "
+                     "training), so only uploads can be explained here.")
 else:
-    st.caption(f"The test split's files are not on this machine (data folder {plain(ex.data_root_of(run))} absent), "
-               "so only uploads can be explained here.")
+    pick_col.caption(f"The test split's files are not on this machine (data folder {plain(ex.data_root_of(run))} "
+                     "absent), so only uploads can be explained here.")
 
 items = [(f.name, f.getvalue(), None) for f in uploads]  # (name, bytes or path, true label)
 items += [(Path(p).name, test_rows[p][0], test_rows[p][1]) for p in picked]
-if not chosen:
-    st.info("Choose at least one model in the sidebar.")
-    stop()
-if not items:
-    st.info("Upload one or more chest X-rays, or pick films of the test split, to see each model's prediction and "
-            "its class activation map.")
-    stop()
+example = None
+if not items:  # open on something: a committed example film, said to be one
+    labels = [e.label for e in ex.EXAMPLES]
+    shown = st.segmented_control("Example film", labels, default=labels[0], key="cam_example") or labels[0]
+    example = next(e for e in ex.EXAMPLES if e.label == shown)
+    st.info(f"**Example film** — {example.about} (`{example.file}`). Upload films or pick test films above to "
+            "see your own.")
+    items = [(example.file, example.path, example.truth)]
 if len(items) > MAX_IMAGES:
     st.warning(f"{len(items)} films chosen; showing the first {MAX_IMAGES} to keep the page responsive.")
     items = items[:MAX_IMAGES]
@@ -141,9 +141,9 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     scaling = site.scaling(ma)
     on_scale = (lambda v: v) if scaling is None else (lambda v: float(scaling(v)))
     view = ex.map_view(result, ma.dir, name, scale, scaling)
-    rgb = ex.overlay_image(image.display(), view, alpha)
+    png = ex.overlay_png(image.display(), view, alpha)  # encoded once (and cached): shown and downloadable
     when = "cached" if result.cached else f"{result.seconds:.2f} s"
-    st.image(rgb, caption=f"{method} of {CLASSES[target]} · {when}", width="stretch")  # level with the film
+    st.image(png, caption=f"{method} of {CLASSES[target]} · {when}", width="stretch")  # level with the film
     st.metric(f"P({CLASSES[POSITIVE]})", f"{on_scale(p):.3f}",
               help="calibrated: temperature and bias fitted on validation" if scaling else "raw model output")
     if isinstance(thr, str):
@@ -151,9 +151,9 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     else:
         st.markdown(f"Label at the {'site' if site.profile(ma) else 'validation'}-chosen threshold "
                     f"{on_scale(thr):.3f}: **{ex.label_at(p, thr)}**")
-    st.caption(site.describe(ma))
-    st.caption(f"calibrated on validation, i.e. to the training batch's share of pneumonia (raw {p:.3f})" if scaling
-               else "raw (this run has no calibration)")
+    st.caption(f"{site.describe(ma)}; " + (f"calibrated on validation, i.e. to the training batch's share of "
+                                           f"pneumonia (raw {p:.3f})" if scaling else
+                                           "raw (this run has no calibration)"))
     with guard(f"population check of {name}"):
         pp.show(pp.check(ma, cm.loaded, cm.lock, pixels, image.source))
     if view.note:
@@ -168,7 +168,7 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
         st.warning(f"{method} fails the randomisation sanity check for {name}: re-initialising its top layer "
                    f"leaves the map nearly unchanged (rank correlation {rho:.2f}), so this map shows the film's "
                    "structure rather than the model's decision. See the Faithfulness page.")
-    st.download_button("Download PNG", ex.png_bytes(rgb),
+    st.download_button("Download PNG", png,
                        file_name=f"{Path(image.name).stem}_{name}_{method}.png".replace(" ", "_"),
                        mime="image/png", key=f"{key}-dl", on_click="ignore", help="the overlay with its colour bar")
 
@@ -178,10 +178,11 @@ def rows_of(cells: list, n: int) -> list[list]:
 
 
 for i, (name, source, truth) in enumerate(items):
-    st.divider()
+    if i:
+        st.divider()
     st.subheader(plain(name))  # a test-split name comes from a predictions file: plain text
     if truth is not None:
-        st.caption(f"Test-split film, true label: {CLASSES[truth]}")
+        st.caption(f"{'Example' if example else 'Test-split'} film, true label: {CLASSES[truth]}")
     image = ex.decoded(source, name)  # decoded once per content, not on every rerun (opacity slider...)
     try:
         original = image.display()
@@ -201,5 +202,3 @@ for i, (name, source, truth) in enumerate(items):
                     continue
                 with guard(f"{model_name} on {name}"):
                     show_model(model_name, image, key=f"cam-{i}-{model_name}")
-
-footer()

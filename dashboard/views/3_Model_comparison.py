@@ -7,24 +7,21 @@ models are compared on exactly the same images.
 
 import streamlit as st
 
+from core.store import metrics_file, predictions_file
 from dashboard import figures, tables
 from dashboard.common import (
     cached_metrics,
     cached_predictions,
-    choose_site,
+    choice,
     chosen_with_splits,
-    compared_run,
-    footer,
     guard,
-    start,
     stop,
 )
 
-run = start("Model comparison")
-compare = compared_run(run)
+ctx = choice()
 st.title("Model comparison")
-chosen, splits = chosen_with_splits(run, compare)
-if (site := choose_site(run)).is_site:
+chosen, splits = chosen_with_splits(ctx)
+if (site := ctx.site).is_site:
     st.info(f"Site profile `{site.name}` is chosen, but this page compares models on the run's own splits at their "
             "validation thresholds (the training-data profile); the site's own figures are on Home, its threshold "
             "on the ROC page.")
@@ -39,9 +36,9 @@ for e in chosen:
     if split not in e.model.splits():
         st.info(f"{e.label}: no predictions for split `{split}` (yet).")
         continue
-    with guard(f"{e.label}: metrics_{split}.json"):
+    with guard(f"{e.label}: {metrics_file(split)}"):
         metrics[e.label] = cached_metrics(e.model, split)
-    with guard(f"{e.label}: predictions_{split}.csv"):
+    with guard(f"{e.label}: {predictions_file(split)}"):
         preds[e.label] = cached_predictions(e.model, split)
 
 if not metrics:
@@ -86,5 +83,3 @@ if len(delong):
             st.plotly_chart(figures.pvalue_heatmap(tables.delong_all_pairs(preds)), key="cmp_pairs")
 elif len(preds) < 2:
     st.info("Choose at least two models with predictions to test differences.")
-
-footer()

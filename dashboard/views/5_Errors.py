@@ -10,26 +10,29 @@ import pandas as pd
 import streamlit as st
 
 from core import metrics as cm
-from core.artifacts import ArtifactError
 from core.cams import CAM_METHODS
 from core.images import ImageError
 from core.labels import CLASSES, POSITIVE
+from core.store import CONFIG_FILE, ArtifactError
 from dashboard import explain as ex
-from dashboard.common import cached_predictions, choose_site, footer, guard, model_names, plain, start, stop
+from dashboard.common import cached_predictions, choice, guard, model_names, plain, stop
 
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
 THUMB_SIDE = 512
 
-run = start("Errors")
-site = choose_site(run)
+ctx = choice()
+run, site = ctx.run, ctx.site
 st.title("Errors: false positives and false negatives")
 st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first, "
            "each as the plain film beside its map. Probabilities are calibrated on validation when the run has a "
            "calibration. **Research use only — not for diagnosis.**")
-names = model_names(run)
+names = model_names(ctx)
 
 st.sidebar.header("Errors")
-model_name = st.sidebar.selectbox("Model", names, key="err_model")
+if st.session_state.get("err_model") not in names:  # a one-model page starts on the sidebar's first choice
+    st.session_state["err_model"] = ctx.first_model() or names[0]
+model_name = st.sidebar.selectbox("Model", names, key="err_model",
+                                  help="one model at a time; it starts on the first model chosen above")
 ma = run.model(model_name)
 splits: list[str] = []
 with guard(model_name):
@@ -42,7 +45,7 @@ rules = [cm.YOUDEN, cm.DEFAULT_RULE]
 with guard(f"{model_name}: validation thresholds"):
     rules = list(ma.metrics("val")["thresholds"])  # every rule the trainer chose on validation, by its own name
 own = cm.HEADLINE_RULE
-with guard(f"{model_name}: config.json"):  # a broken config is an error here, the thresholds still show
+with guard(f"{model_name}: {CONFIG_FILE}"):  # a broken config is an error here, the thresholds still show
     own = cm.headline_rule(ma.config)
 rule = st.sidebar.selectbox("Threshold (chosen on validation)", rules, index=rules.index(own) if own in rules else 0,
                             format_func=cm.rule_label, key="err_rule")
@@ -52,7 +55,8 @@ show_cams = st.sidebar.toggle("Show CAMs", value=True, key="err_cams")
 GALLERY_METHODS = [m for m in CAM_METHODS if m != "Score-CAM"]
 method = st.sidebar.selectbox("CAM method", GALLERY_METHODS, key="err_method", disabled=not show_cams,
                               help="Score-CAM is too slow for a gallery; use it on the Grad-CAM page.")
-alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="err_alpha", disabled=not show_cams)
+alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, ex.DEFAULT_ALPHA, 0.05, key="err_alpha",
+                          disabled=not show_cams)
 scale = st.sidebar.radio("Colour scale", list(ex.SCALES), format_func=ex.SCALES.get, key="err_scale",
                          disabled=not show_cams, help="One scale: the same colour means the same evidence on every "
                          "film. Contrast-stretched: each map stretched to its own range (not comparable).")
@@ -118,12 +122,12 @@ def gallery(rows: pd.DataFrame, kind: str) -> None:
                 try:
                     result = ex.explain_one(cm, image.for_model(cm.loaded.input_size), method, POSITIVE)
                     view = ex.map_view(result, ma.dir, model_name, scale, scaling)
-                    rgb = ex.overlay_image(image.display(THUMB_SIDE), view, alpha)
+                    png = ex.overlay_png(image.display(THUMB_SIDE), view, alpha)  # cached per film, map, alpha
                 except ImageError as e:
                     st.error(f"Cannot read {plain(name)}: {plain(e)}")
                     continue
                 film_col.image(image.display(THUMB_SIDE), caption=label, width="stretch")
-                st.image(rgb, caption=f"{method} of PNEUMONIA", width="stretch")
+                st.image(png, caption=f"{method} of PNEUMONIA", width="stretch")
                 if view.note:
                     st.caption(view.note)
                 if view.coloured and (focus := ex.lung_focus(image.display(THUMB_SIDE), result)) is not None:
@@ -148,5 +152,3 @@ for kind, rows, what in (("False positives", fp, "NORMAL films the model called 
     if cm is not None:
         with st.spinner(f"{method} for {len(top)} films…"):
             gallery(top, kind)
-
-footer()

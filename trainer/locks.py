@@ -12,7 +12,7 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.artifacts import ArtifactError
+from core.store import ArtifactError
 
 try:
     import fcntl
