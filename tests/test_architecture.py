@@ -31,6 +31,7 @@ def _modules() -> dict[str, Path]:
 
 
 MODULES = _modules()
+OPEN = "open in issue 19: bench/dashboard.warm lazy imports, dashboard -> trainer.card, design.md table"
 
 
 def _imports(name: str, path: Path):
@@ -62,7 +63,7 @@ def _graph() -> dict[str, set[str]]:
     return edges
 
 
-@pytest.mark.xfail(reason="open in issue 19: bench/dashboard.warm lazy imports, dashboard -> trainer.card, design.md table", strict=False)
+@pytest.mark.xfail(reason=OPEN, strict=False)
 def test_no_package_imports_back_up():
     wrong = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets
              if b.split(".")[0] not in LAYERS[a.split(".")[0]]]
@@ -94,7 +95,7 @@ def test_no_import_cycle_between_modules():
     assert not cycles, cycles
 
 
-@pytest.mark.xfail(reason="open in issue 19: bench/dashboard.warm lazy imports, dashboard -> trainer.card, design.md table", strict=False)
+@pytest.mark.xfail(reason=OPEN, strict=False)
 def test_function_local_imports_are_only_optional_or_heavy_third_party_ones():
     wrong = sorted({f"{name}: {target}" for name, path in MODULES.items()
                     for target, _, at_top in _imports(name, path)
@@ -109,7 +110,7 @@ def test_no_private_name_is_imported_across_modules():
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(reason="open in issue 19: bench/dashboard.warm lazy imports, dashboard -> trainer.card, design.md table", strict=False)
+@pytest.mark.xfail(reason=OPEN, strict=False)
 def test_design_doc_names_every_core_module_and_no_missing_one():
     doc = (REPO / "docs" / "design.md").read_text(encoding="utf-8")
     named = set(re.findall(r"`(core/[\w/]+(?:\.py|/))`", doc))
