@@ -5,6 +5,7 @@ skipping it."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see core/__init__.py
@@ -73,6 +74,15 @@ def kermany224() -> Path:
 @pytest.fixture(scope="session")
 def fullres() -> Path:
     return need(FULLRES)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it in sys.modules; a later test that spawns
+    processes (torch.multiprocessing) would then re-run that page in every child. Put the real one back."""
+    main = sys.modules.get("__main__")
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(autouse=True)
