@@ -1,10 +1,12 @@
-"""CAM latency: ``core.cams.explain`` per model and method (warm), and its ratio to the same model's bare forward
+"""CAM latency: ``core.explain.cams.explain`` per model and method (warm), and its ratio to the same model's bare
+forward
 pass on the same one-image input, interleaved in the same run (the median of per-round ratios). 2 torch threads.
 
 Full mode: all CAM methods for mobilenet_v2 and Grad-CAM for every model of the lineup, each at its lineup input
 size (Score-CAM, one masked forward pass per channel, gets few repetitions). Score-CAM's masked passes run on the
 model's ONNX Runtime twin (as in the dashboard, where the probability has already built the session), with the
-channels grouped into ``core.fast_cams.SCORE_CAM_CLUSTERS`` clusters (one scored each) and, in full mode, once more
+channels grouped into ``core.explain.fast_cams.SCORE_CAM_CLUSTERS`` clusters (one scored each) and, in full mode, once
+more
 with every channel scored (" (all channels)"); one repetition. A method name ending in " (torch)" in ``_plan``
 forces eager torch for comparison (Score-CAM on eager torch: 40 s to minutes, left out of the default plan).
 Quick mode: all methods on small_cnn, Grad-CAM and EigenCAM on mobilenet_v2. Also timed: the dashboard's whole
@@ -23,12 +25,12 @@ import torch
 from bench.common import fixed_cache, lineup_recipes, recipe_size
 from bench.report import check, figure
 from bench.timing import Ctx, interleaved, median, p95, paired_ratio
-from core.cams import CAM_METHODS, explain
-from core.fast_cams import FastScoreCAM
-from core.inference import LoadedModel
-from core.models import create_model, get_spec
-from core.onnx_backend import ENV_BACKEND, OnnxModel, register_twin
-from core.transforms import normalize, to_float
+from core.data.transforms import normalize, to_float
+from core.explain.cams import CAM_METHODS, explain
+from core.explain.fast_cams import FastScoreCAM
+from core.models.inference import LoadedModel
+from core.models.onnx_backend import ENV_BACKEND, OnnxModel, register_twin
+from core.models.registry import create_model, get_spec
 from dashboard.explain import CachedModel, ModelKey, explain_one
 
 QUICK_MOBILENET = ("Grad-CAM", "EigenCAM")
@@ -57,7 +59,7 @@ def _clusters(n):
 
 def _register_onnx_twin(model, size: int) -> None:
     """What the dashboard has once it has computed a probability: the model's ONNX Runtime session, which
-    Score-CAM's masked passes then use (``core.fast_cams``)."""
+    Score-CAM's masked passes then use (``core.explain.fast_cams``)."""
     register_twin(model, OnnxModel.from_module(model, size))
 
 

@@ -21,14 +21,14 @@ def lineup_recipes() -> dict:
 
 
 def recipe_size(recipe) -> int:
-    from core.models import input_size_for
+    from core.models.registry import input_size_for
 
     return input_size_for(recipe.arch, recipe.input_size)
 
 
 def fixed_samples(n: int):
     """``n`` training images of kermany224 (a fixed, seeded, label-mixed choice)."""
-    from core import data
+    from core.data import layouts as data
 
     if not KERMANY224.is_dir():
         raise FileNotFoundError(f"{KERMANY224}: data set not found (set CXR_SHARED_DATA)")
@@ -39,7 +39,7 @@ def fixed_samples(n: int):
 
 def fixed_cache(n: int, size: int, work: Path):
     """The cache of ``fixed_samples(n)`` at ``size`` (built once under ``work/cache``, then memory-mapped)."""
-    from core.cache import load_or_build
+    from core.data.cache import load_or_build
 
     samples = fixed_samples(n)
     cache = load_or_build(samples, size, root=work / "cache")

@@ -10,7 +10,7 @@ epoch is a warm-up, then rounds of one epoch each (naive, ours, ...); the speed-
 ratios. The target compares the same work (ours without augmentation, since the naive pipeline has none);
 ours with augmentation is reported beside it. A diagnostic rides along: ours on one torch thread (the batch path
 runs on the process's OpenMP threads; on a CPU shared with other jobs their spin-waiting can cost more than the
-second thread gains). The cold cache build (``core.cache.load_or_build`` into a fresh folder, its default worker
+second thread gains). The cold cache build (``core.data.cache.load_or_build`` into a fresh folder, its default worker
 count) is timed separately.
 """
 
@@ -33,7 +33,7 @@ SIZE = 224
 
 
 def _samples(root: Path, limit: int | None):
-    from core import data
+    from core.data import layouts as data
 
     samples = [s for s in data.scan(root).samples if s.split in ("train", "val")]
     if limit and len(samples) > limit:  # a fixed, label-mixed subset (quick mode)
@@ -44,8 +44,8 @@ def _samples(root: Path, limit: int | None):
 
 def _ours(cache, seed: int = 0):
     """One epoch generator factory: returns a function that runs one epoch, returns images delivered."""
-    from core.models import IMAGENET_MEAN, IMAGENET_STD
-    from core.transforms import AugmentConfig, augment, normalize, to_float
+    from core.data.transforms import AugmentConfig, augment, normalize, to_float
+    from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
     aug = AugmentConfig(blur_prob=0.2)  # the lineup's recipe
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +80,7 @@ def _naive(root: Path, samples):
     from torchvision import datasets
     from torchvision import transforms as T
 
-    from core.models import IMAGENET_MEAN, IMAGENET_STD
+    from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
     tf = T.Compose([T.Resize((SIZE, SIZE)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     parts = [datasets.ImageFolder(str(root / split), transform=tf) for split in ("train", "val")]
@@ -102,7 +102,7 @@ def _naive(root: Path, samples):
 
 
 def _bench_dataset(ctx: Ctx, key: str, root: Path, limit: int | None) -> tuple[list, list, dict]:
-    from core.cache import load_or_build
+    from core.data.cache import load_or_build
 
     samples = _samples(root, limit)
     n = len(samples)

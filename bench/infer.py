@@ -1,7 +1,7 @@
 """Inference: eager torch, torch.compile and ONNX Runtime side by side, per model, in one process, interleaved.
 
 Baseline: eager torch's bare forward pass (images already normalised, batches of 64, ``torch.inference_mode``,
-eval mode, channels-last, as ``core.inference.load_trained`` prepares a model). Against it, round by round:
+eval mode, channels-last, as ``core.models.inference.load_trained`` prepares a model). Against it, round by round:
 
 * ``evaluate (onnx)``: what ``trainer evaluate`` runs now (``predict_probabilities`` on cached uint8 images through
   the model's ONNX Runtime session: to_float -> normalize -> ONNX Runtime -> softmax), one view;
@@ -15,7 +15,7 @@ Ratios are medians of per-round ratios (throughput over eager bare; for TTA, tim
 Each architecture is measured at its lineup size and, in full mode, at the other sizes committed runs use
 (``EXTRA_SIZES``; ONNX Runtime and eager torch only): ``CXR_BACKEND=auto`` picks, per architecture and
 size, the backend measured faster here (``evaluate (onnx)`` vs ``evaluate (torch)``, same path, same rounds).
-``python -m bench.infer --write-table RESULTS.json...`` turns runs' figures into ``core/backend_table.json``;
+``python -m bench.infer --write-table RESULTS.json...`` turns runs' figures into ``core/models/backend_table.json``;
 ``CXR_BENCH_INFER_SIZES=lineup`` or ``extra`` measures one half (each fits a 10-minute quiet window).
 ``CXR_BENCH_COMPILE=0`` skips ``torch.compile`` (minutes of compiling, not needed for the table).
 """
@@ -35,11 +35,11 @@ import torch
 from bench.common import fixed_cache, lineup_recipes, recipe_size
 from bench.report import check, figure
 from bench.timing import Ctx, interleaved, median, paired_ratio
-from core.inference import predict_probabilities
-from core.models import create_model, get_spec
-from core.onnx_backend import OnnxModel
+from core.data.transforms import normalize, to_float
+from core.models.inference import predict_probabilities
+from core.models.onnx_backend import OnnxModel
+from core.models.registry import create_model, get_spec
 from core.store import write_json
-from core.transforms import normalize, to_float
 
 QUICK_MODELS = ("small_cnn", "mobilenet_v2")
 COMPILED_MODELS = ("small_cnn", "mobilenet_v2")  # torch.compile takes minutes per model on 2 shared cores
@@ -150,7 +150,7 @@ def _figures(arch, size, n, t, extra) -> list[dict]:
 
 
 def backend_table(*runs: dict) -> dict:
-    """``core/backend_table.json`` from one or more bench runs' JSON (e.g. the lineup and extra halves): per
+    """``core/models/backend_table.json`` from one or more bench runs' JSON (e.g. the lineup and extra halves): per
     architecture and size, the evaluate path's speed on ONNX Runtime over eager torch (median of per-round ratios)
     and the backend ``CXR_BACKEND=auto`` takes. A later run's entry replaces an earlier one's."""
     found = {}
@@ -175,7 +175,7 @@ def backend_table(*runs: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.infer", description="write core/backend_table.json")
+    p = argparse.ArgumentParser(prog="python -m bench.infer", description="write core/models/backend_table.json")
     p.add_argument("--write-table", type=Path, nargs="+", required=True, metavar="RESULTS.json",
                    help="`python -m bench --only infer` JSONs (full mode; e.g. the lineup and extra halves)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "core" / "backend_table.json")

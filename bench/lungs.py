@@ -18,11 +18,11 @@ from bench.timing import Ctx, interleaved, median, paired_ratio
 
 def run(ctx: Ctx) -> dict:
     from bench.common import fixed_cache
-    from core.cams import explain
-    from core.focus import body_mask, map_focus
-    from core.lungs import load_model, lung_mask
-    from core.models import create_model, get_spec
-    from core.transforms import normalize, to_float
+    from core.data.transforms import normalize, to_float
+    from core.explain.cams import explain
+    from core.explain.focus import body_mask, map_focus
+    from core.models.lungs import load_model, lung_mask
+    from core.models.registry import create_model, get_spec
 
     torch.set_num_threads(2)
     spec = get_spec("mobilenet_v2")

@@ -1,6 +1,7 @@
 """Scale benchmark: ``python -m bench.scale [--films 50000] [--ddp] [--steps cpu|cuda] [--work DIR] [--json FILE]``
 
-Cache build (``core.cache.load_or_build``, the sharded parallel fill of ``core/cache_build.py``) on a synthetic
+Cache build (``core.data.cache.load_or_build``, the sharded parallel fill of ``core/data/cache_build.py``) on a
+synthetic
 flat folder of ``--films`` grayscale JPEG films of ``--film-px`` pixels, generated on the fly into a temporary
 folder (never committed; removed afterwards unless ``--keep``). Reported: images/s of the build, and peak
 resident memory of the building process (getrusage), of its largest worker and of the whole process tree (both
@@ -96,8 +97,8 @@ class PeakTree(threading.Thread):
 
 
 def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
-    from core import data
-    from core.cache import load_or_build
+    from core.data import layouts as data
+    from core.data.cache import load_or_build
 
     t0 = time.perf_counter()
     samples = data.scan(folder).samples
@@ -119,9 +120,9 @@ def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
 
 
 def _pool_build(paths: list[str], size: int, out: Path, workers: int) -> None:
-    """The build before core/cache_build.py, for comparison: ``pool.map`` sends every decoded image back to the
+    """The build before core/data/cache_build.py, for comparison: ``pool.map`` sends every decoded image back to the
     parent, which writes it into its own memory map (so the parent's resident pages grow with N)."""
-    from core.cache_build import decode
+    from core.data.cache_build import decode
 
     images = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     with ProcessPoolExecutor(workers) as pool:
@@ -132,7 +133,7 @@ def _pool_build(paths: list[str], size: int, out: Path, workers: int) -> None:
 
 
 def _sharded_build(paths: list[str], size: int, out: Path, workers: int) -> None:
-    from core import cache_build
+    from core.data import cache_build
 
     np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)).flush()
     cache_build.fill(out, paths, size, workers=workers)
@@ -194,11 +195,11 @@ def bench_ddp(work: Path, subset: int = 300, epochs: int = 3) -> dict:
 def bench_steps(device: str, archs=("mobilenet_v2", "resnet50"), size: int = 224, batch: int = 32,
                 warmup: int = 1, steps: int = 3) -> dict:
     """Training images/s of the trainer's own epoch loop (batch + step) at ``size`` px on random films:
-    float32, and on CUDA also the mixed precision ``core.accel`` chooses (bfloat16, or float16 + GradScaler)."""
+    float32, and on CUDA also the mixed precision ``core.models.accel`` chooses (bfloat16, or float16 + GradScaler)."""
     import torch
 
-    from core.accel import choose
-    from core.models import create_model, get_spec
+    from core.models.accel import choose
+    from core.models.registry import create_model, get_spec
     from trainer.config import Recipe
     from trainer.train import make_fit, train_one_epoch
 

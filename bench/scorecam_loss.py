@@ -6,12 +6,12 @@ computed once per film, and every cheaper variant is compared with it:
 
 * channel subsets: the top 256 channels by mean activation or 256 at random, the rest dropped (the library's
   softmax over the scored channels only) or given the scored channels' mean score;
-* channel clusters (``core.fast_cams.channel_clusters``): k-means on the channels' [0, 1] masks (at the CAM
+* channel clusters (``core.explain.fast_cams.channel_clusters``): k-means on the channels' [0, 1] masks (at the CAM
   layer's resolution), one scored member per cluster (the one nearest its centre), its score shared by the cluster;
 * lower resolution: every channel's masked film scored at half the input size (a quarter of the pixels).
 
 Per variant and film: Spearman's rho with the full map over pixels, IoU of the top 20 % regions, the largest
-absolute difference on the [0, 1] scale, and the ROAD of both maps (``core.faithfulness``, 3 levels). Subset and
+absolute difference on the [0, 1] scale, and the ROAD of both maps (``core.explain.faithfulness``, 3 levels). Subset and
 cluster variants reuse the full run's per-channel scores (the same numbers a cut run computes); their time is the
 number of forward passes they need, and the time of the chosen one is measured by ``bench/cam.py``.
 """
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from bench import REPO
-from core import faithfulness
-from core.faithfulness import bootstrap_ci
-from core.fast_cams import SCORE_CAM_BATCH, channel_clusters, layer_activations, masked_scores
-from core.inference import load_trained
-from core.labels import POSITIVE
-from core.onnx_backend import OnnxModel
+from core.data.labels import POSITIVE
+from core.explain import faithfulness
+from core.explain.faithfulness import bootstrap_ci
+from core.explain.fast_cams import SCORE_CAM_BATCH, channel_clusters, layer_activations, masked_scores
+from core.models.inference import load_trained
+from core.models.onnx_backend import OnnxModel
 from core.store import Run, default_run, list_runs
 from trainer.explain import load_films
 

@@ -33,7 +33,7 @@ def worker(arch: str, warmup: int, steps: int, work: str) -> dict:
     import torch
 
     from bench.common import fixed_cache, lineup_recipes
-    from core.models import create_model, get_spec, input_size_for
+    from core.models.registry import create_model, get_spec, input_size_for
     from trainer.train import make_fit, train_one_epoch
 
     torch.set_num_threads(2)
@@ -60,7 +60,7 @@ def worker(arch: str, warmup: int, steps: int, work: str) -> dict:
 
 def run(ctx: Ctx) -> dict:
     from bench.common import fixed_cache, lineup_recipes
-    from core.models import input_size_for
+    from core.models.registry import input_size_for
 
     recipes = lineup_recipes()
     archs = [a for a in recipes if a in QUICK_MODELS] if ctx.quick else list(recipes)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.calibration import Scaling
-from core.data import sort_splits
+from core.data.layouts import sort_splits
+from core.evaluate.calibration import Scaling
 from core.store import (
     ArtifactError,
     ModelArtifacts,
@@ -310,7 +310,8 @@ def cached_metrics(m, split: str) -> dict:
     return _read_model_file(str(m.run_dir), m.name, "metrics", split, _stamp(m.metrics_path(split)))
 
 
-# --- site profiles (``python -m trainer site``, core/site.py) -------------------------------------------------
+# --- site profiles (``python -m trainer site``, core/evaluate/site.py)
+# -------------------------------------------------
 
 @dataclass(frozen=True)
 class SiteChoice:

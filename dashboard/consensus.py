@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from core.labels import CLASSES, POSITIVE
-from core.metrics import headline_rule
+from core.data.labels import CLASSES, POSITIVE
+from core.evaluate.metrics import headline_rule
 from core.store import ArtifactError, ModelArtifacts, now_iso
 
 

@@ -4,8 +4,9 @@ Caches (the dashboard's one approach, ``dashboard.common``):
 
 * ``cached_model``: a trained model, loaded once per process (``st.cache_resource``: shared, never copied), keyed
   by run folder, model name and the best checkpoint's mtime, so a retrained model is picked up and an unchanged
-  one is never loaded twice. Its ONNX Runtime session lives on the ``LoadedModel`` (``core.inference``).
-* Every cached model carries its own ``threading.Lock``: ``core.cams`` hooks the model and flips ``requires_grad``
+  one is never loaded twice. Its ONNX Runtime session lives on the ``LoadedModel`` (``core.models.inference``).
+* Every cached model carries its own ``threading.Lock``: ``core.explain.cams`` hooks the model and flips
+``requires_grad``
   while it works, so two sessions computing maps on one model at once would mix their activations.
   ``explain_one`` holds the lock around the prediction and the CAM; hooks are released inside it.
 * ``explain_one``: heatmaps in ``st.cache_data`` (key: model, image pixels, method, target), so moving the opacity
@@ -14,10 +15,11 @@ Caches (the dashboard's one approach, ``dashboard.common``):
 * ``decoded``: a film decoded once per content (``st.cache_resource``: it fills itself lazily per input size).
 * ``test_films``: the run's test-split files found on this machine (``st.cache_data``): resolving 871 paths
   took 2 s on every rerun of the Grad-CAM and Consensus pages.
-* Uploads are never written to disk: the pages hand bytes to ``core.images`` directly.
+* Uploads are never written to disk: the pages hand bytes to ``core.data.images`` directly.
 
-Preprocessing is exactly the trainer's: ``core.images.load_for_model`` → ``LoadedModel.frame`` → ``inputs`` → model,
-and the probability comes from ``core.inference.predict_framed`` on the same framed film the map is drawn from
+Preprocessing is exactly the trainer's: ``core.data.images.load_for_model`` → ``LoadedModel.frame`` → ``inputs`` →
+model,
+and the probability comes from ``core.models.inference.predict_framed`` on the same framed film the map is drawn from
 (test-time augmentation included when the recipe used it).
 """
 
@@ -36,8 +38,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core import calibration, fast_cams
-from core.cams import (
+from core.data.images import load_for_model, load_xray
+from core.data.labels import CLASSES, POSITIVE
+from core.evaluate import calibration
+from core.explain import fast_cams
+from core.explain.cams import (
     CAM_METHODS,
     NO_EVIDENCE,
     STRETCHED_UNITS,
@@ -46,10 +51,8 @@ from core.cams import (
     overlay,
     shared_units,
 )
-from core.framing import unframe
-from core.images import load_for_model, load_xray
-from core.inference import LoadedModel, load_trained, predict_framed
-from core.labels import CLASSES, POSITIVE
+from core.models.framing import unframe
+from core.models.inference import LoadedModel, load_trained, predict_framed
 from core.store import ENV_ALLOW, ArtifactError, ModelArtifacts, Run, read_cam_reference
 
 DEFAULT_ALPHA = 0.45  # the overlays' opacity until a user moves the slider (Grad-CAM, Errors, Consensus)
@@ -127,7 +130,7 @@ def explain_one(cm: CachedModel, image_u8: np.ndarray, method: str = "Grad-CAM",
                 *, use_cache: bool = True, progress=None) -> Explanation:
     """Probability and CAM of one uint8 (S, S) image already at the model's input size. ``progress(done, total)``:
     Score-CAM's masked passes so far, called in this (the page's) thread while the work runs in a worker thread
-    (``core.fast_cams.run_with_progress``: a page cannot draw from inside the cached computation)."""
+    (``core.explain.fast_cams.run_with_progress``: a page cannot draw from inside the cached computation)."""
     if progress is not None:
         from streamlit.runtime.scriptrunner import add_script_run_ctx
 
@@ -301,10 +304,10 @@ def _overlay_png(film: str, values: str, units: str, shared: bool, alpha: float,
 
 
 def lung_focus(gray_display: np.ndarray, result: Explanation):
-    """Where the map's evidence lies on this film (``core.focus``: lung focus, border mass, a plain-words flag);
+    """Where the map's evidence lies on this film (``core.explain.focus``: lung focus, border mass, a plain-words flag);
     ``None`` when this checkout has no lung-model weights."""
-    from core import lungs
-    from core.focus import film_focus
+    from core.explain.focus import film_focus
+    from core.models import lungs
 
     if not lungs.WEIGHTS.is_file():
         return None
@@ -320,7 +323,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def label_at(probability: float, threshold: float) -> str:
-    """The predicted class when ``p >= threshold`` means PNEUMONIA (as ``core.metrics.confusion_at``)."""
+    """The predicted class when ``p >= threshold`` means PNEUMONIA (as ``core.evaluate.metrics.confusion_at``)."""
     return CLASSES[POSITIVE] if probability >= threshold else CLASSES[1 - POSITIVE]
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.labels import CLASSES
+from core.data.labels import CLASSES
 from dashboard import tables
 from dashboard.colors import ENSEMBLE_COLOR, PALETTE, model_colors  # noqa: F401  (re-exported)
 

@@ -1,6 +1,6 @@
 """The population check on the Grad-CAM and Consensus pages: is this film like the films a model learnt from?
 
-``check`` judges one film against a model's population.json (core/population.py: the distance of the film's
+``check`` judges one film against a model's population.json (core/evaluate/population.py: the distance of the film's
 features to each training source, under the limit set on validation, and the colour of the picture); ``show``
 puts the verdict beside the prediction: a caption when the film lies inside a training source, a warning when it
 lies outside all of them, with the model's measured figures for the population the film resembles, or the plain
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core import population as pop
-from core.metrics import headline_rule
+from core.evaluate import population as pop
+from core.evaluate.metrics import headline_rule
 from core.store import ArtifactError, ModelArtifacts, population_path, read_population
 
 
@@ -114,7 +114,7 @@ def measured_figures(model: ModelArtifacts, population: str) -> dict:
 
 
 def picture_rgb(source):
-    """A colour thumbnail of an upload (bytes) or a file, for ``core.population.image_problems``."""
+    """A colour thumbnail of an upload (bytes) or a file, for ``core.evaluate.population.image_problems``."""
     try:
         data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
     except (OSError, TypeError):

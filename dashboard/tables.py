@@ -1,7 +1,7 @@
 """Data wrangling for the dashboard: plain functions of dicts and DataFrames, no Streamlit, no file access.
 
 Pages read artifacts (through ``core.store``) and hand what they read to these functions; tests call them
-directly. Metric arithmetic comes from ``core.metrics``; nothing here re-derives an AUC, a confusion count or a
+directly. Metric arithmetic comes from ``core.evaluate.metrics``; nothing here re-derives an AUC, a confusion count or a
 calibration bin.
 """
 
@@ -14,11 +14,11 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from core import metrics as cm
-from core import summary
-from core.data import sort_splits
-from core.labels import CLASSES
-from core.metrics import HEADLINE_RULE
+from core.data.labels import CLASSES
+from core.data.layouts import sort_splits
+from core.evaluate import metrics as cm
+from core.evaluate.metrics import HEADLINE_RULE
+from core.report import summary
 from core.store import HISTORY_COLUMNS, HISTORY_FILE, RUN_FILE, ArtifactError, is_ensemble
 
 RATE_NAMES = {"accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity", "f1": "F1"}
@@ -36,7 +36,7 @@ def _num(x) -> float:
 
 
 def wilson_interval(k: float, n: float, level: float = 0.95) -> tuple[float, float]:
-    """``core.metrics.wilson_interval`` as the tables need it: (NaN, NaN) when n is 0.
+    """``core.evaluate.metrics.wilson_interval`` as the tables need it: (NaN, NaN) when n is 0.
 
     >>> lo, hi = wilson_interval(8, 10); round(lo, 3), round(hi, 3)
     (0.49, 0.943)
@@ -99,9 +99,9 @@ def operating_point(metrics: dict | None, rule: str = HEADLINE_RULE) -> dict:
 
 
 def epochs_label(row: dict) -> str:
-    """``best/trained`` epochs of a ``core.summary`` row (``–`` for an ensemble, which trains nothing itself),
-    marked ``†`` when the row says it is under-trained (``core.summary.undertrained``, explained by
-    ``core.summary.UNDERTRAINED_NOTE``), as the README's results table does."""
+    """``best/trained`` epochs of a ``core.report.summary`` row (``–`` for an ensemble, which trains nothing itself),
+    marked ``†`` when the row says it is under-trained (``core.report.summary.undertrained``, explained by
+    ``core.report.summary.UNDERTRAINED_NOTE``), as the README's results table does."""
     if row["ensemble"]:
         return "–"
     if row["epoch"] is None:
@@ -135,7 +135,7 @@ def board_label(split: str) -> str:
 
 
 def summary_rows(entry: dict, splits: list[str]) -> dict[str, dict]:
-    """``core.summary.model_row`` of one entry (``model`` and any of ``config``, ``status``, ``history``,
+    """``core.report.summary.model_row`` of one entry (``model`` and any of ``config``, ``status``, ``history``,
     ``metrics`` = {split: metrics dict}) on each split: the README's report reads the same rows."""
     mets = entry.get("metrics") or {}
     return {split: summary.model_row(entry["model"], entry.get("config"), entry.get("status"), mets.get(split),
@@ -169,7 +169,7 @@ def leaderboard(entries: list[dict], splits: list[str]) -> pd.DataFrame:
 
 
 def training_table(entries: list[dict]) -> pd.DataFrame:
-    """How each model was trained: its recipe (``core.summary.recipe_label``), epochs (best/trained), time,
+    """How each model was trained: its recipe (``core.report.summary.recipe_label``), epochs (best/trained), time,
     parameters, input size, and the operating threshold chosen on validation (at the model's own headline rule).
     Where the starting weights came from is in each config.json; ensemble members are in ``ensemble_members``."""
     rows = []
@@ -267,7 +267,7 @@ PRESETS_EXPLAINED = (
 
 
 def preset_label(rule: str) -> str:
-    """A threshold rule's short name for a button: ``core.metrics.rule_label`` without its explanation."""
+    """A threshold rule's short name for a button: ``core.evaluate.metrics.rule_label`` without its explanation."""
     return cm.rule_label(rule).split(" (")[0]
 
 
@@ -296,8 +296,8 @@ def threshold_presets(val_metrics: dict | None) -> dict[str, float]:
 
 
 def live_point(y, p, threshold: float, prevalence: float | None = None) -> dict:
-    """Everything the ROC page shows at one threshold: ``core.metrics.confusion_at`` plus the ROC point and
-    PPV/NPV re-weighted to another prevalence (``core.metrics.predictive_values``)."""
+    """Everything the ROC page shows at one threshold: ``core.evaluate.metrics.confusion_at`` plus the ROC point and
+    PPV/NPV re-weighted to another prevalence (``core.evaluate.metrics.predictive_values``)."""
     c = cm.confusion_at(y, p, threshold)
     c["fpr"] = 1 - c["specificity"] if math.isfinite(c["specificity"]) else math.nan
     if prevalence is not None:
@@ -435,7 +435,7 @@ def comparison_table(long: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:
 # --- calibration -----------------------------------------------------------------------------------------
 
 def calibration_from(metrics: dict | None, pred: pd.DataFrame | None, n_bins: int = 10) -> tuple[dict, str]:
-    """Reliability bins from the metrics file, or recomputed from predictions (``core.metrics``)."""
+    """Reliability bins from the metrics file, or recomputed from predictions (``core.evaluate.metrics``)."""
     cal = (metrics or {}).get("calibration")
     if cal and cal.get("mean_pred") is not None and cal.get("frac_pos") is not None:
         return cal, "metrics file"

@@ -1,7 +1,8 @@
 """Warm the dashboard server in the background, so that no user waits for what every user needs.
 
 Measured (BENCHMARKS.md, dashboard round): on a cold server the first Home took seconds of imports (scipy.stats
-through ``core.metrics``, torch through a model config's checks), the first Grad-CAM page another 3.6 s of imports
+through ``core.evaluate.metrics``, torch through a model config's checks), the first Grad-CAM page another 3.6 s of
+imports
 (pytorch-grad-cam, timm) before loading a model, its ONNX session and the lung model, and every first plotly figure
 1 s of plotly's lazy imports. ``start`` (called by the entrypoint on every rerun, acting once per process) runs all
 of that in one daemon thread, in the order the pages need it, filling the same caches the pages read
@@ -96,13 +97,13 @@ def _imports(state: dict) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    import core.cams  # noqa: F401  (torch, timm, pytorch-grad-cam)
-    import core.inference  # noqa: F401
-    import core.lungs  # noqa: F401
-    import core.metrics  # noqa: F401  (scipy.stats)
-    import core.population  # noqa: F401
+    import core.evaluate.metrics  # noqa: F401  (scipy.stats)
+    import core.evaluate.population  # noqa: F401
+    import core.explain.cams  # noqa: F401  (torch, timm, pytorch-grad-cam)
+    import core.models.inference  # noqa: F401
+    import core.models.lungs  # noqa: F401
+    import core.report.card  # noqa: F401
     import dashboard.figures  # noqa: F401
-    import trainer.card  # noqa: F401
 
     fig = make_subplots(rows=1, cols=2)
     for kind in (go.Scatter, go.Bar, go.Box, go.Heatmap):
@@ -135,8 +136,8 @@ def _models(state: dict) -> None:
     """The default choice's networks, each with its ONNX session (built now when missing), population references
     and, through the example films' maps, the lung model and a first CAM (one-time costs of autograd and hooks);
     the example films' overlays as the Grad-CAM and Consensus pages first draw them."""
-    from core import lungs
-    from core.labels import POSITIVE
+    from core.data.labels import POSITIVE
+    from core.models import lungs
     from dashboard import common, explain
     from dashboard import population as pp
 

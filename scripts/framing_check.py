@@ -3,7 +3,7 @@
     python scripts/framing_check.py --run artifacts/populations [--out docs/framing-check.png] [--cam-model NAME]
 
 For the held-out (val and test) PNEUMONIA films of every source of a run: the lung box each film is cropped to
-(core.framing), how much of the film it keeps, how often the lung model failed (whole film kept), and, with
+(core.models.framing), how much of the film it keeps, how often the lung model failed (whole film kept), and, with
 ``--cam-model`` (an unframed model of the run), the share of that model's Grad-CAM evidence for PNEUMONIA that
 falls outside the box: evidence a framed model could never see. Writes a grid of films with their boxes (PNG) and
 prints a Markdown table (docs/recipes.md quotes it).
@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.framing import lung_boxes, whole_boxes  # noqa: E402
-from core.images import load_for_model  # noqa: E402
+from core.data.images import load_for_model  # noqa: E402
+from core.models.framing import lung_boxes, whole_boxes  # noqa: E402
 from core.store import Run  # noqa: E402
 
 SIZE = 224
@@ -43,8 +43,8 @@ def films(run: Run) -> dict[str, list[Path]]:
 
 def cam_outside(run: Run, model: str, squares: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Per film, the share of ``model``'s Grad-CAM mass for PNEUMONIA outside its lung box."""
-    from core.cams import raw_maps
-    from core.inference import load_trained
+    from core.explain.cams import raw_maps
+    from core.models.inference import load_trained
 
     loaded = load_trained(run.model(model))
     if loaded.input_size != SIZE or run.model(model).config.get("framing", "none") != "none":

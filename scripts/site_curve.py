@@ -1,4 +1,4 @@
-"""How many labelled films a site needs: the learning curve of ``core.site`` measured on real sets (issue 18).
+"""How many labelled films a site needs: the learning curve of ``core.evaluate.site`` measured on real sets (issue 18).
 
     python scripts/site_curve.py --run artifacts/kermany-robust --model mobilenet_v2_lungs_plain \\
         --site-run artifacts/kermany-robust --site nih_adult [--draws 300]
@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import calibration  # noqa: E402
-from core import site as site_mod  # noqa: E402
+from core.evaluate import site as site_mod  # noqa: E402
 from core.store import Run, atomic_write_text, read_scaling, read_site_predictions  # noqa: E402
 
 SIZES = (10, 20, 50, 100, 200, 300)
@@ -119,7 +119,7 @@ def report(args, model, sets, curves, em, needed) -> str:
 
 Model `{args.model}` of run `{Path(args.run).name}`, its own threshold rule `{rule}`. Sets: {counts}.
 For each N, {args.draws} random draws of N films: the site threshold (the model's rule) and calibration
-(`core.site.site_calibration`: temperature and bias from {site_mod.MIN_FULL_FIT} films, bias only below,
+(`core.evaluate.site.site_calibration`: temperature and bias from {site_mod.MIN_FULL_FIT} films, bias only below,
 validation below {site_mod.MIN_PER_CLASS} films a class) fitted on the N films exactly as `trainer site` does,
 then scored on the remaining films against the **oracle**: the same rule chosen on those remaining films.
 Errors are in percentage points (site minus oracle). N = 0 is the validation threshold and calibration carried over
@@ -130,7 +130,7 @@ unchanged. `official_val` has 16 films: only N = 10 fits, scored on 6 films, so 
 {table(curves)}
 
 **Films needed** for the site threshold to be within 3 points of the oracle's sensitivity in 90 % of draws: {need}.
-`trainer site` warns below `core.site.SUPPORTED_N` = {site_mod.SUPPORTED_N} labelled films.
+`trainer site` warns below `core.evaluate.site.SUPPORTED_N` = {site_mod.SUPPORTED_N} labelled films.
 
 EM prior adjustment (Saerens et al. 2002) on all films of each set, from the validation calibration, 95 % bootstrap
 interval: {"; ".join(f"`{k}` {v}" for k, v in em.items())}. It assumes only the share of the classes changed; on

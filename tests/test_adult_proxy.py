@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO, SHARED_DATA, missing
 
-from core import data
+from core.data import layouts as data
 
 SCRIPT = REPO / "scripts" / "adult_proxy.py"
 

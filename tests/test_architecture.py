@@ -70,6 +70,25 @@ def test_no_package_imports_back_up():
     assert not wrong, wrong
 
 
+# core's subpackages, lowest first: each may import only those before it (and itself). The store sits above the
+# computations it records (it reads a Scaling, a headline rule) and below the code that loads models from it;
+# reports (results rows, model cards) read everything.
+CORE_LAYERS = ("data", "evaluate", "store", "models", "explain", "report")
+
+
+def test_core_subpackages_never_import_a_later_one():
+    rank = {pkg: i for i, pkg in enumerate(CORE_LAYERS)}
+    wrong = [f"{a} -> {b}" for a, targets in _graph().items() if a.startswith("core.") for b in targets
+             if b.startswith("core.") and rank[b.split(".")[1]] > rank[a.split(".")[1]]]
+    assert not wrong, wrong
+
+
+def test_core_is_only_subpackages():
+    loose = sorted(p.name for p in (REPO / "core").glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules at core/'s top level, outside any subpackage: {loose}"
+    assert {p.name for p in (REPO / "core").iterdir() if (p / "__init__.py").exists()} == set(CORE_LAYERS)
+
+
 def test_no_import_cycle_between_modules():
     edges, order, low, stack, cycles = _graph(), {}, {}, [], []
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-import core.metrics
+import core.evaluate.metrics
 from core import store
-from core.data import Sample
+from core.data.layouts import Sample
 from core.store import DEFAULT_RUN_FILE, ArtifactError, ModelWriter, Run, default_run, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_metrics_docstring_examples_run():
-    assert doctest.testmod(core.metrics).failed == 0
+    assert doctest.testmod(core.evaluate.metrics).failed == 0
 
 
 def test_killed_writer_leaves_the_old_file(tmp_path):

@@ -42,8 +42,8 @@ def _inside_every_model(path) -> bool:
     committed default run."""
     import threading
 
-    from core.images import load_for_model
-    from core.inference import load_trained
+    from core.data.images import load_for_model
+    from core.models.inference import load_trained
     from core.store import default_run, list_runs
     from dashboard.population import check
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import calibration, store
-from core.metrics import ece
+from core import store
+from core.evaluate import calibration
+from core.evaluate.metrics import ece
 from core.store import ArtifactError, ModelArtifacts, write_json
 
 

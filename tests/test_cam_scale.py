@@ -20,7 +20,8 @@ import shutil
 import numpy as np
 import pytest
 
-from core import faithfulness, store
+from core import store
+from core.explain import faithfulness
 from core.store import Run
 from tests.conftest import KERMANY224, REPO, SAMPLE_DATA, need
 from trainer.cli import main

@@ -10,7 +10,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from core.cams import (
+from core.explain.cams import (
     CAM_METHODS,
     GRADIENT_FREE,
     explain,
@@ -21,7 +21,7 @@ from core.cams import (
     raw_maps_many,
     reference_value,
 )
-from core.models import create_model, get_spec
+from core.models.registry import create_model, get_spec
 
 
 def _model(name, seed=0):

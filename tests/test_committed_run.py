@@ -87,9 +87,9 @@ def test_moved_run_stores_no_machine_path_and_finds_its_test_films(moved_run):
 
 def test_moved_run_draws_maps_of_its_test_films(moved_run):
     """What the Grad-CAM and Errors pages do with a test film: locate it, load it, predict, draw a map."""
-    from core.cams import explain, overlay
-    from core.images import load_for_model, load_xray
-    from core.inference import load_trained
+    from core.data.images import load_for_model, load_xray
+    from core.explain.cams import explain, overlay
+    from core.models.inference import load_trained
 
     run, base = moved_run
     loaded = load_trained(run.model("mobilenet_v2"))
@@ -107,8 +107,8 @@ def test_every_committed_checkpoint_loads_and_reproduces_its_predictions(moved_r
     probabilities back, on the original films (the sample's copies, found through the moved run)."""
     import numpy as np
 
-    from core.images import load_for_model
-    from core.inference import load_trained, predict_loaded
+    from core.data.images import load_for_model
+    from core.models.inference import load_trained, predict_loaded
 
     run, base = moved_run
     checked = 0
@@ -135,8 +135,9 @@ def test_nothing_committed_holds_a_machine_path():
 
 
 def test_summary_rows_agree_with_each_models_files():
-    """core.summary's row (README table and leaderboard) carries each model's own figures at the headline rule."""
-    from core import metrics, summary
+    """core.report.summary's row (README table and leaderboard) holds each model's own figures at the headline rule."""
+    from core.evaluate import metrics
+    from core.report import summary
 
     if not (RUN / "run.json").exists():
         pytest.skip("no committed run in artifacts/kermany-lineup")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import faithfulness, store, summary
+from core import store
+from core.explain import faithfulness
+from core.report import summary
 from core.store import Run
 from tests.conftest import REPO
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from core import metrics as cm
+from core.evaluate import metrics as cm
 from core.store import list_runs
 from dashboard import figures, tables
 
@@ -88,7 +88,7 @@ def test_leaderboard_matches_metrics_files(run, test_metrics):
         assert row["AUC test"] == pytest.approx(met["auc"])
         assert row["sens test"] == pytest.approx(met["at"]["youden"]["sensitivity"])
         assert row["init"] == ("ImageNet" if m.config["pretrained"] else "scratch")
-        # two epochs: too few to have converged, and the board says so (core.summary.undertrained)
+        # two epochs: too few to have converged, and the board says so (core.report.summary.undertrained)
         assert row["epochs"] == f"{m.status()['best_epoch']}/{m.status()['epoch']} †"
         assert row["status"] == "finished"  # shown, because the broken entry is not
     details = tables.training_table(entries).set_index("model")

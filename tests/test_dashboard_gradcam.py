@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import calibration, store
-from core.cams import CAM_METHODS
-from core.images import load_for_model
-from core.inference import load_trained, predict_loaded
-from core.models import REGISTRY
+from core import store
+from core.data.images import load_for_model
+from core.evaluate import calibration
+from core.explain.cams import CAM_METHODS
+from core.models.inference import load_trained, predict_loaded
+from core.models.registry import REGISTRY
 from core.store import ArtifactError, list_runs
 from dashboard import explain as ex
 from tests.conftest import FULLRES, REPO, need, write_dicom
@@ -79,7 +80,7 @@ def _dicom(gray: np.ndarray) -> bytes:
 
 
 def _independent_probability(root: Path, model: str, source, run: str = "tiny") -> float:
-    """P(PNEUMONIA) straight from core.inference, with a freshly loaded model (no dashboard code)."""
+    """P(PNEUMONIA) straight from core.models.inference, with a freshly loaded model (no dashboard code)."""
     loaded = load_trained(_run(root, run).model(model))
     return float(predict_loaded(loaded, load_for_model(source, loaded.input_size)[None])[0])
 
@@ -465,7 +466,7 @@ def test_example_films_are_test_split_films_of_every_committed_run():
 def test_warm_up_fills_the_caches_the_pages_read(tiny_run):
     """``dashboard.warm`` (what the server runs in the background once its first page is drawn): afterwards the
     default models are loaded and each example film's map is served from the cache."""
-    from core.labels import POSITIVE
+    from core.data.labels import POSITIVE
     from core.store import default_run
     from dashboard import common, warm
 

@@ -1,8 +1,8 @@
 """The dashboard pages, run headless with ``streamlit.testing.v1.AppTest`` on artifacts the real trainer wrote.
 
 Checks behaviour, not just "no exception": the leaderboard's AUCs are the metrics files', moving a threshold
-slider gives exactly ``core.metrics.confusion_at`` on that model's predictions, the comparison page's p-values
-are ``core.metrics.delong_test``'s, the calibration page's ECE is the metrics file's; a corrupt file shows an
+slider gives exactly ``core.evaluate.metrics.confusion_at`` on that model's predictions, the comparison page's p-values
+are ``core.evaluate.metrics.delong_test``'s, the calibration page's ECE is the metrics file's; a corrupt file shows an
 error on its spot while the other model still renders; an empty artifacts folder shows the trainer command.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import metrics as cm
+from core.evaluate import metrics as cm
 from core.store import DEFAULT_RUN_FILE, ModelWriter, list_runs, write_json
 from tests.dashboard_app import page_app
 
@@ -231,7 +231,7 @@ def test_roc_threshold_slider_gives_exact_confusion_counts(run, tiny_run, monkey
     assert at.slider(key="thr_mobilenet_v2").value == pytest.approx(m.threshold("sens95"))
     assert points(at).loc["mobilenet_v2", "set by"] == "sensitivity ≥ 95 %"
 
-    # PPV/NPV at another prevalence: Bayes' rule from core.metrics.
+    # PPV/NPV at another prevalence: Bayes' rule from core.evaluate.metrics.
     at.number_input(key="roc_prevalence_test_training data").set_value(0.05).run()  # per split and site profile
     ref = cm.confusion_at(y, p, m.threshold("sens95"))
     ppv, _ = cm.predictive_values(ref["sensitivity"], ref["specificity"], 0.05)

@@ -1,4 +1,4 @@
-"""core.data: patient ids, the three layouts, and patient-grouped stratified splits."""
+"""core.data.layouts: patient ids, the three layouts, and patient-grouped stratified splits."""
 
 import os
 from collections import defaultdict
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import (
+from core.data.layouts import (
     EXCLUDED,
     DataError,
     Sample,

@@ -20,9 +20,10 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-from core import accel, cache_build
-from core.cache import load_or_build
-from core.data import scan
+from core.data import cache_build
+from core.data.cache import load_or_build
+from core.data.layouts import scan
+from core.models import accel
 from trainer import distributed
 
 
@@ -209,7 +210,7 @@ def test_cpu_choice_is_float32_without_pinning():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 def test_cuda_path_trains_with_amp_channels_last_and_pinned_memory():
-    from core.models import create_model
+    from core.models.registry import create_model
 
     a = accel.choose("cuda")
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

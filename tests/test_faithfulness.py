@@ -9,9 +9,9 @@ import pytest
 import torch
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-from core import faithfulness, fast_cams
-from core.cams import explain
-from core.images import load_for_model
+from core.data.images import load_for_model
+from core.explain import faithfulness, fast_cams
+from core.explain.cams import explain
 from tests.conftest import KERMANY224, REPO, need
 
 FILM = KERMANY224 / "train" / "PNEUMONIA"
@@ -121,7 +121,7 @@ def test_ranking_cuts_only_where_intervals_separate():
 # --- Score-CAM with clusters of channels, and its progress -------------------------------------------------------
 
 def _committed(name: str):
-    from core.inference import load_trained
+    from core.models.inference import load_trained
     from core.store import Run
 
     run_dir = REPO / "artifacts" / "kermany-lineup"

@@ -1,4 +1,4 @@
-"""Lung framing (core/framing.py, recipe key ``framing``): the model sees the film cropped to its lung fields, in
+"""Lung framing (core/models/framing.py, recipe key ``framing``): the model sees the film cropped to its lung fields, in
 training, in evaluation and in the dashboard, and its maps are put back on the whole film."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import KERMANY224, need
 
-from core import framing, lungs
-from core.images import load_for_model
-from core.inference import load_trained, predict_loaded
+from core.data.images import load_for_model
+from core.models import framing, lungs
+from core.models.inference import load_trained, predict_loaded
 from core.store import Run
 from dashboard import explain as ex
 from trainer import config as cfgmod
@@ -101,11 +101,11 @@ def test_a_lung_framed_model_is_framed_in_training_evaluation_and_its_maps(tmp_p
 
 
 def test_a_cache_folder_that_cannot_be_written_keeps_the_framed_films_in_memory(tmp_path, caplog):
-    from core.cache import ImageCache
+    from core.data.cache import ImageCache
     gone = tmp_path / "gone"  # a folder removed under the trainer (root may write anywhere, so not a chmod)
     films = kermany_films(96, 2)
     cache = ImageCache(gone, films, [f"f{i}" for i in range(4)], np.ones(4, bool), [], 96)
-    with caplog.at_level("INFO", logger="core.framing"):
+    with caplog.at_level("INFO", logger="core.models.framing"):
         out = framing.framed_cache(cache, "lungs")
     np.testing.assert_array_equal(out.images, framing.frame(films, "lungs")[0])
     assert any("kept in memory" in r.getMessage() for r in caplog.records) and not gone.exists()

@@ -1,4 +1,4 @@
-"""core.images: every format and mode we promise, and a typed error for every bad input."""
+"""core.data.images: every format and mode we promise, and a typed error for every bad input."""
 
 import io
 import struct
@@ -9,8 +9,8 @@ import pytest
 from conftest import write_dicom
 from PIL import Image
 
-from core import images
-from core.images import (
+from core.data import images
+from core.data.images import (
     CorruptImageError,
     ImageError,
     ImageTooLargeError,

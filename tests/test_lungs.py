@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import lungs
-from core.focus import BORDER_BAND, body_mask, map_focus, ranking
+from core.explain.focus import BORDER_BAND, body_mask, map_focus, ranking
+from core.models import lungs
 from core.store import read_focus, read_json
 from tests.conftest import KERMANY224, SHARED_DATA, missing, need
 
@@ -156,7 +156,7 @@ def test_committed_weights_reach_the_reported_heldout_dice():
 
 
 def test_lung_mask_on_a_kermany_film_is_two_plausible_lungs_and_cached():
-    from core.images import load_for_model
+    from core.data.images import load_for_model
     films = sorted((need(KERMANY224) / "train" / "NORMAL").glob("*.jpeg"))[:1]
     gray = load_for_model(films[0], 224)
     mask = lungs.lung_mask(gray)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, confusion_matrix, f1_score, roc_auc_score
 
-from core import metrics
+from core.evaluate import metrics
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Model cards (issue 18, ``trainer/card.py``): every committed model has one, regenerated here byte for byte; the
+"""Model cards (issue 18, ``core/report/card.py``): every committed model has one, regenerated here byte for byte; the
 figures in a card are its artifacts'; text from a run folder cannot inject markup; the dashboard page shows it."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import shutil
 import pytest
 from conftest import REPO
 
+from core.report import card
 from core.store import CARD_HTML_FILE, CARD_MD_FILE, Run, write_json
-from trainer import card
 
 RUNS = [REPO / "artifacts" / name for name in ("kermany-robust", "kermany-lineup", "populations")]
 MODELS = [(r, m.name) for r in RUNS for m in Run(r).models]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.cams import explain
-from core.models import (
+from core.explain.cams import explain
+from core.models.registry import (
     MIN_INPUT_SIZE,
     REGISTRY,
     check_input_size,

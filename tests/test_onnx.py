@@ -12,17 +12,8 @@ import torch.nn.functional as F
 from pytorch_grad_cam import EigenCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from core import onnx_backend, store
-from core.cams import explain
-from core.inference import (
-    LoadedModel,
-    load_trained,
-    predict_loaded,
-    predict_probabilities,
-)
-from core.models import create_model, get_spec, list_specs
-from core.store import Run
-from core.transforms import (
+from core import store
+from core.data.transforms import (
     TTA_VIEWS,
     _affine_grid,
     normalize,
@@ -30,6 +21,16 @@ from core.transforms import (
     tta_batch,
     tta_views,
 )
+from core.explain.cams import explain
+from core.models import onnx_backend
+from core.models.inference import (
+    LoadedModel,
+    load_trained,
+    predict_loaded,
+    predict_probabilities,
+)
+from core.models.registry import create_model, get_spec, list_specs
+from core.store import Run
 from tests.conftest import REPO
 
 TOL = 1e-4
@@ -144,7 +145,7 @@ def test_onnx_graph_is_cached_by_checkpoint_and_rebuilt_when_it_changes(tiny_run
     assert any(om.metadata["checkpoint_sha256"][:32] in p.name for p in cached)
     assert load_trained(art).forward("onnx") is om  # one session per file, shared
     # A retrained checkpoint (other weights) gets its own graph, never the stale one.
-    from core.checkpoints import save_best
+    from core.models.checkpoints import save_best
     with torch.no_grad():
         for p in first.model.parameters():
             p.mul_(1.5)
@@ -256,7 +257,7 @@ def test_scorecam_matches_pytorch_grad_cam_on_either_backend(backend, monkeypatc
 @pytest.mark.slow
 def test_committed_run_test_split_onnx_matches_torch_for_every_model():
     """Every model of the committed run on the whole test split: ONNX Runtime vs eager torch, TTA as recorded."""
-    from core.images import load_for_model
+    from core.data.images import load_for_model
 
     run_dir = REPO / "artifacts" / "kermany-lineup"
     if not (run_dir / "run.json").exists():

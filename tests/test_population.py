@@ -1,4 +1,5 @@
-"""The population check (core/population.py, trainer population, dashboard/population.py) on real films: children's
+"""The population check (core/evaluate/population.py, trainer population, dashboard/population.py) on real films:
+children's
 films inside the committed default run's populations, adult films and pictures that are not X-rays outside, the
 population.json contract (round trip, corrupt files refused), the command on a run written by the real trainer,
 and the Grad-CAM and Consensus pages warning on a non-X-ray upload."""
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import population as pop
-from core.images import load_for_model
+from core.data.images import load_for_model
+from core.evaluate import population as pop
 from core.store import ArtifactError, Run, read_population, write_json
 from tests.conftest import KERMANY224, NIH_ADULT, REPO, TINY_MODELS, missing, need
 
@@ -31,7 +32,7 @@ def _images(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def committed():
     """The committed model, its population.json references and a function judging image files with it."""
-    from core.inference import load_trained
+    from core.models.inference import load_trained
 
     model = Run(COMMITTED).model(MODEL)
     doc = read_population(model.dir)
@@ -67,7 +68,7 @@ def test_adult_films_are_outside_the_children_only_run(committed):
 
 
 def test_pictures_that_are_not_xrays_are_outside(committed):
-    from core.images import BlankImageError
+    from core.data.images import BlankImageError
 
     _, judge = committed
     files = [f for f in _images(NOT_XRAY) if f.name != "blank.png"]

@@ -11,12 +11,12 @@ import torch
 import yaml
 from conftest import KERMANY224, SAMPLE_DATA, need
 
-from core import metrics
-from core.checkpoints import save_best
-from core.inference import load_trained, predict_loaded, predict_probabilities
-from core.models import create_model, get_spec
+from core.data.transforms import AugmentConfig, augment, clahe, equalize, normalize, standardize
+from core.evaluate import metrics
+from core.models.checkpoints import save_best
+from core.models.inference import load_trained, predict_loaded, predict_probabilities
+from core.models.registry import create_model, get_spec
 from core.store import Run
-from core.transforms import AugmentConfig, augment, clahe, equalize, normalize, standardize
 from trainer import config as cfgmod
 from trainer.cli import main
 from trainer.robust import WeightAverage, mixup
@@ -212,7 +212,7 @@ def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
 def test_undertrained_rows_are_flagged():
     import pandas as pd
 
-    from core.summary import model_row, undertrained
+    from core.report.summary import model_row, undertrained
 
     def hist(*losses):
         return pd.DataFrame({"epoch": range(1, len(losses) + 1), "val_loss": losses})
@@ -230,7 +230,7 @@ def test_undertrained_rows_are_flagged():
 
 
 def test_recipe_label_names_the_keys_that_made_a_model():
-    from core.summary import model_row, recipe_label
+    from core.report.summary import model_row, recipe_label
 
     assert recipe_label({"arch": "mobilenet_v2", "augment": True, "blur_prob": 0.2}) == "standard"
     assert recipe_label({"arch": "deep_cnn", "augment": False}) == "no aug"
@@ -248,7 +248,7 @@ def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess(
     original films: only because its recorded ``preprocess`` (CLAHE) is applied on the way in."""
     from conftest import REPO
 
-    from core.images import load_for_model
+    from core.data.images import load_for_model
 
     run_dir = REPO / "artifacts" / "kermany-robust"
     if not (run_dir / "run.json").exists():

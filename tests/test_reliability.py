@@ -24,8 +24,10 @@ import pytest
 from conftest import write_dicom
 from PIL import Image
 
-from core import cache, data, images, store
-from core.data import DataError, Sample
+from core import store
+from core.data import cache, images
+from core.data import layouts as data
+from core.data.layouts import DataError, Sample
 from core.store import ArtifactError, Run
 from trainer import config
 
@@ -115,7 +117,7 @@ def test_every_recipe_key_is_checked_even_without_an_explicit_rule(monkeypatch):
 def test_huge_file_is_refused_without_being_read(tmp_path, head, error):
     path = _sparse(tmp_path / "huge.png", 3 * GiB, head)
     out = run_capped(f"""
-        from core import images
+        from core.data import images
         try:
             images.load_xray({str(path)!r})
         except images.ImageError as e:
@@ -160,7 +162,7 @@ def test_144_megapixel_png_is_refused_before_decoding(tmp_path):
     assert path.stat().st_size < 1_000_000
     out = run_capped(f"""
         import time
-        from core import images
+        from core.data import images
         t = time.perf_counter()
         try:
             images.load_xray({str(path)!r})
@@ -209,8 +211,8 @@ def test_disk_full_during_cache_build_is_a_clear_error_and_leaves_nothing(tmp_pa
     samples = _samples(tmp_path / "imgs")
     root = tmp_path / "cache"
     out = run_capped(f"""
-        from core import cache
-        from core.data import Sample
+        from core.data import cache
+        from core.data.layouts import Sample
         samples = [Sample(*s) for s in {[tuple(vars(s).values()) for s in samples]!r}]
         try:
             cache.load_or_build(samples, 512, root={str(root)!r}, workers=1)
@@ -318,7 +320,7 @@ def test_unreadable_class_folder_is_a_data_error(tmp_path):
     (root / "train" / "NORMAL").chmod(0)
     try:
         out = run_capped(f"""
-            from core import data
+            from core.data import layouts as data
             try:
                 data.scan({str(root)!r})
             except data.DataError as e:
@@ -382,7 +384,7 @@ def test_run_with_broken_run_json_still_lists_its_models(run_copy):
 
 
 def test_config_with_huge_input_size_cannot_allocate(run_copy):
-    from core.inference import load_trained
+    from core.models.inference import load_trained
 
     _edit(run_copy / "small_cnn" / "config.json", input_size=30000)
     with pytest.raises(ArtifactError, match="input_size"):

@@ -21,7 +21,8 @@ import pytest
 from conftest import KERMANY224, need, write_dicom
 from PIL import Image
 
-from core import images, store
+from core import store
+from core.data import images
 from core.store import ArtifactError, Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_special_file_in_place_of_an_artifact_is_refused_without_opening_it(run_
 
 @pytest.mark.parametrize("name", ["best.safetensors", "last.pt"])
 def test_a_checkpoint_that_is_a_pipe_is_refused(tmp_path, name):
-    from core.checkpoints import load_best, load_resume
+    from core.models.checkpoints import load_best, load_resume
 
     os.mkfifo(tmp_path / name)
     load = (lambda: load_resume(tmp_path / name)) if name.endswith(".pt") else \
@@ -293,8 +294,8 @@ def test_real_films_are_not_refused():
 
 
 def test_cache_build_skips_and_lists_films_that_show_nothing(tmp_path):
-    from core import cache
-    from core.data import Sample
+    from core.data import cache
+    from core.data.layouts import Sample
 
     good = [Sample(str(p), i % 2, f"p{i}", "train") for i, p in enumerate(sorted(need(KERMANY224).glob(
         "train/*/*.jpeg"))[:3])]
@@ -344,8 +345,8 @@ def test_copies_of_training_films_under_new_names_are_found(tmp_path):
 
 def _model_folder(tmp_path: Path, **config) -> tuple[Run, object]:
     """A run with one small_cnn (random weights, 64 px): config.json and best.safetensors."""
-    from core.checkpoints import save_best
-    from core.models import create_model
+    from core.models.checkpoints import save_best
+    from core.models.registry import create_model
 
     run_dir = tmp_path / "run"
     model, _ = create_model("small_cnn", pretrained=False, input_size=64)
@@ -355,8 +356,8 @@ def _model_folder(tmp_path: Path, **config) -> tuple[Run, object]:
 
 
 def test_a_lung_framed_model_refuses_another_lung_model(tmp_path):
-    from core import lungs
-    from core.inference import load_trained
+    from core.models import lungs
+    from core.models.inference import load_trained
 
     run, _ = _model_folder(tmp_path, framing="lungs", lung_model_sha256="0" * 64)
     with pytest.raises(ArtifactError, match="lung model"):
@@ -368,10 +369,10 @@ def test_a_lung_framed_model_refuses_another_lung_model(tmp_path):
 def test_an_onnx_graph_of_other_weights_claiming_the_checkpoint_is_not_used(tmp_path, caplog):
     import torch
 
-    from core import onnx_backend
-    from core.inference import load_trained, predict_loaded
-    from core.models import create_model
-    from core.weights import sha256_of
+    from core.models import onnx_backend
+    from core.models.inference import load_trained, predict_loaded
+    from core.models.registry import create_model
+    from core.models.weights import sha256_of
 
     run, _ = _model_folder(tmp_path)
     art = run.model("m")

@@ -4,7 +4,7 @@ distillation from a trained model that must not have seen the student's held-out
 import pytest
 import torch
 
-from core.models import create_model
+from core.models.registry import create_model
 from core.store import ArtifactError, Run
 from trainer.config import ConfigError, check_value
 from trainer.distill import Teacher, check_no_leak, distill_loss

@@ -1,4 +1,5 @@
-"""Site profiles (issue 18): ``core/site.py`` on the committed run's real predictions, and ``trainer site`` on real
+"""Site profiles (issue 18): ``core/evaluate/site.py`` on the committed run's real predictions, and ``trainer site`` on
+real
 films of tests/data scored by committed models (a copy of the run, so the committed files are never written)."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import KERMANY224, REPO
 
-from core import site as site_mod
 from core import store
+from core.evaluate import site as site_mod
 from core.store import (
     ArtifactError,
     Run,
@@ -40,7 +41,8 @@ def val_fit(model):
                 val_prevalence=float(val["prevalence"]))
 
 
-# --- core/site.py on the committed run's real predictions -------------------------------------------------------
+# --- core/evaluate/site.py on the committed run's real predictions
+# -------------------------------------------------------
 
 def test_em_recovers_a_lower_prevalence_from_real_held_out_predictions():
     """The run's test split at 74 % PNEUMONIA, thinned to 25 %: EM on the validation-calibrated probabilities finds

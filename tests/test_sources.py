@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from conftest import FULL_DATA, KERMANY224, NIH_ADULT, REPO
 
-from core import data, metrics
+from core.data import layouts as data
+from core.evaluate import metrics
 from core.store import Run
 from trainer.prepare import Source, common_root, prepare, prepare_sources
 from trainer.train import source_weights

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import metrics
-from core.checkpoints import load_resume
-from core.images import load_for_model
-from core.inference import load_trained, predict_loaded
+from core.data.images import load_for_model
+from core.evaluate import metrics
+from core.models.checkpoints import load_resume
+from core.models.inference import load_trained, predict_loaded
 from core.store import Run
 from tests.conftest import FULLRES, KERMANY224, REPO, TINY_MODELS, need
 from trainer.cli import main
@@ -65,7 +65,7 @@ def test_mobilenet_is_pretrained_and_small_cnn_is_not(tiny_run):
 
 
 def test_run_json_records_every_setting_and_configs_read_back_typed(tiny_run):
-    from core.recipe import model_config
+    from core.models.recipe import model_config
     from trainer import config
 
     run = Run(tiny_run / "tiny")

@@ -1,4 +1,5 @@
-"""The typed recipe (core/recipe.py, trainer/config.py), the generated flags, the command modules and the trainer's
+"""The typed recipe (core/models/recipe.py, trainer/config.py), the generated flags, the command modules and the
+trainer's
 logging (trainer/logs.py): cheap checks, no training."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.recipe import ModelConfig, Recipe
+from core.models.recipe import ModelConfig, Recipe
 from core.store import ArtifactError, Run
 from trainer import commands, logs
 from trainer import config as cfgmod

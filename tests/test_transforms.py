@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from core.transforms import AugmentConfig, _affine_grid, augment, normalize, tta_views
+from core.data.transforms import AugmentConfig, _affine_grid, augment, normalize, tta_views
 
 
 def test_fast_affine_grid_equals_torch():

@@ -11,8 +11,8 @@ import torchvision
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
-from core import weights as W
-from core.models import (
+from core.models import weights as W
+from core.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     create_model,
@@ -20,7 +20,7 @@ from core.models import (
     remap_efficientnet_lite0,
     remap_torchvision_densenet,
 )
-from core.weights import WeightsError, load_backbone, resolve_weights
+from core.models.weights import WeightsError, load_backbone, resolve_weights
 
 MOBILENET_SHA = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 LITE0_SHA = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"

@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 
-from core.accel import DeviceError
-from core.data import DataError
-from core.onnx_backend import BackendError, OnnxError, choose_backend
+from core.data.layouts import DataError
+from core.models.accel import DeviceError
+from core.models.onnx_backend import BackendError, OnnxError, choose_backend
 from core.store import ArtifactError
 from trainer import logs
 from trainer.commands import COMMANDS

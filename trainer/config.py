@@ -1,4 +1,4 @@
-"""Training config: one ``RunConfig`` per run and one ``Recipe`` per model entry (``core/recipe.py``), built from
+"""Training config: one ``RunConfig`` per run and one ``Recipe`` per model entry (``core/models/recipe.py``), built from
 defaults, a config file and command-line flags.
 
 A config file (YAML or JSON) has run-level keys, recipe keys that apply to every model, and a ``models`` list
@@ -12,7 +12,7 @@ whose items are architecture names or mappings that override recipe keys for one
       - {name: mobilenet_v2_scratch, arch: mobilenet_v2, pretrained: false}
 
 Flags given on the command line win over the file; per-entry keys win over both. Every key is declared once, as a
-field with its default, rule and help (``core.recipe.key``); the ``train`` flags are generated from those fields
+field with its default, rule and help (``core.models.recipe.key``); the ``train`` flags are generated from those fields
 (``add_flags``), and the whole ``RunConfig`` is recorded in run.json.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import yaml
 
-from core import recipe as core_recipe
-from core.data import DataError
-from core.recipe import NAME_RULE, ConfigError, Recipe, Rule, key, rules_of
+from core.data.layouts import DataError
+from core.models import recipe as core_recipe
+from core.models.recipe import NAME_RULE, ConfigError, Recipe, Rule, key, rules_of
 from core.store import (
     RUN_FILE,
     ArtifactError,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from core.inference import LoadedModel, load_trained
+from core.models.inference import LoadedModel, load_trained
 from core.store import SPLIT_FILE, ArtifactError, ModelArtifacts, Run
 
 __all__ = ["Teacher", "load_teacher", "check_no_leak", "distill_loss"]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.accel import pick_device
+from core.models.accel import pick_device
 
 ENV_TIMEOUT = "CXR_DIST_TIMEOUT_MIN"  # a cache build on rank 0 of 100k+ films can take longer than torch's 30 min
 

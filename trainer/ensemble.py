@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core import metrics
-from core.recipe import ModelConfig, model_config
+from core.evaluate import metrics
+from core.models.recipe import ModelConfig, model_config
 from core.store import ENSEMBLE_ARCH, STRATUM_COLUMNS, ArtifactError, ModelArtifacts, ModelWriter, Run
 
 

@@ -11,11 +11,11 @@ import logging
 import os
 from pathlib import Path
 
-from core import data
-from core.data import DataError
-from core.inference import load_trained, predict_loaded
-from core.metrics import evaluate_split, headline_rule
-from core.recipe import model_config
+from core.data import layouts as data
+from core.data.layouts import DataError
+from core.evaluate.metrics import evaluate_split, headline_rule
+from core.models.inference import load_trained, predict_loaded
+from core.models.recipe import model_config
 from core.store import ArtifactError, ModelWriter, Run, now_iso, stored_path, write_evaluated
 from trainer import ensemble, report
 from trainer.config import check_split_name

@@ -1,8 +1,8 @@
 """``python -m trainer explain``: what the dashboard needs to show explanations a clinician can read, per model.
 
 * the CAM reference: for each CAM method and target class, the ``REFERENCE_PERCENTILE`` of the model's raw
-  maps over a fixed sample of validation films: the value that full colour means (``core.cams``).
-* the calibration: the validation-fitted temperature and bias (``core.calibration``).
+  maps over a fixed sample of validation films: the value that full colour means (``core.explain.cams``).
+* the calibration: the validation-fitted temperature and bias (``core.evaluate.calibration``).
 
 Both are read and written through ``core.store``.
 
@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import calibration, faithfulness, onnx_backend
-from core.cams import (
+from core.data.images import load_for_model
+from core.data.labels import CLASSES
+from core.evaluate import calibration
+from core.explain import faithfulness
+from core.explain.cams import (
     CAM_METHODS,
     GRADIENT_FREE,
     REFERENCE_PERCENTILE,
@@ -28,10 +31,9 @@ from core.cams import (
     raw_maps_many,
     reference_value,
 )
-from core.images import load_for_model
-from core.inference import load_trained
-from core.labels import CLASSES
-from core.recipe import model_config
+from core.models import onnx_backend
+from core.models.inference import load_trained
+from core.models.recipe import model_config
 from core.store import (
     CAM_REFERENCE_FILE,
     ArtifactError,
@@ -231,7 +233,7 @@ def faithfulness_run(run_dir, models=None, *, n: int = FAITHFULNESS_SAMPLE, meth
     out = {**settings, "sanity_max_rho": faithfulness.SANITY_MAX_RHO, "ci_level": faithfulness.CI_LEVEL,
            "sanity": "classifier head re-initialised; Spearman rho between maps over pixels, mean over films",
            "road": "ROADCombined (Rong et al. 2022) on softmax P(target), noisy linear imputation; level p removes "
-                   "(100 - p) % of the pixels, exactly, ties in random order (core/faithfulness.py)",
+                   "(100 - p) % of the pixels, exactly, ties in random order (core/explain/faithfulness.py)",
            "intervals": f"{faithfulness.CI_LEVEL:.0%} percentile bootstrap over films ({faithfulness.BOOTSTRAP} "
                         "resamples)",
            "films": [str(p) for p in rows["path"]],

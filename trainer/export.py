@@ -1,6 +1,6 @@
 """``trainer export``: write each model's ONNX graph beside its best checkpoint (``checkpoints/model.onnx``).
 
-Scoring does not need this step: ``core.inference`` builds the graph on first use into the cache folder (keyed
+Scoring does not need this step: ``core.models.inference`` builds the graph on first use into the cache folder (keyed
 by the checkpoint's sha256). Exporting into the run folder is for shipping a run to a machine that will serve it
 with ONNX Runtime alone, or for a read-only deployment. Every export is checked with ``onnx.checker`` and then
 against eager torch on random input; a model whose probabilities differ by more than ``TOLERANCE`` fails.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core import onnx_backend
-from core.inference import load_trained, predict_probabilities
+from core.models import onnx_backend
+from core.models.inference import load_trained, predict_probabilities
+from core.models.weights import sha256_of
 from core.store import ArtifactError, Run, onnx_beside
-from core.weights import sha256_of
 
 log = logging.getLogger(__name__)
 

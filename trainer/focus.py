@@ -1,9 +1,11 @@
-"""``python -m trainer focus``: where each model of a run looks, measured as lung focus (core/focus.py).
+"""``python -m trainer focus``: where each model of a run looks, measured as lung focus (core/explain/focus.py).
 
 For a fixed, seeded sample of ``--n`` films of one split (the same films for every model), each model's raw CAM
-for PNEUMONIA is computed (``core.cams.raw_maps``: before any per-image stretching, as the Grad-CAM page measures
+for PNEUMONIA is computed (``core.explain.cams.raw_maps``: before any per-image stretching, as the Grad-CAM page
+measures
 it), and its lung focus and border mass are measured against the film's
-lung mask (the committed lung model, core/lungs.py) and body mask. Films are taken at ``MASK_SIZE`` px, the size of
+lung mask (the committed lung model, core/models/lungs.py) and body mask. Films are taken at ``MASK_SIZE`` px, the size
+of
 the Kermany 224 copy; each map is resized to it.
 
 Writes, per model: ``<run>/<model>/lung_focus_<split>.csv`` (one row per film and method) and
@@ -21,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cams import GRADIENT_FREE, raw_maps, raw_maps_many
-from core.focus import BORDER_BAND, FLAG_BELOW, body_mask, map_focus, ranking
-from core.framing import unframe
-from core.images import ImageError, load_for_model
-from core.inference import load_trained
-from core.labels import POSITIVE
-from core.lungs import METRICS, lung_mask
+from core.data.images import ImageError, load_for_model
+from core.data.labels import POSITIVE
+from core.explain.cams import GRADIENT_FREE, raw_maps, raw_maps_many
+from core.explain.focus import BORDER_BAND, FLAG_BELOW, body_mask, map_focus, ranking
+from core.models.framing import unframe
+from core.models.inference import load_trained
+from core.models.lungs import METRICS, lung_mask
 from core.store import (
     FOCUS_COLUMNS,
     ArtifactError,

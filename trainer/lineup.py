@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import data
-from core.cache import ImageCache
-from core.framing import framed_cache
-from core.labels import CLASSES
-from core.metrics import headline_rule
-from core.models import check_input_size, get_spec, input_size_for
+from core.data import layouts as data
+from core.data.cache import ImageCache
+from core.data.labels import CLASSES
+from core.evaluate.metrics import headline_rule
+from core.models.framing import framed_cache
+from core.models.registry import check_input_size, get_spec, input_size_for
 from core.store import (
     SKIPPED_FILE,
     ArtifactError,

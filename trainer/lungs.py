@@ -1,4 +1,4 @@
-"""``python -m trainer lungs``: train the lung-field segmentation model (core/lungs.py) on the lungmasks pairs.
+"""``python -m trainer lungs``: train the lung-field segmentation model (core/models/lungs.py) on the lungmasks pairs.
 
 Data: ``<data>/pairs.csv`` (one row per image + mask pair; see the data set's README). A ``group`` (the
 underlying film; 64 films are annotated in two sources) stays in one split. The held-out part is drawn per
@@ -23,12 +23,12 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from core import lungs
-from core.checkpoints import load_resume, save_best, save_resume
-from core.images import load_xray, resize_square
-from core.models import get_spec
+from core.data.images import load_xray, resize_square
+from core.models import lungs
+from core.models.checkpoints import load_resume, save_best, save_resume
+from core.models.registry import get_spec
+from core.models.weights import resolve_weights
 from core.store import ArtifactError, now_iso, write_csv, write_json
-from core.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def new_model(weights_dir=None) -> lungs.LungUNet:
-    """A LungUNet whose encoder starts from MobileNetV2's ImageNet weights (found offline via core/weights.py)."""
+    """A LungUNet whose encoder starts from MobileNetV2's ImageNet weights (found offline via
+    core/models/weights.py)."""
     model = lungs.LungUNet()
     state, info = resolve_weights(get_spec("mobilenet_v2").weights, weights_dir=weights_dir)
     if state is None:

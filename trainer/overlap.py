@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from core.data import file_sha256
+from core.data.layouts import file_sha256
 from core.store import Run, evaluated_file
 
 SEEN_SPLITS = ("train", "val")  # what the model learned from, or was chosen on
@@ -35,7 +35,8 @@ def seen_films(run: Run, splits: Iterable[str] = SEEN_SPLITS) -> list:
 
 
 def content_overlap(run: Run, samples) -> list[str]:
-    """Paths of ``samples`` (``core.data.Sample``, or anything with ``.path``) whose bytes equal a film of the run's
+    """Paths of ``samples`` (``core.data.layouts.Sample``, or anything with ``.path``) whose bytes equal a film of the
+    run's
     train or val split, in the order given. Sizes first; only same-size files are hashed."""
     seen = {}
     for path in seen_films(run):

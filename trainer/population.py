@@ -1,4 +1,4 @@
-"""``python -m trainer population``: fit each model's population check (core/population.py) on the run's films.
+"""``python -m trainer population``: fit each model's population check (core/evaluate/population.py) on the run's films.
 
 Per model and per source of the run (split.csv's ``source`` column; a run without one has a single source named
 after its data root, ``kermany224`` → ``kermany``): the train films' features make the reference, the validation
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import population as pop
-from core.images import SUPPORTED_EXTENSIONS, ImageError, load_for_model
-from core.inference import load_trained
+from core.data.images import SUPPORTED_EXTENSIONS, ImageError, load_for_model
+from core.evaluate import population as pop
+from core.models.inference import load_trained
 from core.store import ArtifactError, ModelArtifacts, Run, name_problem, now_iso, write_population
 from trainer.focus import find_image
 
@@ -67,7 +67,7 @@ def load_squares(files, size: int) -> tuple[np.ndarray, list[int]]:
 
 
 def file_problems(path) -> tuple[str, ...]:
-    """``core.population.image_problems`` of an image file."""
+    """``core.evaluate.population.image_problems`` of an image file."""
     try:
         return pop.image_problems(pop.thumbnail_rgb(Path(path).read_bytes()))
     except OSError:

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from core import data
-from core.cache import ImageCache, load_or_build
-from core.data import STRATA, DataError, Sample
-from core.labels import CLASSES
+from core.data import layouts as data
+from core.data.cache import ImageCache, load_or_build
+from core.data.labels import CLASSES
+from core.data.layouts import STRATA, DataError, Sample
 from core.store import data_folder
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class Prepared:
     skipped: list[tuple[str, str]]
 
     def splits(self) -> list[str]:
-        """Split names in use (not ``excluded``), in ``core.data.sort_splits`` order."""
+        """Split names in use (not ``excluded``), in ``core.data.layouts.sort_splits`` order."""
         return data.sort_splits(s.split for s in self.samples if s.split and s.split != data.EXCLUDED)
 
     def indices(self, split: str) -> np.ndarray:

@@ -10,8 +10,9 @@ import math
 import re
 from pathlib import Path
 
-from core import metrics, summary
-from core.metrics import HEADLINE_RULE
+from core.evaluate import metrics
+from core.evaluate.metrics import HEADLINE_RULE
+from core.report import summary
 from core.store import ArtifactError, Run, population_metrics, population_specs, read_text
 
 
@@ -31,7 +32,7 @@ def _duration(seconds: float) -> str:
 
 def headline(m: dict, rule: str = HEADLINE_RULE) -> str:
     """One line of a split's figures (a metrics_<split>.json) at the model's headline operating point (its
-    ``core.metrics.headline_rule``), chosen on validation."""
+    ``core.evaluate.metrics.headline_rule``), chosen on validation."""
     at = m["at"][rule]
     return (f"{m['split']} n={m['n']} AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  "
             f"acc {at['accuracy']:.3f} sens {at['sensitivity']:.3f} spec {at['specificity']:.3f}  "

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core import metrics
-from core.cache import load_or_build
-from core.data import DataError, Sample
-from core.inference import load_trained, predict_loaded
-from core.recipe import model_config
+from core.data.cache import load_or_build
+from core.data.layouts import DataError, Sample
+from core.evaluate import metrics
+from core.models.inference import load_trained, predict_loaded
+from core.models.recipe import model_config
 from core.store import SHIFT_FILE, ArtifactError, Run, now_iso, read_shift, write_shift
 from trainer.shifts import SHIFTS, apply_shift
 

@@ -1,4 +1,4 @@
-"""``python -m trainer site``: a site profile per model from a site's own films (issue 18, ``core/site.py``).
+"""``python -m trainer site``: a site profile per model from a site's own films (issue 18, ``core/evaluate/site.py``).
 
     python -m trainer site --run artifacts/R --data FOLDER_OR_MANIFEST --site NAME [--prevalence P] [--unlabelled]
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core import data
-from core import site as site_mod
-from core.data import DataError, Sample, file_sha256
-from core.images import SUPPORTED_EXTENSIONS
-from core.inference import load_trained, predict_loaded
-from core.recipe import model_config
+from core.data import layouts as data
+from core.data.images import SUPPORTED_EXTENSIONS
+from core.data.layouts import DataError, Sample, file_sha256
+from core.evaluate import site as site_mod
+from core.models.inference import load_trained, predict_loaded
+from core.models.recipe import model_config
 from core.store import (
     SPLIT_FILE,
     ArtifactError,

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core import metrics
-from core.accel import Accel, choose, pick_device  # noqa: F401 (pick_device stays importable from here)
-from core.cache import ImageCache
-from core.checkpoints import load_best, load_resume, save_best, save_resume
-from core.inference import predict_probabilities
-from core.lungs import lung_model_sha256
-from core.models import ModelSpec, count_params, create_model, get_spec, input_size_for, set_backbone_trainable
+from core.data.cache import ImageCache
+from core.data.transforms import AugmentConfig, augment, normalize, to_float
+from core.evaluate import metrics
+from core.models.accel import Accel, choose, pick_device  # noqa: F401 (pick_device stays importable from here)
+from core.models.checkpoints import load_best, load_resume, save_best, save_resume
+from core.models.inference import predict_probabilities
+from core.models.lungs import lung_model_sha256
+from core.models.registry import ModelSpec, count_params, create_model, get_spec, input_size_for, set_backbone_trainable
 from core.store import (
     ModelWriter,
     best_checkpoint,
@@ -34,7 +35,6 @@ from core.store import (
     prune_epoch_checkpoints,
     stored_path,
 )
-from core.transforms import AugmentConfig, augment, normalize, to_float
 from trainer import distributed
 from trainer.config import Recipe
 from trainer.distill import Teacher, distill_loss, load_teacher
@@ -304,7 +304,7 @@ def setup_entry(recipe: Recipe, data: dict[str, SplitData], writer: ModelWriter,
                                 weights_dir=weights_dir, input_size=size, in_chans=recipe.in_chans)
     if winfo.warning:
         log.warning(f"  WARNING [{recipe.name}]: {winfo.warning}")
-    model.to(device, memory_format=torch.channels_last)  # matches core.transforms.normalize's output
+    model.to(device, memory_format=torch.channels_last)  # matches core.data.transforms.normalize's output
     writer.config({**asdict(recipe), "input_size": size, "mean": list(spec.mean), "std": list(spec.std),
                    "pretrained": winfo.pretrained, "pretrained_requested": recipe.pretrained,
                    "weights_source": winfo.source, "weights_sha256": winfo.sha256, "weights_warning": winfo.warning,

@@ -1,9 +1,10 @@
 """The explanation records of a run folder (docs/artifacts.md, docs/explanations.md), read and written here only.
 
-* ``calibration.json`` (per model): the validation-fitted temperature and bias (``core.calibration``);
-* ``cam_reference.json`` (per model): per CAM method and class, the value full colour means (``core.cams``);
-* ``faithfulness.json`` (per run): ROAD and the randomisation check per model and method (``core.faithfulness``);
-* ``lung_focus_<split>.csv`` / ``.json`` (per model): where the maps' evidence lies (``core.focus``).
+* ``calibration.json`` (per model): the validation-fitted temperature and bias (``core.evaluate.calibration``);
+* ``cam_reference.json`` (per model): per CAM method and class, the value full colour means (``core.explain.cams``);
+* ``faithfulness.json`` (per run): ROAD and the randomisation check per model and method
+(``core.explain.faithfulness``);
+* ``lung_focus_<split>.csv`` / ``.json`` (per model): where the maps' evidence lies (``core.explain.focus``).
 
 The computations are pure functions of arrays and models; these functions are the only way in and out.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.calibration import B_BOUNDS, T_BOUNDS, Scaling
+from core.evaluate.calibration import B_BOUNDS, T_BOUNDS, Scaling
 from core.store import files
 from core.store.io import ArtifactError, read_csv, read_json, shown, write_csv, write_json
 from core.store.schema import FAITHFULNESS_FIELDS, FOCUS_COLUMNS, REFERENCE_BOUNDS

@@ -1,5 +1,5 @@
 """``population.json`` (per model, ``python -m trainer population``): the population check's references
-(``core/population.py``), checked on every read; read and written here only."""
+(``core/evaluate/population.py``), checked on every read; read and written here only."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.data import MANIFEST_SUFFIXES, sort_splits
-from core.metrics import headline_rule
+from core.data.layouts import MANIFEST_SUFFIXES, sort_splits
+from core.evaluate.metrics import headline_rule
 from core.store import files
 from core.store.io import (
     TEXT,
@@ -158,7 +158,7 @@ class ModelArtifacts:
             return False
 
     def splits(self) -> list[str]:
-        """Splits that have predictions, in ``core.data.sort_splits`` order (val, test, then the others)."""
+        """Splits that have predictions, in ``core.data.layouts.sort_splits`` order (val, test, then the others)."""
         names = files.splits_with_predictions(self.dir)
         return sort_splits(n for n in names if name_problem(n) is None)  # a file name is no place for markup
 

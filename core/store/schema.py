@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 
-from core.data import STRATA
-from core.images import FRAMINGS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, PREPROCESS
+from core.data.images import FRAMINGS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, PREPROCESS
+from core.data.layouts import STRATA
 from core.store.io import (
     BOOL,
     COUNT,
@@ -65,9 +65,10 @@ CONFIG_FIELDS = {
     "mean": ("three numbers", lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v))),
     "std": ("three positive numbers", lambda v: isinstance(v, list) and len(v) == 3
             and all(is_number(x) and x > 0 for x in v)),
-    "preprocess": ("one of the trainer's preprocess names (core.images.PREPROCESS), or null",
+    "preprocess": ("one of the trainer's preprocess names (core.data.images.PREPROCESS), or null",
                    lambda v: v is None or v in PREPROCESS),
-    "framing": ("one of the trainer's framings (core.images.FRAMINGS), or null", lambda v: v is None or v in FRAMINGS),
+    "framing": ("one of the trainer's framings (core.data.images.FRAMINGS), or null",
+                lambda v: v is None or v in FRAMINGS),
     "lung_model_sha256": ("a sha256 (64 hex digits)", lambda v: isinstance(v, str) and _SHA256.fullmatch(v)),
 }
 STATUS_FIELDS = {

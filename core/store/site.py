@@ -1,4 +1,4 @@
-"""Site profiles (``python -m trainer site``, ``core/site.py``): ``<model>/sites/<site>/profile.json`` and
+"""Site profiles (``python -m trainer site``, ``core/evaluate/site.py``): ``<model>/sites/<site>/profile.json`` and
 ``predictions.csv``, read and written here only (docs/artifacts.md)."""
 
 from __future__ import annotations

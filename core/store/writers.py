@@ -1,6 +1,6 @@
 """Writing a run folder: ``RunWriter`` (run.json, split.csv, skipped.csv) and ``ModelWriter`` (one model's folder).
 
-Writers only write: figures are computed by the caller (``core.metrics.evaluate_split``) and handed over. Every
+Writers only write: figures are computed by the caller (``core.evaluate.metrics.evaluate_split``) and handed over. Every
 file is written whole (``core.store.io``). ``data_root`` is kept as the user gave it (relative stays relative) and
 image paths are stored relative to it, so a run copied to another machine finds its films under that machine's
 copy of the data.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.data import MANIFEST_SUFFIXES
+from core.data.layouts import MANIFEST_SUFFIXES
 from core.store import files
 from core.store.io import ArtifactError, now_iso, read_json, write_csv, write_json
 from core.store.schema import (
@@ -89,7 +89,7 @@ class ModelWriter:
 
     def scored(self, split: str, paths, labels, probabilities, metrics: dict, strata: dict | None = None) -> None:
         """A scored split: its predictions (with each image's stratum) and then its metrics, computed by the caller
-        (``core.metrics.evaluate_split``). Training, ``evaluate`` and ensembles write through it."""
+        (``core.evaluate.metrics.evaluate_split``). Training, ``evaluate`` and ensembles write through it."""
         self.predictions(split, paths, labels, probabilities, strata)
         self.metrics(split, metrics)
 
@@ -106,7 +106,7 @@ class RunWriter:
         return ModelWriter(self.dir, name, self.data_root)
 
     def split(self, samples) -> None:
-        """One row per sample (``core.data.Sample``): path, label, patient_id, split, and the stratum columns
+        """One row per sample (``core.data.layouts.Sample``): path, label, patient_id, split, and the stratum columns
         (source, view, sex, age band) that any sample has."""
         extra = [c for c in STRATUM_COLUMNS if any(s.stratum(c) for s in samples)]
         write_csv(self.dir / files.SPLIT_FILE, [{"path": stored_path(s.path, self.data_root), "label": s.label,

@@ -1,13 +1,13 @@
-"""Model card: one model's card (Mitchell et al. 2019), built from its artifacts by ``trainer.card`` exactly as
+"""Model card: one model's card (Mitchell et al. 2019), built from its artifacts by ``core.report.card`` exactly as
 ``python -m trainer card`` writes MODEL_CARD.md and model_card.html beside it; both can be downloaded here.
 Text from the run folder is shown inert (``plain``) and tables as data frames, so a card cannot embed anything."""
 
 import pandas as pd
 import streamlit as st
 
+from core.report import card
 from core.store import CARD_HTML_FILE, CARD_MD_FILE, read_card
 from dashboard.common import choice, guard, model_names, plain, stop
-from trainer import card
 
 ctx = choice()
 run = ctx.run

@@ -5,7 +5,7 @@ small one; here a model that is good on children and at chance on adults looks l
 
 import streamlit as st
 
-from core.metrics import headline_rule
+from core.evaluate.metrics import headline_rule
 from core.store import CONFIG_FILE, ArtifactError, metrics_file, population_metrics, population_specs
 from dashboard import figures, tables
 from dashboard.common import cached_metrics, choice, chosen_with_splits, guard, stop

@@ -7,7 +7,7 @@ While a chosen model is training, the charts refresh on their own. Ensembles tra
 
 import streamlit as st
 
-from core import summary
+from core.report import summary
 from core.store import HISTORY_FILE, STATUS_FILE
 from dashboard import figures, tables
 from dashboard.common import cached_history, choice, guard, stop

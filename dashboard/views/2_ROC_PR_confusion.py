@@ -2,13 +2,13 @@
 
 The chosen models' curves share one ROC and one PR plot (zoomed to the informative corner, the full square one
 click away). The operating-point panel shows one model at a time: moving its threshold moves its dot on both
-curves and updates its confusion matrix and rates (``core.metrics.confusion_at``); a compact table lists every
+curves and updates its confusion matrix and rates (``core.evaluate.metrics.confusion_at``); a compact table lists every
 chosen model's operating point. Presets are the thresholds chosen on validation (metrics_val.json) and 0.5.
 """
 
 import streamlit as st
 
-from core import metrics as cm
+from core.evaluate import metrics as cm
 from core.store import metrics_file
 from dashboard import figures, tables
 from dashboard.common import (

@@ -1,7 +1,8 @@
 """Grad-CAM: where did each model look? The sidebar's chosen models side by side on uploaded films, on films of
 the run's test split or, until the user gives one, on a committed example film (``dashboard.explain.EXAMPLES``).
 
-Uploads stay in memory (bytes go straight to ``core.images``); preprocessing is the trainer's own. Models are cached
+Uploads stay in memory (bytes go straight to ``core.data.images``); preprocessing is the trainer's own. Models are
+cached
 once per process and locked while a map is computed (``dashboard.explain``).
 """
 
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import faithfulness
-from core.cams import CAM_METHODS
-from core.images import ImageError
-from core.labels import CLASSES, POSITIVE
+from core.data.images import ImageError
+from core.data.labels import CLASSES, POSITIVE
+from core.explain import faithfulness
+from core.explain.cams import CAM_METHODS
 from core.store import ArtifactError, read_faithfulness
 from dashboard import explain as ex
 from dashboard import population as pp

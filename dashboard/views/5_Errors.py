@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import metrics as cm
-from core.cams import CAM_METHODS
-from core.images import ImageError
-from core.labels import CLASSES, POSITIVE
+from core.data.images import ImageError
+from core.data.labels import CLASSES, POSITIVE
+from core.evaluate import metrics as cm
+from core.explain.cams import CAM_METHODS
 from core.store import CONFIG_FILE, ArtifactError
 from dashboard import explain as ex
 from dashboard.common import cached_predictions, choice, guard, model_names, plain, stop

@@ -1,14 +1,14 @@
 """Calibration: do predicted probabilities match observed frequencies? Reliability diagram, ECE and Brier score.
 
 Bins, ECE and Brier come from metrics_<split>.json; for a split without them they are recomputed from
-predictions_<split>.csv with ``core.metrics`` (the same functions the trainer used).
+predictions_<split>.csv with ``core.evaluate.metrics`` (the same functions the trainer used).
 """
 
 import pandas as pd
 import streamlit as st
 
-from core import summary
-from core.data import sort_splits
+from core.data.layouts import sort_splits
+from core.report import summary
 from core.store import CALIBRATION_FILE, metrics_file, predictions_file
 from dashboard import figures, tables
 from dashboard.common import cached_metrics, cached_predictions, choice, guard, plain, stop

@@ -1,7 +1,8 @@
 """Where models look: per model, how much of its heatmap lies inside the lung fields, over a split, ranked.
 
-Figures come from ``<run>/<model>/lung_focus_<split>.csv`` written by ``python -m trainer focus`` (core/focus.py
-defines lung focus and border mass; core/lungs.py the lung model). Nothing is computed here, so the page is instant.
+Figures come from ``<run>/<model>/lung_focus_<split>.csv`` written by ``python -m trainer focus`` (core/explain/focus.py
+defines lung focus and border mass; core/models/lungs.py the lung model). Nothing is computed here, so the page is
+instant.
 """
 
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.focus import FLAG_BELOW, ranking
-from core.lungs import METRICS
+from core.explain.focus import FLAG_BELOW, ranking
+from core.models.lungs import METRICS
 from core.store import ArtifactError, focus_splits, read_focus, read_json
 from dashboard.common import choice, guard, stop
 from dashboard.tables import plain

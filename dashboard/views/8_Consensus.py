@@ -5,10 +5,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import faithfulness
-from core.cams import CAM_METHODS, GRADIENT_FREE
-from core.images import ImageError
-from core.labels import CLASSES, POSITIVE
+from core.data.images import ImageError
+from core.data.labels import CLASSES, POSITIVE
+from core.explain import faithfulness
+from core.explain.cams import CAM_METHODS, GRADIENT_FREE
 from core.store import best_checkpoint, read_faithfulness
 from dashboard import consensus as cs
 from dashboard import explain as ex

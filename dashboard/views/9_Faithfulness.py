@@ -5,8 +5,8 @@ method, from the figures stored by ``python -m trainer faithfulness`` (nothing i
 import pandas as pd
 import streamlit as st
 
-from core import faithfulness
-from core.cams import CAM_METHODS
+from core.explain import faithfulness
+from core.explain.cams import CAM_METHODS
 from core.store import FAITHFULNESS_FILE, read_faithfulness
 from dashboard.common import choice, guard, plain, stop
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import metrics, summary
+from core.evaluate import metrics
 from core.store import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -15,6 +15,7 @@ from core.store import (
     population_metrics,
     population_specs,
     recommended,
+    summary,
 )
 from dashboard import tables
 from dashboard.common import (

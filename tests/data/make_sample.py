@@ -61,7 +61,7 @@ def main(shared: Path) -> None:
 def adult_sample(shared: Path) -> None:
     """tests/data/nih_adult: NORMAL/ and PNEUMONIA/ PNGs at 224 px and a manifest.tsv with the original's columns."""
     sys.path.insert(0, str(HERE.parents[1]))
-    from core.images import load_for_model
+    from core.data.images import load_for_model
 
     split = pd.read_csv(POP_RUN / "split.csv", keep_default_na=False)
     test = split[(split["split"] == "test") & (split["source"] == "nih_adult")].drop_duplicates("patient_id")

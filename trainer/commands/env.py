@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.accel import environment_lines
+from core.models.accel import environment_lines
 
 
 def add_parser(sub) -> None:

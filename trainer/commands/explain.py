@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from core import calibration, summary
-from core.cams import CAM_METHODS
+from core.evaluate import calibration
+from core.explain.cams import CAM_METHODS
+from core.report import summary
 from core.store import ArtifactError, Run
 from trainer import explain
 from trainer.commands.common import names

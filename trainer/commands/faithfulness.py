@@ -1,12 +1,12 @@
 """``faithfulness``: ROAD and the model-randomisation sanity check per model and CAM method
-(``trainer/explain.py``, ``core/faithfulness.py``)."""
+(``trainer/explain.py``, ``core/explain/faithfulness.py``)."""
 
 from __future__ import annotations
 
 import torch
 
-from core import faithfulness
-from core.cams import CAM_METHODS
+from core.explain import faithfulness
+from core.explain.cams import CAM_METHODS
 from core.store import ArtifactError
 from trainer import explain
 from trainer.commands.common import names

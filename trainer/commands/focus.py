@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=120, help="films sampled from the split (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="Grad-CAM", help="comma-separated CAM methods (see core/cams.py)")
+    p.add_argument("--methods", default="Grad-CAM", help="comma-separated CAM methods (see core/explain/cams.py)")
     p.add_argument("--models", help="comma-separated model names (default: every model of the run)")
     p.add_argument("--data-root", default=os.environ.get("CXR_DATA_ROOT"),
                    help="where the run's films are, when its stored paths do not resolve here")

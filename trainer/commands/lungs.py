@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from core import lungs as core_lungs
-from core.weights import ENV_WEIGHTS_DIR
+from core.models import lungs as core_lungs
+from core.models.weights import ENV_WEIGHTS_DIR
 from trainer import lungs
 
 

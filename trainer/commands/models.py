@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from core.models import count_params, list_specs
-from core.weights import ENV_WEIGHTS_DIR, WeightsError, resolve_weights
+from core.models.registry import count_params, list_specs
+from core.models.weights import ENV_WEIGHTS_DIR, WeightsError, resolve_weights
 
 
 def add_parser(sub) -> None:

@@ -1,4 +1,4 @@
-"""``site``: a site profile per model from a site's own films (``trainer/site.py``, ``core/site.py``)."""
+"""``site``: a site profile per model from a site's own films (``trainer/site.py``, ``core/evaluate/site.py``)."""
 
 from __future__ import annotations
 

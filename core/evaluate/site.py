@@ -7,7 +7,7 @@ files, ``docs/site-curve.md`` measures how many films each step needs (``learnin
 
 Rules, each with a fallback that the profile states (``reason``):
 
-* **threshold**: the model's own rule (``core.metrics.headline_rule``) re-chosen on the site's films, when each
+* **threshold**: the model's own rule (``core.evaluate.metrics.headline_rule``) re-chosen on the site's films, when each
   class has at least ``MIN_PER_CLASS`` films; else the validation threshold.
 * **calibration**: temperature and bias refitted on the site's films from ``MIN_FULL_FIT`` films (and
   ``MIN_FULL_PER_CLASS`` of each class); below that the validation temperature is kept and only the bias is refitted
@@ -26,8 +26,8 @@ import math
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from core.calibration import B_BOUNDS, Scaling, fit, logit
-from core.metrics import (
+from core.evaluate.calibration import B_BOUNDS, Scaling, fit, logit
+from core.evaluate.metrics import (
     auc,
     bootstrap_auc_ci,
     choose_thresholds,

@@ -28,8 +28,8 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGrad
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from core.fast_cams import FastEigenCAM, FastScoreCAM
-from core.labels import POSITIVE
+from core.data.labels import POSITIVE
+from core.explain.fast_cams import FastEigenCAM, FastScoreCAM
 
 CAM_METHODS: dict[str, type] = {
     "Grad-CAM": GradCAM,
@@ -37,7 +37,7 @@ CAM_METHODS: dict[str, type] = {
     "HiResCAM": HiResCAM,
     "XGradCAM": XGradCAM,
     "LayerCAM": LayerCAM,
-    "EigenCAM": FastEigenCAM,  # same maps as pytorch-grad-cam's, faster (core/fast_cams.py)
+    "EigenCAM": FastEigenCAM,  # same maps as pytorch-grad-cam's, faster (core/explain/fast_cams.py)
     "Score-CAM": FastScoreCAM,
 }
 GRADIENT_FREE = {"EigenCAM", "Score-CAM"}

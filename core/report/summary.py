@@ -1,7 +1,7 @@
 """One row of results per model: the README's results table and the dashboard's leaderboard both use it.
 
 A row holds a model's facts (architecture, weights, size, epochs, training time) and its figures on one split at
-one operating point chosen on validation (the model's ``core.metrics.headline_rule`` unless asked otherwise).
+one operating point chosen on validation (the model's ``core.evaluate.metrics.headline_rule`` unless asked otherwise).
 Missing or unreadable files give ``None`` / NaN fields, never an exception, so a broken model still gets its row.
 """
 
@@ -11,8 +11,8 @@ import math
 
 import pandas as pd
 
-from core import calibration
-from core.metrics import headline_rule
+from core.evaluate import calibration
+from core.evaluate.metrics import headline_rule
 from core.store import ArtifactError, ModelArtifacts, Run, is_ensemble, read_scaling
 
 
@@ -89,7 +89,7 @@ def undertrained(status: dict | None, history: pd.DataFrame | None) -> bool | No
 def model_row(name: str, config: dict | None, status: dict | None, metrics: dict | None,
               history: pd.DataFrame | None = None, rule: str | None = None) -> dict:
     """The results row of one model from its parsed files (each ``None`` when unreadable), at ``rule`` or else
-    the model's own headline rule (``core.metrics.headline_rule``)."""
+    the model's own headline rule (``core.evaluate.metrics.headline_rule``)."""
     cfg, st, m = config or {}, status or {}, metrics or {}
     rule = rule or headline_rule(cfg)
     at = (m.get("at") or {}).get(rule) or {}

@@ -21,8 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
-from core.images import MIN_INPUT_SIZE
-from core.weights import NO_WEIGHTS, WeightsInfo, WeightsSource, load_backbone, resolve_weights
+from core.data.images import MIN_INPUT_SIZE
+from core.models.weights import NO_WEIGHTS, WeightsInfo, WeightsSource, load_backbone, resolve_weights
 
 NUM_CLASSES = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
-from core.metrics import brier, ece
+from core.evaluate.metrics import brier, ece
 
 EPS = 1e-6  # keeps logit(0) and logit(1) finite
 T_BOUNDS = (0.05, 20.0)

@@ -1,6 +1,6 @@
-"""Parallel, sharded fill of the image cache (``core.cache``), sized for data sets of 100k+ films.
+"""Parallel, sharded fill of the image cache (``core.data.cache``), sized for data sets of 100k+ films.
 
-The caller creates ``images.npy`` (N x S x S uint8, its disk space reserved: ``core.cache``), and this module
+The caller creates ``images.npy`` (N x S x S uint8, its disk space reserved: ``core.data.cache``), and this module
 hands out shards of consecutive rows to worker processes. Each worker decodes its shard's files and writes the
 pixels straight into its rows of the file through its own memory map, unmaps it, and returns only which rows
 decoded and why the others failed. No image travels through a pipe and no list of arrays is held anywhere, so peak
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.images import ImageError, load_for_model
+from core.data.images import ImageError, load_for_model
 
 SHARD_ROWS = 256
 

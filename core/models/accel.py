@@ -8,7 +8,7 @@ Choices, and why:
 * CPU: float32. CPU autocast to bfloat16 is slower than float32 on CPUs without bfloat16 matrix units, and
   changes results; nothing is pinned (there is no device to copy to).
 * Channels-last everywhere: CPU convolutions in this torch build and GPU tensor cores both run faster in it
-  (``core.transforms.normalize`` already produces it).
+  (``core.data.transforms.normalize`` already produces it).
 * ``torch.compile`` only when asked: it spends minutes compiling before the first step, which pays off on long
   GPU runs only. Its inductor backend needs a C compiler on CPU and Triton on GPU.
 """

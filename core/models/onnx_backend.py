@@ -6,7 +6,8 @@ checked with ``onnx.checker``) and either stored beside its checkpoint (``traine
 into a cache folder keyed by the checkpoint's sha256, so a retrained model never reuses a stale graph and a
 read-only run folder still works. ``CXR_BACKEND`` (``torch``, ``onnx`` or ``auto``, the default) picks the
 backend; ``auto`` takes, per architecture and input size, the backend ``python -m bench --only infer`` measured
-faster on this project's machine (``core/backend_table.json``, written by ``python -m bench.infer --write-table``;
+faster on this project's machine (``core/models/backend_table.json``, written by ``python -m bench.infer
+--write-table``;
 the nearest measured size decides for another size; ``ModelSpec.onnx_faster`` for an architecture not in the
 table) and falls back to eager torch, with a warning, when the export or ONNX Runtime fails.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.cache import default_cache_root
+from core.data.cache import default_cache_root
 from core.store import atomic_write_bytes, onnx_beside
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ _TWINS: weakref.WeakKeyDictionary[torch.nn.Module, OnnxModel] = weakref.WeakKeyD
 
 def register_twin(model: torch.nn.Module, om: OnnxModel) -> None:
     """Remember that ``om`` computes what ``model`` computes, so code holding only the torch model (Score-CAM's
-    masked passes in ``core.fast_cams``) can use the faster session."""
+    masked passes in ``core.explain.fast_cams``) can use the faster session."""
     _TWINS[model] = om
 
 
@@ -231,7 +232,7 @@ def graph_digest(path: Path) -> str:
 
 
 def _verified_marker(graph: Path, checkpoint_sha256: str) -> Path:
-    from core.weights import sha256_of
+    from core.models.weights import sha256_of
 
     st = graph.stat()
     key = (str(graph.resolve()), st.st_mtime_ns, st.st_size)

@@ -30,8 +30,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 from scipy.stats import spearmanr
 
-from core.cams import explain
-from core.labels import POSITIVE
+from core.data.labels import POSITIVE
+from core.explain.cams import explain
 
 __all__ = ["ROAD_PERCENTILES", "SANITY_MAX_RHO", "bootstrap_ci", "check", "failing", "impute", "rank_correlations",
            "rank_methods", "ranking_text", "removal_masks", "road", "road_levels", "stretched_maps", "summarise",

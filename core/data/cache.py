@@ -1,7 +1,7 @@
 """Decode and resize every image once, into a memory-mapped uint8 array that later epochs and runs reuse.
 
 Decoding a full-size JPEG costs tens of milliseconds; reading a 224x224 slice of a memory map costs
-microseconds. The cache key covers the file list, sizes and modification times (``core.data.fingerprint``)
+microseconds. The cache key covers the file list, sizes and modification times (``core.data.layouts.fingerprint``)
 and the target size, so a changed file or a new size builds a new cache and a stale one is never read.
 
 Layout of one cache entry (a folder named by its key, made atomically by renaming a temporary folder):
@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core import cache_build
-from core.data import DataError, Sample, fingerprint
+from core.data import cache_build
+from core.data.layouts import DataError, Sample, fingerprint
 
 ENV_CACHE = "CXR_CACHE_DIR"
 
@@ -99,7 +99,7 @@ def _build(samples, size, tmp: Path, final: Path, workers, progress) -> ImageCac
     failures: list[tuple[str, str]] = []
     jobs = [(s.path, size) for s in samples]
     workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1 and n > 32:  # workers write shards of rows straight into the file (core/cache_build.py)
+    if workers > 1 and n > 32:  # workers write shards of rows straight into the file (core/data/cache_build.py)
         images.flush()
         ok, failures = cache_build.fill(tmp / "images.npy", [s.path for s in samples], size, workers=workers,
                                         progress=progress)

@@ -40,7 +40,7 @@ class PopulationError(ValueError):
 
 @torch.inference_mode()
 def features(loaded, squares_u8, *, batch_size: int = FEATURE_BATCH) -> np.ndarray:
-    """(N, D) float64 classifier inputs of a ``core.inference.LoadedModel`` for uint8 (N, S, S) squares at its
+    """(N, D) float64 classifier inputs of a ``core.models.inference.LoadedModel`` for uint8 (N, S, S) squares at its
     input size, framed as the model frames them (one view, no TTA). Hooks the model: callers sharing a model
     across threads hold its lock."""
     squares = np.asarray(squares_u8)

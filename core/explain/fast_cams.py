@@ -3,7 +3,7 @@
 * Score-CAM scores one masked copy of the input per channel of the CAM layer (1,280 for MobileNetV2). Here the
   masked copies are built one batch at a time (the library builds all of them at once: 770 MB for MobileNetV2 at
   224 px), channels whose map is constant (all give the same all-zero mask) are scored once, and the batches go
-  through the model's ONNX Runtime twin when one exists (``core.onnx_backend.twin_of``), else through the torch
+  through the model's ONNX Runtime twin when one exists (``core.models.onnx_backend.twin_of``), else through the torch
   model. The weights are the library's softmax over the target scores of every channel, but channels are first
   grouped into ``SCORE_CAM_CLUSTERS`` clusters of similar masks (k-means on the masks at the CAM layer's own
   resolution) and only each cluster's most central member is scored; its score stands for the cluster. Measured
@@ -28,7 +28,7 @@ import torch
 from pytorch_grad_cam import EigenCAM, ScoreCAM
 from threadpoolctl import threadpool_limits
 
-from core import onnx_backend
+from core.models import onnx_backend
 
 __all__ = ["SCORE_CAM_BATCH", "SCORE_CAM_CLUSTERS", "FastEigenCAM", "FastScoreCAM", "channel_clusters",
            "first_component_projection", "layer_activations", "masked_scores", "reporting", "run_with_progress"]

@@ -1,6 +1,6 @@
 """Prediction with a trained model: the trainer's evaluation, the dashboard and the benchmarks share it.
 
-Scoring runs on the fastest backend at hand (``core.onnx_backend``: under ``CXR_BACKEND=auto``, the default, ONNX
+Scoring runs on the fastest backend at hand (``core.models.onnx_backend``: under ``CXR_BACKEND=auto``, the default, ONNX
 Runtime for the architectures it was measured faster on, ``ModelSpec.onnx_faster``, eager torch for the others;
 ``onnx`` or ``torch`` force one), with eager torch as the fallback; both give the same probabilities to 1e-4
 (tests/test_onnx.py). Test-time augmentation feeds all views of a batch to the model in one forward pass.
@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import framing as framing_mod
-from core import lungs, onnx_backend
-from core.checkpoints import load_best
-from core.models import ModelSpec, create_model, get_spec
-from core.recipe import model_config
+from core.data.transforms import normalize, to_float, tta_batch
+from core.models import framing as framing_mod
+from core.models import lungs, onnx_backend
+from core.models.checkpoints import load_best
+from core.models.recipe import model_config
+from core.models.registry import ModelSpec, create_model, get_spec
+from core.models.weights import sha256_of
 from core.store import CONFIG_FILE, ArtifactError, ModelArtifacts
-from core.transforms import normalize, to_float, tta_batch
-from core.weights import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,15 @@ class LoadedModel:
     mean: tuple
     std: tuple
     tta: int = 1
-    preprocess: str = "none"  # intensity standardisation the model was trained with (core.transforms.standardize)
-    framing: str = "none"  # what part of the film it sees (core.framing): applied to uint8 squares before ``inputs``
+    preprocess: str = "none"  # intensity standardisation the model was trained with (core.data.transforms.standardize)
+    # what part of the film it sees (core.models.framing): applied to uint8 squares before ``inputs``
+    framing: str = "none"
     checkpoint: Path | None = None  # best.safetensors it was loaded from; None for an in-memory model
     _onnx: object = field(default=None, init=False, repr=False)
     _onnx_failed: str | None = field(default=None, init=False, repr=False)
 
     def frame(self, batch_u8) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (B, S, S) squares → (the squares as this model sees them, their boxes); see core.framing."""
+        """uint8 (B, S, S) squares → (the squares as this model sees them, their boxes); see core.models.framing."""
         return framing_mod.frame(np.asarray(batch_u8), self.framing)
 
     def inputs(self, batch_u8) -> torch.Tensor:
@@ -130,7 +131,7 @@ def predict_probabilities(model, images_u8, mean, std, *, batch_size: int = 64, 
     """P(PNEUMONIA) for each image of a uint8 (N, S, S) array (a memory map is fine).
 
     ``model`` is a torch module or anything that maps a normalised batch to logits (``OnnxModel``). ``tta`` > 1
-    averages the probability over that many fixed views (``core.transforms.tta_batch``), all in one forward pass
+    averages the probability over that many fixed views (``core.data.transforms.tta_batch``), all in one forward pass
     of at most ``batch_size`` inputs; ``preprocess`` is the model's intensity standardisation, applied to each view.
     """
     if isinstance(model, torch.nn.Module):

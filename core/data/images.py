@@ -38,11 +38,12 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 MAX_PIXELS: int = 50_000_000  # 2.5x the largest detector (43 cm at 100 um = 18.5 Mpx)
 MAX_FILE_BYTES: int = 256 * 2**20  # a film is a few MB; a bigger file is refused before it is read
-# model input side: the one bound for flags, configs, config.json and the registry (core.models: the smallest side
+# model input side: the one bound for flags, configs, config.json and the registry (core.models.registry: the smallest
+# side
 # every architecture takes)
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024
-PREPROCESS = ("none", "equalize", "clahe")  # intensity standardisations (core.transforms.normalize)
-FRAMINGS = ("none", "lungs")  # what a film is cropped to before anything else (core.framing)
+PREPROCESS = ("none", "equalize", "clahe")  # intensity standardisations (core.data.transforms.normalize)
+FRAMINGS = ("none", "lungs")  # what a film is cropped to before anything else (core.models.framing)
 SUPPORTED_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 
 _PIL_FORMATS = ("JPEG", "PNG")  # JPEG includes MPO (multi-picture JPEGs from phones and cameras)

@@ -2,13 +2,15 @@
 
 - ``none``: the whole film, squared (as every model before issue 9).
 - ``lungs``: the film cropped to its lung fields and resized back to the model's square. The box is the committed
-  lung model's mask (``core.lungs``) grown by ``LUNG_MARGIN`` of its size on each side, so consolidations the mask
+  lung model's mask (``core.models.lungs``) grown by ``LUNG_MARGIN`` of its size on each side, so consolidations the
+  mask
   misses at the lung edge stay in; what lies outside (neck, arms, abdomen, film borders, most side markers and the
   collimation that differs between batches and sites) never reaches the classifier. A box smaller than
   ``MIN_BOX_FRACTION`` of the film means the mask failed (not a chest film, a blank image): the whole film is kept.
 
 Framing works on the uint8 squares at the model's input size, before augmentation and intensity standardisation,
-so training (``framed_cache``), evaluation and the dashboard (``core.inference``) crop the same film the same way.
+so training (``framed_cache``), evaluation and the dashboard (``core.models.inference``) crop the same film the same
+way.
 Maps computed on a framed input are put back on the whole film with ``unframe`` (zero outside the box: the model
 saw nothing there), so overlays, the shared colour scale and lung focus read them like any other model's.
 """
@@ -23,8 +25,8 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from core import lungs
-from core.images import FRAMINGS, resize_square
+from core.data.images import FRAMINGS, resize_square
+from core.models import lungs
 
 log = logging.getLogger(__name__)
 

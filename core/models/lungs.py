@@ -13,7 +13,7 @@ API
   ``predict_proba`` runs it on a batch of films; ``dice`` / ``iou`` score masks.
 
 The masks follow two conventions (see ``trainer/lungs.py``): SCR (JSRT) leaves out the lung behind the heart,
-the others include it. The model learns a mixture; lung focus (core/focus.py) does not need that detail.
+the others include it. The model learns a mixture; lung focus (core/explain/focus.py) does not need that detail.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from core.checkpoints import load_best
-from core.images import resize_square
-from core.models import IMAGENET_MEAN, IMAGENET_STD
-from core.weights import sha256_of
+from core.data.images import resize_square
+from core.models.checkpoints import load_best
+from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from core.models.weights import sha256_of
 
 INPUT_SIZE = 128  # Novikov et al. 2018 reach lung Dice 0.97 on JSRT at 128 px; 4x cheaper than 256 on CPU
-MODEL_DIR = Path(__file__).resolve().parents[1] / "lungmodel"
+MODEL_DIR = Path(__file__).resolve().parents[2] / "lungmodel"
 WEIGHTS = MODEL_DIR / "lung_unet.safetensors"
 METRICS = MODEL_DIR / "metrics.json"
 SKIPS = (1, 3, 6, 13)  # MobileNetV2 ``features`` indices whose outputs feed the decoder (strides 2, 4, 8, 16)
@@ -115,7 +115,7 @@ def lung_model_sha256(path: str | Path | None = None) -> str:
     """sha256 of the committed lung model's weights (or of the file at ``path``), once per file version.
 
     A lung-framed classifier records it in its config.json (``lung_model_sha256``) when it trains; loading it
-    (``core.inference.load_trained``) refuses a lung model other than the one it was trained with, and the framed
+    (``core.models.inference.load_trained``) refuses a lung model other than the one it was trained with, and the framed
     training cache is keyed by it, so a replaced lung model can never silently change what a model sees."""
 
     path = Path(path) if path else WEIGHTS

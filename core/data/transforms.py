@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.images import PREPROCESS
+from core.data.images import PREPROCESS
 
 
 def to_float(batch_u8: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Where a heatmap's evidence lies: inside the lung fields, or on the borders, markers and outside the body.
 
-For one map (any size; it is resized to the film's masks) and the film's lung mask (core/lungs.py):
+For one map (any size; it is resized to the film's masks) and the film's lung mask (core/models/lungs.py):
 
 - **lung focus** = share of the map's mass (its non-negative values summed) inside the lung fields;
 - **border mass** = share in the border band (``BORDER_BAND`` of the side along every edge, where the burned-in
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from core.lungs import lung_mask, postprocess
+from core.models.lungs import lung_mask, postprocess
 
 BORDER_BAND = 0.08  # fraction of the film's height/width along each edge
 FLAG_BELOW = 0.5  # lung focus under this: most evidence lies outside the lungs

@@ -14,13 +14,11 @@ import json
 import logging
 import math
 import re
-from pathlib import Path
 
-from core.metrics import headline_rule, rule_label, wilson_interval
-from core.recipe import model_config
+from core.evaluate.metrics import headline_rule, rule_label, wilson_interval
+from core.models.recipe import model_config
 from core.store import (
     CALIBRATION_FILE,
-    CARD_MD_FILE,
     ArtifactError,
     ModelArtifacts,
     Run,
@@ -53,7 +51,7 @@ def run_sources(run) -> list[str]:
 
 
 def _source_text(name: str) -> str:
-    return SOURCES.get(name, f"source `{name}` (no description in trainer/card.py)")
+    return SOURCES.get(name, f"source `{name}` (no description in core/report/card.py)")
 
 
 POPULATIONS = {
@@ -367,20 +365,3 @@ def write_card(run: Run, m: ModelArtifacts) -> tuple[str, str]:
     md, page = to_markdown(blocks), to_html(blocks, f"Model card: {m.name}")
     write_card_files(m.dir, md, page)
     return md, page
-
-
-def card_run(run_dir, models: list[str] | None = None) -> int:
-    run = Run(Path(run_dir))
-    _ = run.info
-    chosen = [m for m in run.models if not models or m.name in models]
-    if models and (unknown := sorted(set(models) - {m.name for m in chosen})):
-        raise ArtifactError(f"{run.dir}: no model named {', '.join(unknown)}")
-    failed = 0
-    for m in chosen:
-        try:
-            write_card(run, m)
-            print(f"{m.name}: {m.dir / CARD_MD_FILE}")
-        except ArtifactError as e:
-            log.warning(f"skip {m.name}: {e}")
-            failed += 1
-    return 1 if failed else 0

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
-from core.images import FRAMINGS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, PREPROCESS
+from core.data.images import FRAMINGS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, PREPROCESS
 from core.store import CONFIG_FILE, ArtifactError, is_ensemble, name_problem
 
 __all__ = ["ConfigError", "Rule", "key", "Recipe", "ModelConfig", "RECIPE_KEYS", "rules_of", "check_value",
@@ -96,7 +96,7 @@ class Recipe:
     preprocess: str = key("none", Rule(str, choices=PREPROCESS),
                           "intensity standardisation, also applied at inference")
     framing: str = key("none", Rule(str, choices=FRAMINGS),
-                       "what part of the film the model sees (core.framing), also at inference")
+                       "what part of the film the model sees (core.models.framing), also at inference")
     crop_area_min: float = key(1.0, Rule(float, 0.05, 1),
                                "below 1: random-resized crops covering [crop_area_min, 1] of the film")
     photometric_scale: float = key(1.0, Rule(float, 0, 4),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.images import SUPPORTED_EXTENSIONS
-from core.labels import CLASSES
+from core.data.images import SUPPORTED_EXTENSIONS
+from core.data.labels import CLASSES
 
 SPLIT_FOLDERS = ("train", "val", "test")  # also the order splits are listed in, everywhere
 
@@ -49,10 +49,10 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Sample:
     path: str  # absolute path
-    label: int  # index into core.labels.CLASSES
+    label: int  # index into core.data.labels.CLASSES
     patient_id: str
     split: str | None  # "train" | "val" | "test" | None (not assigned yet) | a manifest's own name
-    source: str = ""  # the data source's name in a multi-source run (core.data.Source); "" for a single source
+    source: str = ""  # the data source's name in a multi-source run (core.data.layouts.Source); "" for a single source
     meta: tuple = ()  # ((column, value), ...) of a manifest's stratum columns (STRATA): reported per stratum
 
     def stratum(self, column: str) -> str:
@@ -184,7 +184,7 @@ def printable(path) -> str:
 
 
 def _skip_reason(path: Path) -> str | None:
-    """Why a file is not an image candidate, or None; pixels are not read here (core.images does that later)."""
+    """Why a file is not an image candidate, or None; pixels are not read here (core.data.images does that later)."""
     if path.name.startswith("."):
         return "hidden file"
     if printable(path.name) != path.name:

@@ -1,0 +1,2 @@
+"""Figures from predictions: metrics and intervals, calibration, population check, a site's operating point (pure
+functions of arrays)."""
