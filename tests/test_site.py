@@ -339,7 +339,7 @@ def test_home_lists_the_site_figures_with_intervals(profiled_root, monkeypatch):
 @pytest.mark.browser
 def test_a_real_browser_switches_every_page_to_the_site_profile(profiled_root, tmp_path_factory):
     """Chromium: choose the site once on Home, then walk the pages by the sidebar: each says which profile it uses."""
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _assert_no_exception, _serve, _wait_idle
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS, _assert_no_exception, _serve, _wait_idle
 
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
@@ -356,16 +356,19 @@ def test_a_real_browser_switches_every_page_to_the_site_profile(profiled_root, t
             page.get_by_role("combobox", name="Site profile").click()
             page.keyboard.type("clinic_a")
             page.keyboard.press("Enter")
+            # the rerun the choice starts may not have begun when the page first looks idle: wait for its text
+            expect = pytest.importorskip("playwright.sync_api").expect
+            expect(page.locator('[data-testid="stMain"]')).to_contain_text("Site profile clinic_a",
+                                                                           timeout=PAGE_TIMEOUT_MS)
             _wait_idle(page)
-            assert "Site profile clinic_a" in page.locator('[data-testid="stMain"]').inner_text()
             for link in ("ROC PR confusion", "Errors", "Calibration", "Grad-CAM", "Consensus"):
                 sidebar.locator('[data-testid="stSidebarNav"] a').filter(has_text=link).first.click()
                 _wait_idle(page)
                 _assert_no_exception(page, link)
                 assert "Using site profile clinic_a" in sidebar.inner_text(), link
             sidebar.locator('[data-testid="stSidebarNav"] a').filter(has_text="ROC PR confusion").first.click()
-            _wait_idle(page)
-            assert "profile: site clinic_a" in page.locator('[data-testid="stMain"]').inner_text()
+            expect(page.locator('[data-testid="stMain"]')).to_contain_text("profile: site clinic_a",
+                                                                           timeout=PAGE_TIMEOUT_MS)
             b.close()
     finally:
         serve.close()
