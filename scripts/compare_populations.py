@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import metrics  # noqa: E402
+from core.evaluate import metrics  # noqa: E402
 from core.evaluate.metrics import headline_rule  # noqa: E402
 from core.store import ArtifactError, Run  # noqa: E402
 

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import calibration  # noqa: E402
+from core.evaluate import calibration  # noqa: E402
 from core.evaluate import site as site_mod  # noqa: E402
 from core.store import Run, atomic_write_text, read_scaling, read_site_predictions  # noqa: E402
 
