@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -355,53 +354,6 @@ def metric_intervals(name: str, metrics: dict, rule: str = HEADLINE_RULE) -> lis
 def comparison_long(metrics_by_model: dict[str, dict], rule: str = HEADLINE_RULE) -> pd.DataFrame:
     rows = [r for name, m in metrics_by_model.items() for r in metric_intervals(name, m, rule)]
     return pd.DataFrame(rows, columns=["model", "metric", "value", "lo", "hi", "k", "n", "interval"])
-
-
-def paired(pred_a: pd.DataFrame, pred_b: pd.DataFrame) -> pd.DataFrame:
-    """The images both prediction files scored, matched by path, with labels that agree."""
-    m = pred_a[["path", "label", "probability"]].merge(pred_b[["path", "label", "probability"]], on="path",
-                                                       suffixes=("_a", "_b"))
-    return m[m["label_a"] == m["label_b"]]
-
-
-def best_model(aucs: dict[str, float]) -> str | None:
-    finite = {k: v for k, v in aucs.items() if math.isfinite(_num(v))}
-    return max(finite, key=lambda k: finite[k]) if finite else None
-
-
-def delong_vs_best(preds: dict[str, pd.DataFrame], aucs: dict[str, float]) -> pd.DataFrame:
-    """DeLong's paired test of each model's AUC against the best model's, on the images both scored.
-
-    ``ΔAUC`` is model minus best (so zero or negative); ``p < 0.05`` flags a difference unlikely to be chance.
-    """
-    alpha = 0.05
-    cols = ["model", "vs", "n paired", "AUC", "AUC best", "ΔAUC", "z", "p-value", "p < 0.05"]
-    best = best_model({k: v for k, v in aucs.items() if k in preds})
-    if best is None:
-        return pd.DataFrame(columns=cols)
-    rows = []
-    for name, df in preds.items():
-        if name == best:
-            continue
-        pair = paired(preds[best], df)
-        r = cm.delong_test(pair["label_a"], pair["probability_a"], pair["probability_b"]) if len(pair) else \
-            {"auc_a": math.nan, "auc_b": math.nan, "diff": math.nan, "z": math.nan, "p_value": math.nan}
-        rows.append({"model": name, "vs": best, "n paired": len(pair), "AUC": r["auc_b"], "AUC best": r["auc_a"],
-                     "ΔAUC": r["auc_b"] - r["auc_a"], "z": r["z"], "p-value": r["p_value"],
-                     "p < 0.05": bool(math.isfinite(r["p_value"]) and r["p_value"] < alpha)})
-    return pd.DataFrame(rows, columns=cols)
-
-
-def delong_all_pairs(preds: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """A symmetric matrix of DeLong p-values for every pair of models (NaN on the diagonal)."""
-    names = list(preds)
-    mat = pd.DataFrame(np.nan, index=names, columns=names)
-    for a, b in combinations(names, 2):
-        pair = paired(preds[a], preds[b])
-        if len(pair):
-            p = cm.delong_test(pair["label_a"], pair["probability_a"], pair["probability_b"])["p_value"]
-            mat.loc[a, b] = mat.loc[b, a] = p
-    return mat
 
 
 def comparison_table(long: pd.DataFrame, delong: pd.DataFrame) -> pd.DataFrame:

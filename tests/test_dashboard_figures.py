@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core.evaluate import metrics as cm
+from core.report import comparison
 from core.store import list_runs
 from dashboard import figures, tables
 
@@ -246,7 +247,7 @@ def test_comparison_intervals_and_delong(test_metrics, test_preds):
     other = next(n for n in aucs if n != best)
     # Rows in another order must still be matched by path.
     shuffled = {best: test_preds[best], other: test_preds[other].sample(frac=1.0, random_state=0)}
-    d = tables.delong_vs_best(shuffled, aucs)
+    d = comparison.delong_vs_best(shuffled, aucs)
     assert list(d["model"]) == [other] and d["vs"].iloc[0] == best
     a, b = test_preds[best], test_preds[other]
     ref = cm.delong_test(a["label"], a["probability"], b["probability"])
@@ -260,7 +261,7 @@ def test_comparison_intervals_and_delong(test_metrics, test_preds):
     assert table.set_index("model").loc[best, "differs?"] == "best"
     assert table.set_index("model").loc[other, "DeLong p"] == pytest.approx(ref["p_value"])
 
-    pairs = tables.delong_all_pairs(test_preds)
+    pairs = comparison.delong_all_pairs(test_preds)
     assert pairs.loc[best, other] == pytest.approx(ref["p_value"]) and math.isnan(pairs.loc[best, best])
 
     fig = figures.comparison_bars(long)
@@ -273,7 +274,7 @@ def test_comparison_intervals_and_delong(test_metrics, test_preds):
 def test_paired_drops_rows_without_a_partner(test_preds):
     a = test_preds["small_cnn"]
     b = test_preds["mobilenet_v2"].iloc[5:]
-    assert len(tables.paired(a, b)) == len(a) - 5
+    assert len(comparison.paired(a, b)) == len(a) - 5
 
 
 # --- training curves ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from core.evaluate import metrics
 from core.evaluate.metrics import HEADLINE_RULE
-from core.report import summary
+from core.report import comparison, summary
 from core.store import ArtifactError, Run, population_metrics, population_specs, read_text
 
 
@@ -90,11 +90,54 @@ def table(run: Run, splits: list[str]) -> str:
     lines += ["", f"Total training time of these models: {_duration(total)}."]
     if any(r["undertrained"] for r in first.values()):
         lines[-1] += " " + summary.UNDERTRAINED_NOTE
+    for split in splits:
+        lines += ["", compare(run, split, list(rows[split]))] if len(rows[split]) > 1 else []
     pooled = {s.partition(":")[0] for s in splits if ":" in s}
     for split in sorted(pooled):
         strata = strata_table(run, split)
         lines += ["", strata] if strata else []
     return "\n".join(lines)
+
+
+def split_predictions(m, split: str):
+    """A model's predictions on ``split``, or on one population of it (``test:nih_adult`` is the ``source``
+    column's value, ``test:view=AP`` a named column's)."""
+    base, _, population = split.partition(":")
+    df = m.predictions(base)
+    if not population:
+        return df
+    column, _, value = population.rpartition("=")
+    column = column or "source"
+    return df[df[column].astype(str) == value] if column in df else df.iloc[0:0]
+
+
+def compare(run: Run, split: str, names: list[str]) -> str:
+    """Which models differ from the best by more than chance on ``split`` (``core.report.comparison``)."""
+    preds = {m.name: split_predictions(m, split) for m in run.models if m.name in names}
+    rows = comparison.versus_best(preds)
+    if not rows:
+        return ""
+    best = rows[0]["vs"]
+    lines = [f"Paired comparison on `{split}`: each model against the best AUC (`{best}`) on the films both scored; "
+             f"ΔAUC with its 95% interval (DeLong, unadjusted), p Holm-adjusted over the {len(rows) - 1} comparisons; "
+             f"*differs* when that p < {comparison.ALPHA}.", "",
+             f"| {split} | AUC | ΔAUC vs best [95% CI] | p (Holm) | differs |", "|---|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: -r["auc"]):
+        if r["model"] == best:
+            lines.append(f"| {r['model']} | {r['auc']:.3f} | best | – | – |")
+            continue
+        lo, hi = r["delta_ci"]
+        lines.append(f"| {r['model']} | {r['auc']:.3f} | {_d(r['delta'])} [{_d(lo)}, {_d(hi)}] | "
+                     f"{_p(r['p_holm'])} | {'yes' if r['differs'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def _d(x: float) -> str:
+    return f"{x:+.3f}".replace("-0.000", "+0.000")
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def by_population(run: Run, splits: list[str]) -> list[str]:

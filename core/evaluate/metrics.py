@@ -332,7 +332,8 @@ def _midrank_placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, n
 
 
 def delong_test(y, p_a, p_b) -> dict:
-    """DeLong's test for two correlated ROC AUCs (same images, two models). Two-sided p-value.
+    """DeLong's test for two correlated ROC AUCs (same images, two models). Two-sided p-value; ``se`` is the
+    standard error of ``diff`` (``auc_a - auc_b``), for its interval.
 
     >>> import numpy as np
     >>> y = np.array([0, 0, 0, 1, 1, 1]); a = np.array([.1, .2, .3, .7, .8, .9]); b = np.array([.4, .2, .6, .3, .8, .9])
@@ -342,8 +343,8 @@ def delong_test(y, p_a, p_b) -> dict:
     y, p_a = _as_arrays(y, p_a)
     _, p_b = _as_arrays(y, p_b)
     if not _both_classes(y):
-        return {"auc_a": float("nan"), "auc_b": float("nan"), "diff": float("nan"), "z": float("nan"),
-                "p_value": float("nan")}
+        return {"auc_a": float("nan"), "auc_b": float("nan"), "diff": float("nan"), "se": float("nan"),
+                "z": float("nan"), "p_value": float("nan")}
     comps = [_midrank_placements(p[y == 1], p[y == 0]) for p in (p_a, p_b)]
     aucs = np.array([c[0].mean() for c in comps])
     v10 = np.vstack([c[0] for c in comps])
@@ -357,4 +358,5 @@ def delong_test(y, p_a, p_b) -> dict:
     else:
         z = diff / math.sqrt(var)
         pval = float(2 * stats.norm.sf(abs(z)))
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "z": float(z), "p_value": pval}
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": math.sqrt(max(var, 0.0)),
+            "z": float(z), "p_value": pval}

@@ -7,6 +7,7 @@ models are compared on exactly the same images.
 
 import streamlit as st
 
+from core.report import comparison
 from core.store import metrics_file, predictions_file
 from dashboard import figures, tables
 from dashboard.common import (
@@ -50,7 +51,7 @@ st.caption("AUC: 95% stratified bootstrap interval from the metrics file. Accura
            "not a simple proportion, so it has no interval here.")
 
 aucs = {n: m.get("auc") for n, m in metrics.items()}
-delong = tables.delong_vs_best(preds, aucs)
+delong = comparison.delong_vs_best(preds, aucs)
 table = tables.comparison_table(long, delong)
 st.subheader("Table (click a column to sort)")
 st.caption("ΔAUC: this model's AUC minus the best one's. differs?: DeLong p < 0.05 against the best model. "
@@ -80,6 +81,6 @@ if len(delong):
                "(matched by path). Several comparisons at once: treat p-values near 0.05 with care.")
     if len(preds) > 2:
         with st.expander("Every pair"):
-            st.plotly_chart(figures.pvalue_heatmap(tables.delong_all_pairs(preds)), key="cmp_pairs")
+            st.plotly_chart(figures.pvalue_heatmap(comparison.delong_all_pairs(preds)), key="cmp_pairs")
 elif len(preds) < 2:
     st.info("Choose at least two models with predictions to test differences.")
