@@ -20,7 +20,9 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # Score-CAM's progress bars would flood the output
 os.environ.setdefault("CXR_OFFLINE", "1")  # a benchmark never reaches the network
 
-from bench import REPO, SECTIONS  # noqa: E402
+import core  # noqa: E402,F401  (before torch's import: core sets process-wide OpenMP settings)
+from bench import REPO, SECTIONS, report  # noqa: E402
+from bench.timing import Ctx, loadavg  # noqa: E402
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -43,11 +45,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
-    import torch
-
-    import core  # noqa: F401  (first, so that any process-wide setting core makes precedes torch's import)
-    from bench import report
-    from bench.timing import Ctx, loadavg
+    import torch  # here, not above: --help and a bad argument should not pay for it
 
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -23,18 +23,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+from torchvision import datasets
+from torchvision import transforms as T
 
 from bench import FULLRES, KERMANY224
 from bench.report import check, figure
 from bench.timing import Ctx, median, paired_ratio
+from core.data import layouts as data
+from core.data.cache import load_or_build
+from core.data.transforms import AugmentConfig, augment, normalize, to_float
+from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 BATCH = 32
 SIZE = 224
 
 
 def _samples(root: Path, limit: int | None):
-    from core.data import layouts as data
-
     samples = [s for s in data.scan(root).samples if s.split in ("train", "val")]
     if limit and len(samples) > limit:  # a fixed, label-mixed subset (quick mode)
         rng = np.random.default_rng(0)
@@ -44,9 +49,6 @@ def _samples(root: Path, limit: int | None):
 
 def _ours(cache, seed: int = 0):
     """One epoch generator factory: returns a function that runs one epoch, returns images delivered."""
-    from core.data.transforms import AugmentConfig, augment, normalize, to_float
-    from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
-
     aug = AugmentConfig(blur_prob=0.2)  # the lineup's recipe
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -76,12 +78,6 @@ def _ours(cache, seed: int = 0):
 
 
 def _naive(root: Path, samples):
-    from torch.utils.data import ConcatDataset, DataLoader, Subset
-    from torchvision import datasets
-    from torchvision import transforms as T
-
-    from core.models.registry import IMAGENET_MEAN, IMAGENET_STD
-
     tf = T.Compose([T.Resize((SIZE, SIZE)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     parts = [datasets.ImageFolder(str(root / split), transform=tf) for split in ("train", "val")]
     ds = ConcatDataset(parts)
@@ -102,8 +98,6 @@ def _naive(root: Path, samples):
 
 
 def _bench_dataset(ctx: Ctx, key: str, root: Path, limit: int | None) -> tuple[list, list, dict]:
-    from core.data.cache import load_or_build
-
     samples = _samples(root, limit)
     n = len(samples)
     raw: dict = {"n_images": n, "root": str(root)}

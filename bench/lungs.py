@@ -12,18 +12,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.common import fixed_cache
 from bench.report import check, figure
 from bench.timing import Ctx, interleaved, median, paired_ratio
+from core.data.transforms import normalize, to_float
+from core.explain.cams import explain
+from core.explain.focus import body_mask, map_focus
+from core.models.lungs import load_model, lung_mask
+from core.models.registry import create_model, get_spec
 
 
 def run(ctx: Ctx) -> dict:
-    from bench.common import fixed_cache
-    from core.data.transforms import normalize, to_float
-    from core.explain.cams import explain
-    from core.explain.focus import body_mask, map_focus
-    from core.models.lungs import load_model, lung_mask
-    from core.models.registry import create_model, get_spec
-
     torch.set_num_threads(2)
     spec = get_spec("mobilenet_v2")
     cache, _ = fixed_cache(8, 224, ctx.work)

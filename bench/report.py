@@ -7,7 +7,9 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench import REPO
@@ -35,7 +37,7 @@ def _num(x):
 
 
 def machine() -> dict:
-    import psutil
+    import psutil  # a dev requirement; torch: ``python -m bench --help`` imports this module and should not pay for it
     import torch
 
     cpu = "?"
@@ -55,8 +57,6 @@ def machine() -> dict:
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -166,8 +166,6 @@ def compare(before: dict, after: dict, labels=("before", "after")) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     args = sys.argv[1:]
     if args[:1] == ["--compare"] and len(args) == 3:
         print(compare(json.loads(Path(args[1]).read_text()), json.loads(Path(args[2]).read_text())))

@@ -16,6 +16,8 @@ the parent) and the sharded one, interleaved, for a speed and memory comparison 
 ``--ddp`` adds the training throughput of ``small_cnn`` on a real subset of kermany224 through the real
 trainer: one process (``python -m trainer train``, 2 threads) vs two gloo processes (``torchrun
 --nproc_per_node 2 -m trainer train``, 1 thread each), images/s of the training epochs as timed in history.csv.
+``--steps`` and ``--ddp`` run in a child process (``bench/scale_train.py``): torch and the trainer would otherwise
+add about 1.1 GiB to the memory measured here.
 
 The CPU is shared with other jobs, so the load average before and after is printed with the figures.
 """
@@ -36,14 +38,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from bench import KERMANY224, REPO
+from bench import REPO
+from core.data import cache_build
+from core.data import layouts as data
+from core.data.cache import load_or_build
 
 
 def _films(args: tuple[str, int, int, int]) -> int:
     """Write films ``start..stop`` of a flat NORMAL/PNEUMONIA folder: smooth random shapes plus noise."""
-    from PIL import Image
-
     root, start, stop, px = args
     rng = np.random.default_rng(start)
     yy, xx = np.mgrid[0:px, 0:px] / px
@@ -97,9 +101,6 @@ class PeakTree(threading.Thread):
 
 
 def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
-    from core.data import layouts as data
-    from core.data.cache import load_or_build
-
     t0 = time.perf_counter()
     samples = data.scan(folder).samples
     scan_s = time.perf_counter() - t0
@@ -122,19 +123,15 @@ def bench_cache(folder: Path, work: Path, size: int, workers: int) -> dict:
 def _pool_build(paths: list[str], size: int, out: Path, workers: int) -> None:
     """The build before core/data/cache_build.py, for comparison: ``pool.map`` sends every decoded image back to the
     parent, which writes it into its own memory map (so the parent's resident pages grow with N)."""
-    from core.data.cache_build import decode
-
     images = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     with ProcessPoolExecutor(workers) as pool:
-        for i, (img, _) in enumerate(pool.map(decode, [(p, size) for p in paths], chunksize=16)):
+        for i, (img, _) in enumerate(pool.map(cache_build.decode, [(p, size) for p in paths], chunksize=16)):
             if img is not None:
                 images[i] = img
     images.flush()
 
 
 def _sharded_build(paths: list[str], size: int, out: Path, workers: int) -> None:
-    from core.data import cache_build
-
     np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)).flush()
     cache_build.fill(out, paths, size, workers=workers)
 
@@ -161,65 +158,15 @@ def compare_builds(folder: Path, work: Path, size: int, workers: int, n: int, ro
                                                                   np.array(rates["pool_map_before"]))), 2)}
 
 
-def _train(launcher: list[str], run: str, work: Path, threads: int, subset: int, epochs: int) -> dict:
-    """One trainer run of small_cnn; images/s over its training epochs (history.csv's seconds)."""
-    cmd = [*launcher, "train", "--data", str(KERMANY224), "--models", "small_cnn", "--subset", str(subset),
-           "--epochs", str(epochs), "--input-size", "128", "--run", run, "--artifacts", str(work / "artifacts"),
-           "--cache-dir", str(work / "train-cache"), "--threads", str(threads), "--seed", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1", "CXR_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+def _child(kind: str, arg: str) -> dict:
+    """One training benchmark (``bench.scale_train``) in a child process, so that its imports never count in this
+    process's cache-build memory figures; its JSON."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-m", "bench.scale_train", kind, arg], cwd=REPO, env=env,
+                         capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-3000:]}")
-    from core.store import ModelArtifacts, Run
-
-    split = Run(work / "artifacts" / run).split_table()
-    history = ModelArtifacts(work / "artifacts" / run, "small_cnn").history()
-    n_train = int((split["split"] == "train").sum())
-    seconds = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]  # epoch 1 warms up
-    return {"n_train": n_train, "epoch_seconds": [round(float(s), 2) for s in history["seconds"]],
-            "images_per_second": round(n_train / float(np.median(seconds)), 1), "wall_seconds": round(wall, 1),
-            "val_auc_last": round(float(history["val_auc"].iloc[-1]), 4)}
-
-
-def bench_ddp(work: Path, subset: int = 300, epochs: int = 3) -> dict:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "trainer", "--"]
-    single = _train([sys.executable, "-m", "trainer"], "one", work, 2, subset, epochs)
-    double = _train(torchrun, "two", work, 1, subset, epochs)
-    return {"one_process_2_threads": single, "two_processes_1_thread": double,
-            "speedup": round(double["images_per_second"] / single["images_per_second"], 2)}
-
-
-def bench_steps(device: str, archs=("mobilenet_v2", "resnet50"), size: int = 224, batch: int = 32,
-                warmup: int = 1, steps: int = 3) -> dict:
-    """Training images/s of the trainer's own epoch loop (batch + step) at ``size`` px on random films:
-    float32, and on CUDA also the mixed precision ``core.models.accel`` chooses (bfloat16, or float16 + GradScaler)."""
-    import torch
-
-    from core.models.accel import choose
-    from core.models.registry import create_model, get_spec
-    from trainer.config import Recipe
-    from trainer.train import make_fit, train_one_epoch
-
-    n = batch * (warmup + steps)
-    images = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
-    labels = np.arange(n) % 2
-    out = {}
-    for arch in archs:
-        for amp in ([False, True] if torch.device(device).type == "cuda" else [False]):
-            torch.manual_seed(0)
-            accel = choose(device, amp=amp)
-            model, _ = create_model(arch, pretrained=False, input_size=size)
-            recipe = Recipe(name=arch, arch=arch, epochs=1, batch_size=batch, max_train_batches=warmup + steps)
-            fit = make_fit(accel.prepare(model), get_spec(arch), recipe, labels, accel.device)
-            fit.accel, fit.scaler = accel, accel.scaler()
-            stats = train_one_epoch(fit, images, np.arange(n), labels, seed=0, epoch=1)
-            seconds = sum(stats.data_seconds[warmup:]) + sum(stats.step_seconds[warmup:])
-            mode = accel.describe()["mixed precision"] if amp else "float32"
-            out[f"{arch} {size}px {mode}"] = round(batch * steps / seconds, 1)
-    return {"device": str(choose(device).device), "threads": torch.get_num_threads(), "images_per_second": out}
+        raise RuntimeError(f"bench.scale_train {kind} {arg} exited {out.returncode}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -248,9 +195,9 @@ def main(argv=None) -> int:
         if args.films and args.compare:
             result["compare"] = compare_builds(work / "films", work, args.size, workers, args.compare)
         if args.ddp:
-            result["ddp"] = bench_ddp(work)
+            result["ddp"] = _child("ddp", str(work))
         if args.steps:
-            result["steps"] = bench_steps(args.steps)
+            result["steps"] = _child("steps", args.steps)
     finally:
         result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         if args.keep:

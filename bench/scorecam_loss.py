@@ -24,8 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy.stats import spearmanr
 
 from bench import REPO
 from core.data.labels import POSITIVE
@@ -45,8 +48,6 @@ TOP = 0.2  # the region compared by IoU: the top 20 % of pixels
 def _maps_from_scores(acts: np.ndarray, scores: np.ndarray, size: int, keep=None) -> np.ndarray:
     """The library's Score-CAM map from per-channel scores: softmax weights (over ``keep`` only when given),
     weighted sum of activations, ReLU, min-max stretch, resize."""
-    import cv2
-
     s = np.asarray(scores, dtype=np.float64)
     idx = np.arange(len(s)) if keep is None else np.asarray(keep)
     w = np.exp(s[idx] - s[idx].max())
@@ -75,8 +76,6 @@ def variants(acts: np.ndarray, scores: np.ndarray, size: int, seed: int = 0) -> 
 
 
 def compare(full: np.ndarray, other: np.ndarray) -> dict:
-    from scipy.stats import spearmanr
-
     a, b = full.ravel(), other.ravel()
     n = int(round(TOP * a.size))
     ta, tb = set(np.argsort(-a)[:n]), set(np.argsort(-b)[:n])
@@ -85,9 +84,6 @@ def compare(full: np.ndarray, other: np.ndarray) -> dict:
 
 
 def study(run_dir: Path, model_name: str, n: int, seed: int = 0, low_res: bool = True, log=print) -> dict:
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-
     run = Run(run_dir)
     ma = run.model(model_name)
     loaded = load_trained(ma)

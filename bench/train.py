@@ -14,27 +14,28 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from bench import REPO
+from bench.common import fixed_cache, lineup_recipes
 from bench.report import check, figure
 from bench.timing import Ctx, median
+from core.models.registry import create_model, get_spec, input_size_for
+from trainer.train import make_fit, train_one_epoch
 
 QUICK_MODELS = ("small_cnn", "mobilenet_v2")
 N_IMAGES = 256
 
 
 def worker(arch: str, warmup: int, steps: int, work: str) -> dict:
+    # Unix only and a dev requirement: only the measuring worker needs them
     import resource
-    from dataclasses import replace
-    from pathlib import Path
 
-    import numpy as np
     import psutil
-    import torch
-
-    from bench.common import fixed_cache, lineup_recipes
-    from core.models.registry import create_model, get_spec, input_size_for
-    from trainer.train import make_fit, train_one_epoch
 
     torch.set_num_threads(2)
     rss_start = psutil.Process().memory_info().rss
@@ -59,9 +60,6 @@ def worker(arch: str, warmup: int, steps: int, work: str) -> dict:
 
 
 def run(ctx: Ctx) -> dict:
-    from bench.common import fixed_cache, lineup_recipes
-    from core.models.registry import input_size_for
-
     recipes = lineup_recipes()
     archs = [a for a in recipes if a in QUICK_MODELS] if ctx.quick else list(recipes)
     warmup, steps = ctx.reps(1, 2), ctx.reps(2, 6)

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core.data.layouts import sort_splits
@@ -50,8 +51,8 @@ from dashboard.tables import plain
 __all__ = [
     "CITATION", "DEFAULT_TOP", "NOTICE", "REPO", "RUN_KEY", "SITE_KEY", "TRAINING_DATA", "Choice", "Entry",
     "SiteChoice", "artifacts_root", "cached_history", "cached_metrics", "cached_predictions", "choice", "choose",
-    "chosen_with_splits", "default_models", "entries", "footer", "guard", "model_names", "plain", "site_table",
-    "stop", "val_auc",
+    "RESEARCH_ONLY", "chosen_with_splits", "default_models", "entries", "footer", "guard", "model_names",
+    "model_page", "plain", "site_table", "stop", "val_auc",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ NOTICE = ("**Research use only — not for clinical diagnosis.** These models we
 CITATION = ("Data: Kermany, Zhang, Goldbaum et al., *Identifying Medical Diagnoses and Treatable Diseases by "
             "Image-Based Deep Learning*, Cell 172(5), 2018; Mendeley Data v2, doi:10.17632/rscbjbr9sj.2 "
             "(CC BY 4.0). Adult films: NIH Clinical Center, ChestX-ray14 (Wang et al., *ChestX-ray8*, CVPR 2017).")
+RESEARCH_ONLY = "**Research use only — not for diagnosis.**"  # the last words of a model page's caption
 RUN_KEY = "selected_run"  # the sidebar widgets' keys: a test may set them before the first run
 COMPARE_KEY = "compare_run"
 SITE_KEY = "selected_site"
@@ -181,6 +183,16 @@ def choice() -> Choice:
     c = st.session_state.get(CHOICE_KEY)
     if not isinstance(c, Choice):
         raise RuntimeError("dashboard pages run through the entrypoint: streamlit run dashboard/Home.py")
+    return c
+
+
+def model_page(title: str, caption: str) -> Choice:
+    """The top of a page that shows what the sidebar's models say (Errors, Consensus): its title, a caption saying
+    what it shows and ending in ``RESEARCH_ONLY``, and the sidebar's ``Choice``, which the page picks its models
+    from."""
+    c = choice()
+    st.title(title)
+    st.caption(f"{caption} {RESEARCH_ONLY}")
     return c
 
 
@@ -382,8 +394,6 @@ def _choose_site(run: Run) -> SiteChoice:
 
 def site_table(run: Run, choice: SiteChoice):
     """One row per model with a profile for the chosen site: its figures at the site threshold, 95% intervals."""
-    import pandas as pd
-
     def pct(v, ci=None) -> str:
         if v is None:
             return "–"

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.scriptrunner import add_script_run_ctx
 
 from core.data.images import load_for_model, load_xray
 from core.data.labels import CLASSES, POSITIVE
@@ -51,6 +52,8 @@ from core.explain.cams import (
     overlay,
     shared_units,
 )
+from core.explain.focus import film_focus
+from core.models import lungs
 from core.models.framing import unframe
 from core.models.inference import LoadedModel, load_trained, predict_framed
 from core.store import ENV_ALLOW, ArtifactError, ModelArtifacts, Run, read_cam_reference
@@ -132,8 +135,6 @@ def explain_one(cm: CachedModel, image_u8: np.ndarray, method: str = "Grad-CAM",
     Score-CAM's masked passes so far, called in this (the page's) thread while the work runs in a worker thread
     (``core.explain.fast_cams.run_with_progress``: a page cannot draw from inside the cached computation)."""
     if progress is not None:
-        from streamlit.runtime.scriptrunner import add_script_run_ctx
-
         return fast_cams.run_with_progress(lambda: explain_one(cm, image_u8, method, target, use_cache=use_cache),
                                            progress, prepare=add_script_run_ctx)
     if method not in CAM_METHODS:
@@ -306,9 +307,6 @@ def _overlay_png(film: str, values: str, units: str, shared: bool, alpha: float,
 def lung_focus(gray_display: np.ndarray, result: Explanation):
     """Where the map's evidence lies on this film (``core.explain.focus``: lung focus, border mass, a plain-words flag);
     ``None`` when this checkout has no lung-model weights."""
-    from core.explain.focus import film_focus
-    from core.models import lungs
-
     if not lungs.WEIGHTS.is_file():
         return None
     return film_focus(gray_display, result.raw if result.raw is not None else result.heatmap)

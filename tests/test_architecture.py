@@ -19,6 +19,9 @@ LAYERS = {"core": {"core"}, "trainer": {"core", "trainer"}, "dashboard": {"core"
 LAZY_OK = {"onnx", "onnxruntime", "onnxscript", "pydicom", "playwright", "triton", "huggingface_hub", "psutil",
            "cv2", "scipy", "sklearn", "pytorch_grad_cam", "resource", "fcntl", "msvcrt", "torch", "torchvision",
            "timm", "plotly", "altair", "streamlit", "safetensors", "PIL", "pyinstrument"}
+# modules whose function-local imports are their job, each with why
+LAZY_MODULES = {"dashboard.warm": "imports the pages' heavy modules in a background thread once the server is up, "
+                                  "so that the entrypoint's own import stays light (docstring: measured seconds)"}
 
 
 def _modules() -> dict[str, Path]:
@@ -31,7 +34,6 @@ def _modules() -> dict[str, Path]:
 
 
 MODULES = _modules()
-OPEN = "open in issue 19: bench/dashboard.warm lazy imports, dashboard -> trainer.card, design.md table"
 
 
 def _imports(name: str, path: Path):
@@ -63,7 +65,6 @@ def _graph() -> dict[str, set[str]]:
     return edges
 
 
-@pytest.mark.xfail(reason=OPEN, strict=False)
 def test_no_package_imports_back_up():
     wrong = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets
              if b.split(".")[0] not in LAYERS[a.split(".")[0]]]
@@ -114,9 +115,8 @@ def test_no_import_cycle_between_modules():
     assert not cycles, cycles
 
 
-@pytest.mark.xfail(reason=OPEN, strict=False)
 def test_function_local_imports_are_only_optional_or_heavy_third_party_ones():
-    wrong = sorted({f"{name}: {target}" for name, path in MODULES.items()
+    wrong = sorted({f"{name}: {target}" for name, path in MODULES.items() if name not in LAZY_MODULES
                     for target, _, at_top in _imports(name, path)
                     if not at_top and target.split(".")[0] not in LAZY_OK})
     assert not wrong, wrong
@@ -129,7 +129,6 @@ def test_no_private_name_is_imported_across_modules():
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(reason=OPEN, strict=False)
 def test_design_doc_names_every_core_module_and_no_missing_one():
     doc = (REPO / "docs" / "design.md").read_text(encoding="utf-8")
     named = set(re.findall(r"`(core/[\w/]+(?:\.py|/))`", doc))

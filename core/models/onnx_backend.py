@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from core.data.cache import default_cache_root
+from core.models.weights import sha256_of
 from core.store import atomic_write_bytes, onnx_beside
 
 log = logging.getLogger(__name__)
@@ -232,8 +233,6 @@ def graph_digest(path: Path) -> str:
 
 
 def _verified_marker(graph: Path, checkpoint_sha256: str) -> Path:
-    from core.models.weights import sha256_of
-
     st = graph.stat()
     key = (str(graph.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _FILE_SHA:

@@ -1,8 +1,9 @@
 """One row of results per model: the README's results table and the dashboard's leaderboard both use it.
 
 A row holds a model's facts (architecture, weights, size, epochs, training time) and its figures on one split at
-one operating point chosen on validation (the model's ``core.evaluate.metrics.headline_rule`` unless asked otherwise).
+one operating point chosen on validation (the model's own ``threshold_rule`` unless asked otherwise).
 Missing or unreadable files give ``None`` / NaN fields, never an exception, so a broken model still gets its row.
+A model's config is read typed (``core.models.recipe.ModelConfig``); one breaking its schema counts as unreadable.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import math
 import pandas as pd
 
 from core.evaluate import calibration
-from core.evaluate.metrics import headline_rule
-from core.store import ArtifactError, ModelArtifacts, Run, is_ensemble, read_scaling
+from core.evaluate.metrics import HEADLINE_RULE
+from core.models.recipe import ModelConfig, model_config
+from core.store import ArtifactError, ModelArtifacts, Run, read_scaling
 
 
 def _num(x) -> float:
@@ -32,28 +34,41 @@ def state_of(status: dict | None) -> str:
     return "stale" if state == "running" and status.get("stale") else state
 
 
-def weights_label(config: dict | None) -> str:
-    """``ImageNet`` when the network started from pretrained weights, else ``scratch`` (``–`` when unknown)."""
+def _typed(config: ModelConfig | dict | None) -> ModelConfig | None:
+    """``config`` as a ``ModelConfig``: read typed already, or a parsed config.json (the dashboard's tables hold
+    those); None when absent, empty or breaking the schema."""
+    if isinstance(config, ModelConfig):
+        return config
     if not config:
+        return None
+    try:
+        return ModelConfig.from_dict(config)
+    except ArtifactError:
+        return None
+
+
+def weights_label(config: ModelConfig | dict | None) -> str:
+    """``ImageNet`` when the network started from pretrained weights, else ``scratch`` (``–`` when unknown)."""
+    cfg = _typed(config)
+    if cfg is None:
         return "–"
-    return "ImageNet" if config.get("pretrained") else "scratch"
+    return "ImageNet" if cfg.pretrained else "scratch"
 
 
-def recipe_label(config: dict | None) -> str:
+def recipe_label(config: ModelConfig | dict | None) -> str:
     """The recipe that made a model, in a few words (docs/recipes.md): ``lung crop`` (framing), ``CLAHE`` or
     ``equalize`` (intensity standardisation), ``strong aug`` (random-resized crops, wider photometric ranges or
     noise), ``EMA``, ``mixup``, ``no aug``; ``standard`` for the plain recipe, ``mean of N`` for an ensemble."""
-    cfg = config or {}
-    if is_ensemble(cfg):
-        return f"mean of {len(cfg.get('members') or [])}"
-    if not cfg:
+    cfg = _typed(config)
+    if cfg is None:
         return "–"
-    tags = ["lung crop" if cfg.get("framing") == "lungs" else "",
-            {"clahe": "CLAHE", "equalize": "equalize"}.get(str(cfg.get("preprocess")), ""),
-            "strong aug" if (_num(cfg.get("crop_area_min")) < 1 or _num(cfg.get("photometric_scale")) > 1
-                             or _num(cfg.get("noise_std")) > 0) else "",
-            "EMA" if _num(cfg.get("ema_decay")) > 0 else "", "mixup" if _num(cfg.get("mixup_alpha")) > 0 else "",
-            "no aug" if cfg.get("augment") is False else ""]
+    if cfg.is_ensemble:
+        return f"mean of {len(cfg.members)}"
+    tags = ["lung crop" if cfg.framing == "lungs" else "",
+            {"clahe": "CLAHE", "equalize": "equalize"}.get(cfg.preprocess, ""),
+            "strong aug" if cfg.crop_area_min < 1 or cfg.photometric_scale > 1 or cfg.noise_std > 0 else "",
+            "EMA" if cfg.ema_decay > 0 else "", "mixup" if cfg.mixup_alpha > 0 else "",
+            "no aug" if not cfg.augment else ""]
     return ", ".join(t for t in tags if t) or "standard"
 
 
@@ -86,22 +101,23 @@ def undertrained(status: dict | None, history: pd.DataFrame | None) -> bool | No
     return bool(loss[-1] < (1 - STILL_FALLING) * loss[:-1].min())
 
 
-def model_row(name: str, config: dict | None, status: dict | None, metrics: dict | None,
+def model_row(name: str, config: ModelConfig | dict | None, status: dict | None, metrics: dict | None,
               history: pd.DataFrame | None = None, rule: str | None = None) -> dict:
     """The results row of one model from its parsed files (each ``None`` when unreadable), at ``rule`` or else
-    the model's own headline rule (``core.evaluate.metrics.headline_rule``)."""
-    cfg, st, m = config or {}, status or {}, metrics or {}
-    rule = rule or headline_rule(cfg)
+    the model's own headline rule (its ``threshold_rule``; ``HEADLINE_RULE`` when its config is unreadable)."""
+    cfg, st, m = _typed(config), status or {}, metrics or {}
+    ensemble = cfg is not None and cfg.is_ensemble
+    rule = rule or (cfg.threshold_rule if cfg is not None else HEADLINE_RULE)
     at = (m.get("at") or {}).get(rule) or {}
     ci = list(m.get("auc_ci") or [None, None]) + [None, None]
     return {
-        "model": name, "arch": cfg.get("arch"), "state": state_of(status), "ensemble": is_ensemble(cfg),
-        "recipe": recipe_label(config),
-        "weights": weights_label(config), "weights_source": cfg.get("weights_source") or "",
-        "input_size": cfg.get("input_size"), "params": _num(cfg.get("params")),
+        "model": name, "arch": cfg and cfg.arch, "state": state_of(status), "ensemble": ensemble,
+        "recipe": recipe_label(cfg), "weights": weights_label(cfg),
+        "weights_source": (cfg and cfg.weights_source) or "",
+        "input_size": cfg and cfg.input_size, "params": _num(cfg and cfg.params),
         "best_epoch": st.get("best_epoch"), "epoch": st.get("epoch"), "epochs": st.get("epochs"),
         "train_seconds": train_seconds(status, history),
-        "undertrained": None if is_ensemble(cfg) else undertrained(status, history),
+        "undertrained": None if ensemble else undertrained(status, history),
         "split": m.get("split"), "n": m.get("n"), "rule": rule,
         "auc": _num(m.get("auc")), "auc_ci": (_num(ci[0]), _num(ci[1])), "threshold": _num(at.get("threshold")),
         "accuracy": _num(at.get("accuracy")), "sensitivity": _num(at.get("sensitivity")),
@@ -120,7 +136,8 @@ def read_row(art: ModelArtifacts, split: str, rule: str | None = None) -> dict:
     """``model_row`` of one model of a run, read from its folder (history for networks, never for ensembles)."""
     status = _read(art.status)
     history = None if art.is_ensemble else _read(art.history)
-    return model_row(art.name, _read(lambda: art.config), status, _read(lambda: art.metrics(split)), history, rule)
+    return model_row(art.name, _read(lambda: model_config(art)), status, _read(lambda: art.metrics(split)), history,
+                     rule)
 
 
 def run_rows(run: Run, split: str, *, finished_only: bool = False, rule: str | None = None) -> list[dict]:

@@ -15,17 +15,16 @@ from core.evaluate import metrics as cm
 from core.explain.cams import CAM_METHODS
 from core.store import CONFIG_FILE, ArtifactError
 from dashboard import explain as ex
-from dashboard.common import cached_predictions, choice, guard, model_names, plain, stop
+from dashboard.common import cached_predictions, guard, model_names, model_page, plain, stop
 
 PAIRS_PER_ROW = 2  # each error as plain film + map side by side: four columns of about 260 px at 1440 px
 THUMB_SIDE = 512
 
-ctx = choice()
+ctx = model_page("Errors: false positives and false negatives",
+                 "Films the model got wrong at the operating threshold chosen on validation, most confident first, "
+                 "each as the plain film beside its map. Probabilities are calibrated on validation when the run "
+                 "has a calibration.")
 run, site = ctx.run, ctx.site
-st.title("Errors: false positives and false negatives")
-st.caption("Films the model got wrong at the operating threshold chosen on validation, most confident first, "
-           "each as the plain film beside its map. Probabilities are calibrated on validation when the run has a "
-           "calibration. **Research use only — not for diagnosis.**")
 names = model_names(ctx)
 
 st.sidebar.header("Errors")

@@ -13,17 +13,15 @@ from core.store import best_checkpoint, read_faithfulness
 from dashboard import consensus as cs
 from dashboard import explain as ex
 from dashboard import population as pp
-from dashboard.common import CITATION, NOTICE, choice, guard, plain, stop
+from dashboard.common import CITATION, NOTICE, guard, model_page, plain, stop
 
 PER_ROW = 3
 ALPHA = ex.DEFAULT_ALPHA
 
-ctx = choice()
+ctx = model_page("One film, every model",
+                 "What each model chosen in the sidebar says about one film: its calibrated P(PNEUMONIA), its label "
+                 "at the threshold chosen on validation, and where it looks, all maps on the same colour scale.")
 run, site = ctx.run, ctx.site
-st.title("One film, every model")
-st.caption("What each model chosen in the sidebar says about one film: its calibrated P(PNEUMONIA), its label at "
-           "the threshold chosen on validation, and where it looks, all maps on the same colour scale. "
-           "**Research use only — not for diagnosis.**")
 
 chosen = [e.model.name for e in ctx.nets if best_checkpoint(e.model.dir).is_file()]
 if any(e.model.is_ensemble for e in ctx.own):
