@@ -38,7 +38,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench import REPO
+from bench import REPO, fixture
+from bench.common import fixed_samples
 from bench.report import check, figure
 from bench.timing import Ctx, loadavg, median, p95
 
@@ -412,8 +413,6 @@ def _choose_models(page, names: list[str]) -> None:
 def _films(n: int, folder: Path) -> list[Path]:
     """``n`` different real films under unique names (so each request is a new image to the page): the
     committed adult test films, then fixed samples of the data set."""
-    from bench.common import fixed_samples
-
     folder.mkdir(parents=True, exist_ok=True)
     sources = sorted(ADULT_FILMS.glob("*/*.png"))
     if len(sources) < n:
@@ -561,8 +560,6 @@ def _cam_requests(page, server: Server, films: list[Path], warmup: int, n: int) 
 
 def run(ctx: Ctx) -> dict:
     from playwright.sync_api import sync_playwright
-
-    from bench import fixture
 
     if not Path(CHROMIUM).exists():
         raise FileNotFoundError(f"no Chromium at {CHROMIUM} (set CXR_CHROMIUM)")

@@ -6,10 +6,11 @@ imports
 (pytorch-grad-cam, timm) before loading a model, its ONNX session and the lung model, and every first plotly figure
 1 s of plotly's lazy imports. ``start`` (called by the entrypoint on every rerun, acting once per process) runs all
 of that in one daemon thread, in the order the pages need it, filling the same caches the pages read
-(``st.cache_resource`` / ``st.cache_data``, see ``dashboard.common``): the imports; the default run's tables; its
-default models with their ONNX sessions, population references and the lung model; the example films' maps. A page
-asking for something the thread is computing waits for it (Streamlit computes each cache key once) instead of
-computing it twice. Anything that fails here is only logged: the page that needs it will say why.
+(``st.cache_resource`` / ``st.cache_data``, see ``dashboard.common``): the imports; the default run's tables; the
+Training curves page's figures of its default models (``dashboard.curves``); those models with their ONNX
+sessions, population references and the lung model; the example films' maps. A page asking for something the
+thread is computing waits for it (Streamlit computes each cache key once) instead of computing it twice. Anything
+that fails here is only logged: the page that needs it will say why.
 
 ONNX graphs are not committed (8.9 MB each for MobileNetV2 at 224 px): a missing one is exported here (11 s on a
 loaded core), into the cache folder that outlives the server, never on a user's first request for a default model.
@@ -78,7 +79,8 @@ def warm(root: Path) -> float:
     """Every step in turn (each one's failure logged, the rest still run); the seconds it took."""
     t0 = time.perf_counter()
     log.info("warm-up: started")
-    steps = [("imports", _imports), ("default run tables", _tables), ("models", _models)]
+    steps = [("imports", _imports), ("default run tables", _tables), ("training curves", _curves),
+             ("models", _models)]
     state: dict = {"root": root}
     for name, step in steps:
         t = time.perf_counter()
@@ -130,6 +132,26 @@ def _tables(state: dict) -> None:
     source = next((m for m in run.models if "test" in m.splits()), None)
     if source is not None:
         explain.test_films(run, source)
+
+
+def _curves(state: dict) -> None:
+    """The Training curves page's first view of the default choice (its figures were most of that page's script,
+    ``dashboard.curves``), built with exactly the arguments the page passes, so that the page finds them."""
+    from dashboard import common, curves, tables
+
+    run = state.get("run")
+    if run is None:
+        return
+    names = set(common.default_models(run.models))
+    trained = [e for e in common.entries(run) if e.label in names and not e.model.is_ensemble]
+    histories = {}
+    for e in trained:
+        if e.model.has_history():
+            h = tables.checked_history(common.cached_history(e.model), str(e.model.history_path))
+            if not h.empty:
+                histories[e.label] = h
+    if histories:
+        curves.default_figures(histories, {e.label: e.color for e in trained})
 
 
 def _models(state: dict) -> None:

@@ -269,6 +269,7 @@ def vit_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.train
 def test_vit_cam_through_reshape_transform(vit_run):
     ma = _run(vit_run, "vit").model("vit_tiny")
     cm = ex.cached_model(ma)
@@ -281,6 +282,7 @@ def test_vit_cam_through_reshape_transform(vit_run):
     assert _all_hooks(cm.loaded.model) == []
 
 
+@pytest.mark.train
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(REGISTRY))
 def test_every_registry_model(arch, tmp_path_factory):
@@ -342,6 +344,20 @@ def test_gradcam_page_test_split_pick_matches_core_inference(tiny_run, monkeypat
     at.slider(key="cam_alpha").set_value(0.8).run()
     _no_exception(at)
     assert len(at.image) == 3 and "EigenCAM of NORMAL" in at.image[1].captions[0]
+
+
+def test_gradcam_page_score_cam_says_its_measured_time_and_draws_every_map(tiny_run, monkeypatch):
+    """Score-CAM (seconds per film: a progress bar while it runs, gone once the maps are drawn) on the example
+    film, for every chosen model, with the sidebar saying what it costs."""
+    at = _app(GRADCAM, tiny_run, monkeypatch)
+    at.session_state["cam_method"] = "Score-CAM"
+    at.run()
+    _no_exception(at)
+    (warning,) = [w.value for w in at.sidebar.warning if "Score-CAM" in w.value]
+    assert "5 s per film" in warning and "progress bar" in warning
+    maps = [img.captions[0] for img in at.image[1:]]
+    assert len(maps) == 2 and all(c.startswith("Score-CAM of PNEUMONIA") for c in maps), maps
+    assert not at.get("progress")
 
 
 def test_gradcam_page_uploads_good_and_bad_files(tiny_run, monkeypatch):
@@ -463,13 +479,14 @@ def test_example_films_are_test_split_films_of_every_committed_run():
         assert found >= 1, example.file  # the default run (children and adults) has every example
 
 
-def test_warm_up_fills_the_caches_the_pages_read(tiny_run):
+def test_warm_up_fills_the_caches_the_pages_read(tiny_run, monkeypatch):
     """``dashboard.warm`` (what the server runs in the background once its first page is drawn): afterwards the
     default models are loaded and each example film's map is served from the cache."""
     from core.data.labels import POSITIVE
     from core.store import default_run
-    from dashboard import common, warm
+    from dashboard import common, curves, warm
 
+    monkeypatch.setenv("CXR_ARTIFACTS", str(tiny_run))
     assert warm.warm(tiny_run) > 0
     run = default_run(list_runs(tiny_run), tiny_run)
     nets = [run.model(n) for n in common.default_models(run.models) if not run.model(n).is_ensemble]
@@ -479,3 +496,9 @@ def test_warm_up_fills_the_caches_the_pages_read(tiny_run):
         for example in ex.EXAMPLES:
             pixels = ex.decoded(example.path, example.file).for_model(cm.loaded.input_size)
             assert ex.explain_one(cm, pixels, "Grad-CAM", POSITIVE).cached, (m.name, example.file)
+    # The Training curves page's first view draws the figures the warm-up built: it builds none of its own.
+    built = sum(curves.BUILT.values())
+    at = page_app("1_Training_curves.py")
+    at.run(timeout=60)
+    assert not at.exception and len(at.get("plotly_chart")) == len(curves.OVERLAID)  # the expander's: when opened
+    assert sum(curves.BUILT.values()) == built > 0

@@ -9,15 +9,13 @@ import streamlit as st
 
 from core.report import summary
 from core.store import HISTORY_FILE, STATUS_FILE
-from dashboard import figures, tables
+from dashboard import tables
 from dashboard.common import cached_history, choice, guard, stop
+from dashboard.curves import EXTRAS, GRID_METRICS, OVERLAID, cached_figure, digest
 
 REFRESH_SECONDS = 5
 OVERLAY_MAX = 5  # more models than this: one small chart per model by default
 LAYOUTS = ("overlaid", "one chart per model")
-GRID_METRICS = {"loss": ([("train_loss", "train"), ("val_loss", "val")], "cross-entropy"),
-                "accuracy": ([("train_acc", "train"), ("val_acc", "val")], "accuracy"),
-                "validation AUC": ([("val_auc", "val")], "AUC")}
 
 
 def statuses(chosen) -> dict[str, dict]:
@@ -31,33 +29,26 @@ def statuses(chosen) -> dict[str, dict]:
 
 
 def overlaid(histories: dict, smoothing: float, colors: dict) -> None:
-    kw = dict(smoothing=smoothing, colors=colors)
-    left, right = st.columns(2)
-    left.plotly_chart(figures.history_figure(histories, [("train_loss", "train"), ("val_loss", "val")],
-                                             title="Loss", y_title="cross-entropy", **kw), key="curves_loss")
-    right.plotly_chart(figures.history_figure(histories, [("train_acc", "train"), ("val_acc", "val")],
-                                              title="Accuracy", y_title="accuracy", **kw), key="curves_acc")
-    left.plotly_chart(figures.history_figure(histories, [("val_auc", "val")], y_title="AUC",
-                                             title="Validation AUC (★ best epoch)", **kw), key="curves_auc")
-    right.plotly_chart(figures.gap_figure(histories, **kw, height=340), key="curves_gap")
+    """Loss, accuracy, AUC and the gap in two columns; figures cached and shared (``dashboard.curves``)."""
+    cols, key = st.columns(2), digest(histories)
+    for i, (chart, kind, options) in enumerate(OVERLAID):
+        cols[i % 2].plotly_chart(cached_figure(kind, histories, colors, smoothing, key=key, **options), key=chart)
 
 
 def small_multiples(histories: dict, smoothing: float, colors: dict) -> None:
     metric = st.segmented_control("Metric", list(GRID_METRICS), default="loss", key="curves_grid_metric") or "loss"
     series, y_title = GRID_METRICS[metric]
-    st.plotly_chart(figures.history_grid(histories, series, title=metric.capitalize(), y_title=y_title,
-                                         smoothing=smoothing, colors=colors), key="curves_grid")
+    st.plotly_chart(cached_figure("grid", histories, colors, smoothing, series=series, title=metric.capitalize(),
+                                  y_title=y_title), key="curves_grid")
 
 
 def extras(histories: dict, colors: dict) -> None:
-    with st.expander("Learning rate and seconds per epoch"):
-        left, right = st.columns(2)
-        left.plotly_chart(figures.history_figure(histories, [("lr", "train")], title="Learning rate", y_title="lr",
-                                                 colors=colors, mark_best=False, log_y=True, height=280),
-                          key="curves_lr")
-        right.plotly_chart(figures.history_figure(histories, [("seconds", "train")], title="Seconds per epoch",
-                                                  y_title="s", colors=colors, mark_best=False, height=280),
-                           key="curves_seconds")
+    """Below the fold: built only while the expander is open (two figures and charts fewer on a first visit)."""
+    box = st.expander("Learning rate and seconds per epoch", key="curves_extras", on_change="rerun")
+    if box.open:
+        cols, key = box.columns(2), digest(histories)
+        for col, (chart, kind, options) in zip(cols, EXTRAS):
+            col.plotly_chart(cached_figure(kind, histories, colors, key=key, **options), key=chart)
 
 
 chosen = choice().chosen

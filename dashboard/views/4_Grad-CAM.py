@@ -53,9 +53,9 @@ method = st.sidebar.selectbox("CAM method", list(CAM_METHODS), key="cam_method",
                               help="⚠: the map barely changes when the model's top layer is re-initialised "
                                    "(Faithfulness page), so it shows the film's structure, not the decision")
 if method == "Score-CAM":
-    st.sidebar.warning("Score-CAM runs one forward pass per feature channel: on a CPU that is about a minute or more "
-                       "per film and model (MobileNetV2: 1280 channels), and other sessions using the same model "
-                       "wait meanwhile. Try it on one film and one model.")
+    st.sidebar.warning("Score-CAM scores one masked film per cluster of alike feature channels (256 clusters of "
+                       "MobileNetV2's 1280): measured about 5 s per film and model on this 2-core CPU (BENCHMARKS.md), "
+                       "with a progress bar; other sessions using the same model wait meanwhile.")
 target_name = st.sidebar.radio("Explain the score of", CLASSES, index=POSITIVE, key="cam_target", horizontal=True)
 target = CLASSES.index(target_name)
 alpha = st.sidebar.slider("Heatmap opacity", 0.0, 1.0, ex.DEFAULT_ALPHA, 0.05, key="cam_alpha")
@@ -135,8 +135,14 @@ def show_model(name: str, image: ex.DecodedImage, key: str) -> None:
     except ImageError as e:
         st.error(f"Cannot use {plain(image.name)} for {name}: {plain(e)}")
         return
-    with st.spinner(f"{method} for {name}…"):
-        result = ex.explain_one(cm, pixels, method, target)
+    if method == "Score-CAM":  # seconds per film: show its masked passes (drawn here, computed in a worker)
+        bar = st.progress(0.0, text=f"Score-CAM for {name}…")
+        result = ex.explain_one(cm, pixels, method, target, progress=lambda done, total: bar.progress(
+            min(1.0, done / total), text=f"Score-CAM for {name}: {done} of {total} masked films"))
+        bar.empty()
+    else:
+        with st.spinner(f"{method} for {name}…"):
+            result = ex.explain_one(cm, pixels, method, target)
     ma = run.model(name)
     p, thr = result.probability, thresholds[name]
     scaling = site.scaling(ma)

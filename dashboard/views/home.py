@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core.evaluate import metrics
+from core.report import summary
 from core.store import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -15,7 +16,6 @@ from core.store import (
     population_metrics,
     population_specs,
     recommended,
-    summary,
 )
 from dashboard import tables
 from dashboard.common import (
