@@ -50,7 +50,8 @@ rule = st.sidebar.selectbox("Threshold (chosen on validation)", rules, index=rul
                             format_func=cm.rule_label, key="err_rule")
 per_kind = st.sidebar.slider("Films per kind", 1, 24, 2, key="err_n")
 show_cams = st.sidebar.toggle("Show CAMs", value=True, key="err_cams")
-# Score-CAM (one forward pass per feature channel, about 5 s per film and model on this CPU, BENCHMARKS.md) is left to the Grad-CAM page.
+# Score-CAM (masked forward passes, about 5 s per film and model on this CPU: BENCHMARKS.md) is left to the
+# Grad-CAM page.
 GALLERY_METHODS = [m for m in CAM_METHODS if m != "Score-CAM"]
 method = st.sidebar.selectbox("CAM method", GALLERY_METHODS, key="err_method", disabled=not show_cams,
                               help="Score-CAM is too slow for a gallery; use it on the Grad-CAM page.")
