@@ -13,7 +13,7 @@ from trainer import report
 RUN = REPO / "artifacts" / "kermany-lineup"
 
 
-@pytest.mark.parametrize("run_id", ["kermany-lineup", "kermany-robust", "populations"])
+@pytest.mark.parametrize("run_id", ["kermany-lineup", "kermany-robust", "populations", "seed-archs"])
 def test_readme_results_table_matches_the_committed_artifacts(run_id):
     run_dir = REPO / "artifacts" / run_id
     if not (run_dir / "run.json").exists():
@@ -102,6 +102,7 @@ def test_moved_run_draws_maps_of_its_test_films(moved_run):
         assert drawn.shape[1:] == (gray.shape[1], 3) and drawn.shape[0] > gray.shape[0]  # film + its colour bar
 
 
+@pytest.mark.integration
 def test_every_committed_checkpoint_loads_and_reproduces_its_predictions(moved_run):
     """The dashboard's loading path (float16 safetensors into the registry's network) gives the trainer's
     probabilities back, on the original films (the sample's copies, found through the moved run)."""
