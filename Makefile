@@ -1,9 +1,10 @@
 # The README's commands. `make demo` sets up and opens the dashboard; `make test` sets up, lints (ruff) and runs
-# the tests.
+# the tests. `make test-fast` is the inner loop: lint and the unit and AppTest tests (pytest.ini's
+# markers: no browser, train, ddp or integration test), without setup.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-dev lint test test-all demo train bench bench-quick results-table
+.PHONY: setup setup-dev lint test test-fast test-all demo train bench bench-quick results-table
 
 setup:
 	bash scripts/setup.sh
@@ -16,6 +17,10 @@ lint: setup-dev
 
 test: lint
 	$(PY) -m pytest -q
+
+test-fast:
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not browser and not train and not ddp and not integration"
 
 test-all: lint
 	$(PY) -m pytest -q --run-slow

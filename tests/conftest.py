@@ -32,7 +32,7 @@ KERMANY224_COUNTS = ({"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NOR
 TINY_SPLIT = [] if FULL_DATA else ["--val-fraction", "0.33", "--test-fraction", "0.33"]
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # make test-fast: 2 workers, 1 core each
 os.environ["CXR_OFFLINE"] = "1"  # the internet is the one thing tests never reach
 
 

@@ -68,6 +68,7 @@ def _assert_scale_means_the_same(name: str, run: Run | None = None) -> None:
     assert normal.mean() < 0.1 * pneumonia.mean()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", SCALE_CHECKED)
 def test_confident_normal_films_show_far_less_pneumonia_colour(name, with_films):
     _assert_scale_means_the_same(name, with_films)
@@ -89,6 +90,7 @@ def test_committed_run_has_references_and_calibration_for_every_model():
         assert refs["methods"]["Grad-CAM"]["PNEUMONIA"] > 0
 
 
+@pytest.mark.integration
 def test_trainer_writes_references_and_calibration_and_the_commands_rerun(tiny_run, capsys):
     run = Run(tiny_run / "tiny")
     for name in ("small_cnn", "mobilenet_v2"):  # written by the trainer right after training
@@ -102,6 +104,7 @@ def test_trainer_writes_references_and_calibration_and_the_commands_rerun(tiny_r
     assert main(["explain", "--run", str(run.dir), "--methods", "Magic-CAM"]) == 2
 
 
+@pytest.mark.integration
 def test_faithfulness_command_flags_a_map_that_ignores_the_model(tiny_run, tmp_path):
     """EigenCAM is the activations' first principal component: re-initialising the head cannot change it, so the
     randomisation check must fail it (rho 1); Grad-CAM's map follows the head."""

@@ -130,6 +130,7 @@ def _two_ranks(rank: int, port: int, n: int) -> None:
         distributed.shutdown()
 
 
+@pytest.mark.ddp
 def test_two_gloo_processes_split_batches_and_gather_in_order():
     mp.spawn(_two_ranks, args=(_free_port(), 11), nprocs=2, join=True)
 
@@ -270,6 +271,8 @@ def ddp_run(kermany224, tmp_path_factory):
     return root, out
 
 
+@pytest.mark.train
+@pytest.mark.ddp
 def test_torchrun_two_processes_write_each_artifact_once(ddp_run):
     root, out = ddp_run
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -287,6 +290,8 @@ def test_torchrun_two_processes_write_each_artifact_once(ddp_run):
     assert not list(model.rglob("*.tmp"))
 
 
+@pytest.mark.train
+@pytest.mark.ddp
 def test_ddp_metrics_equal_a_single_process_evaluation_of_the_checkpoint(ddp_run, kermany224):
     from trainer.cli import main
 
@@ -326,6 +331,8 @@ def _rank_pid(launcher_pid: int, rank: str) -> int | None:
     return None
 
 
+@pytest.mark.train
+@pytest.mark.ddp
 @pytest.mark.slow  # three torchrun launches: about a minute on an idle 2-core machine, several under load
 def test_killed_rank_stops_the_run_and_resume_continues(kermany224, tmp_path):
     args, env = _train_args(kermany224, tmp_path, epochs=5), _env(tmp_path)

@@ -68,6 +68,7 @@ def test_framing_is_a_checked_recipe_key():
     assert set(framing.FRAMINGS) == set(cfgmod.RULES["framing"].choices)
 
 
+@pytest.mark.train
 def test_a_lung_framed_model_is_framed_in_training_evaluation_and_its_maps(tmp_path):
     """The real trainer with ``framing: lungs``; its stored test predictions are reproduced from the original
     films only through the framing its config records, and its Grad-CAM lies inside the lung box."""

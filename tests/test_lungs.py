@@ -138,6 +138,7 @@ def test_committed_sample_reaches_the_recorded_per_film_dice():
         assert lungs.dice(pred, truth) == pytest.approx(recorded.loc[(row["source"], row["stem"]), "dice"], abs=0.01)
 
 
+@pytest.mark.integration
 def test_committed_weights_reach_the_reported_heldout_dice():
     if not LUNGMASKS.is_dir():  # a user's clone: the committed sample's held-out films are checked above
         missing(f"the full lung-mask set is not at {LUNGMASKS}: only the committed sample's 4 held-out films ran")
@@ -195,6 +196,7 @@ def focus_run(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_focus_command_writes_figures_for_every_model(focus_run):
     run_dir = focus_run / "kermany-lineup"
     assert not (run_dir / "ensemble" / "lung_focus_test.csv").exists()  # no network of its own
@@ -210,6 +212,7 @@ def test_focus_command_writes_figures_for_every_model(focus_run):
         assert s["lung_model"]["dice"] == committed_metrics()["heldout"]["overall"]["dice"]
 
 
+@pytest.mark.integration
 def test_where_models_look_page_ranks_models_by_median_lung_focus(focus_run, monkeypatch):
     from core.store import Run
     from tests.dashboard_app import page_app

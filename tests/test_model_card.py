@@ -42,6 +42,7 @@ def test_a_card_quotes_the_metrics_files_and_the_site_profile():
     assert "site `nih_adult`" in md and "adults: measured on `nih_adult`" in md  # measured, so said so
 
 
+@pytest.mark.integration
 def test_the_command_writes_both_files_and_escapes_text_from_the_run(tmp_path, capsys):
     from trainer.cli import main
 

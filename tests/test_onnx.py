@@ -68,6 +68,7 @@ def _films(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
     return np.clip(coarse + rng.normal(0, 20, (n, size, size)), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", [s.name for s in list_specs()])
 def test_onnx_probabilities_match_eager_torch_for_every_architecture(arch):
     loaded = _loaded(arch, tta=3)
@@ -158,6 +159,7 @@ def test_onnx_graph_is_cached_by_checkpoint_and_rebuilt_when_it_changes(tiny_run
     assert np.abs(predict_loaded(again, films, backend="onnx") - ref).max() <= TOL
 
 
+@pytest.mark.integration
 def test_trainer_export_writes_checked_graphs_beside_the_checkpoints(tiny_run, tmp_path, capsys):
     from trainer.cli import main
 

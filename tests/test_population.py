@@ -158,6 +158,7 @@ def tiny_population(tiny_run, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_population_command_writes_every_model(tiny_population):
     for name in TINY_MODELS:
         doc = read_population(tiny_population / "tiny" / name)
@@ -176,6 +177,7 @@ def _app(page: str, root: Path, monkeypatch):
     return page_app(page, timeout=TIMEOUT)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("page", ["4_Grad-CAM.py", "8_Consensus.py"])
 def test_pages_warn_on_a_picture_that_is_not_an_xray(tiny_population, monkeypatch, page):
     at = _app(page, tiny_population, monkeypatch)
@@ -188,6 +190,7 @@ def test_pages_warn_on_a_picture_that_is_not_an_xray(tiny_population, monkeypatc
     assert all("colour picture" in w and "No measured figures for this population" in w for w in warnings)
 
 
+@pytest.mark.integration
 def test_pages_say_a_child_film_is_inside(tiny_population, monkeypatch):
     at = _app("4_Grad-CAM.py", tiny_population, monkeypatch)
     at.run()

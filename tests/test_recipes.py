@@ -165,6 +165,7 @@ def test_every_shift_keeps_shape_and_changes_the_film():
         apply_shift("fog", films)
 
 
+@pytest.mark.train
 def test_robust_keys_train_record_and_shift_end_to_end(tmp_path, capsys):
     """The real trainer with every robust key, then ``trainer shift`` on the run it wrote."""
     conf = {"data": str(need(KERMANY224)), "run": "r", "artifacts": str(tmp_path / "a"), "subset": 20,
@@ -269,6 +270,7 @@ def test_committed_robust_run_reproduces_its_predictions_through_its_preprocess(
     assert np.abs(plain - preds["probability"].to_numpy()).max() > 5e-3
 
 
+@pytest.mark.integration
 def test_evaluate_quotes_each_model_at_its_own_headline_rule(tmp_path, capsys):
     """``trainer evaluate`` prints the robust model's figures at its sens95 threshold, not Youden's."""
     import shutil

@@ -91,6 +91,7 @@ def test_config_file_with_wrong_run_level_types(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- no data loss
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("split", ["test", "val", "train", "official_val", "TEST"])
 def test_evaluate_never_replaces_the_runs_own_splits(small_run, tmp_path, capsys, split):
     run_dir = _copy_run(small_run, tmp_path)
@@ -101,6 +102,7 @@ def test_evaluate_never_replaces_the_runs_own_splits(small_run, tmp_path, capsys
     assert _digest(run_dir) == before
 
 
+@pytest.mark.train
 def test_evaluate_twice_under_one_name_needs_force(small_run, tmp_path, capsys):
     run_dir = _copy_run(small_run, tmp_path)
     argv = ["evaluate", "--run", str(run_dir), "--data", str(small_run[1] / "test"), "--split-name", "ext",
@@ -112,6 +114,7 @@ def test_evaluate_twice_under_one_name_needs_force(small_run, tmp_path, capsys):
     assert main([*argv, "--force"]) == 0
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("name, code", [("small_cnn", EXIT_DATA), ("../escape", EXIT_CONFIG), ("a/b", EXIT_CONFIG),
                                         ("..", EXIT_CONFIG)])
 def test_ensemble_never_replaces_a_model_or_leaves_the_run(small_run, tmp_path, capsys, name, code):
@@ -135,6 +138,7 @@ def test_resume_of_a_missing_run_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "a" / "never").exists()
 
 
+@pytest.mark.train
 def test_resume_after_data_files_vanished_is_an_error(small_run, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(small_run[1], data)
@@ -151,6 +155,7 @@ def test_resume_after_data_files_vanished_is_an_error(small_run, tmp_path, capsy
 # ------------------------------------------------------------------------------------------------- one writer
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("command", ["train", "evaluate", "ensemble"])
 def test_a_run_being_written_is_locked_for_others(small_run, tmp_path, capsys, command):
     run_dir = _copy_run(small_run, tmp_path)
@@ -166,6 +171,7 @@ def test_a_run_being_written_is_locked_for_others(small_run, tmp_path, capsys, c
     assert _digest(run_dir) == before
 
 
+@pytest.mark.train
 @pytest.mark.slow  # three trainer processes; the in-process lock cases run by default
 def test_two_trainers_on_one_run_cannot_both_write(tmp_path):
     data = _small_data(tmp_path / "data", per_class=4)
@@ -196,6 +202,7 @@ def test_two_trainers_on_one_run_cannot_both_write(tmp_path):
 # ---------------------------------------------------------------------------------------------------- disk full
 
 
+@pytest.mark.train
 @pytest.mark.slow  # a trainer process under a file-size cap; core's disk-full case runs by default
 def test_disk_full_during_training_is_a_message_not_a_crash(tmp_path):
     data = _small_data(tmp_path / "data", per_class=4)
@@ -219,6 +226,7 @@ def _resume_cmd(data: Path, artifacts: Path, run: str, extra=()) -> list[str]:
             str(artifacts.parent / "cache"), "--seed", "3", "--augment", "--threads", "1", *extra]
 
 
+@pytest.mark.train
 @pytest.mark.slow  # 30 s; tests/test_trainer.py resumes after a kill on every run
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     """deep_cnn has dropout (the global torch RNG) and augmentation: both must continue where they stopped."""
@@ -251,6 +259,7 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         assert ma["auc"] == mb["auc"] and ma["at"] == mb["at"]
 
 
+@pytest.mark.train
 def test_temp_files_of_a_killed_writer_are_removed_when_the_run_is_next_written(small_run, tmp_path):
     run_dir = _copy_run(small_run, tmp_path)
     leftovers = [run_dir / ".run.json.x1y2.tmp", run_dir / "small_cnn" / ".metrics_test.json.abcd.tmp"]

@@ -450,6 +450,7 @@ def test_export_with_every_model_skipped_is_a_failure(run_copy, capsys):
     assert code == 1 and "nothing exported" in err, err[-2000:]
 
 
+@pytest.mark.integration
 def test_full_disk_while_writing_a_run_file_is_one_line_naming_it(run_copy):
     shutil.copytree(COMMITTED / "deep_cnn", run_copy / "deep_cnn", ignore=shutil.ignore_patterns("checkpoints"))
     out = _cli("ensemble", "--run", str(run_copy), "--members", "small_cnn,deep_cnn", "--name", "e", fsize=20_000)

@@ -155,6 +155,7 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and "sites" not in p.relative_to(folder).parts}
 
 
+@pytest.mark.integration
 def test_labelled_site_writes_a_profile_per_model_and_leaves_the_run_alone(run_copy, tmp_path, capsys):
     data = site_folder(tmp_path / "clinic", films("test", "NORMAL", 20) + films("test", "PNEUMONIA", 20))
     before = digest(run_copy)
@@ -184,6 +185,7 @@ def test_labelled_site_writes_a_profile_per_model_and_leaves_the_run_alone(run_c
     assert site(run_copy, data, "clinic_a") == 2 and "--force" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_films_the_run_trained_on_are_refused_or_left_out(run_copy, tmp_path, capsys):
     fitted = films("val", "NORMAL", 3) + films("val", "PNEUMONIA", 3)
     data = site_folder(tmp_path / "leaky", fitted + films("test", "NORMAL", 10) + films("test", "PNEUMONIA", 10))
@@ -196,6 +198,7 @@ def test_films_the_run_trained_on_are_refused_or_left_out(run_copy, tmp_path, ca
     assert prof["n"] == 20 and prof["overlap"]["left_out_fitted"] == 6
 
 
+@pytest.mark.integration
 def test_a_film_renamed_is_still_recognised_by_its_content(run_copy, tmp_path, capsys):
     src = films("val", "PNEUMONIA", 1)[0]
     data = site_folder(tmp_path / "renamed", films("test", "NORMAL", 6) + films("test", "PNEUMONIA", 6))
@@ -206,12 +209,14 @@ def test_a_film_renamed_is_still_recognised_by_its_content(run_copy, tmp_path, c
     assert "same content (sha256)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_too_few_films_is_a_clear_error(run_copy, tmp_path, capsys):
     data = site_folder(tmp_path / "tiny", films("test", "NORMAL", 3) + films("test", "PNEUMONIA", 3))
     assert site(run_copy, data, "tiny", "--models", REFERENCE) == 2
     assert "6 usable films; a site profile needs at least 10" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_one_class_only_keeps_the_validation_threshold_and_says_what_cannot_be_measured(run_copy, tmp_path):
     data = site_folder(tmp_path / "healthy", films("test", "NORMAL", 14))
     assert site(run_copy, data, "healthy", "--models", REFERENCE) == 0
@@ -225,6 +230,7 @@ def test_one_class_only_keeps_the_validation_threshold_and_says_what_cannot_be_m
     assert prof["prevalence"]["source"] == "estimated"  # 0 % labelled says nothing about the site
 
 
+@pytest.mark.integration
 def test_unlabelled_films_estimate_the_prevalence_with_an_interval(run_copy, tmp_path):
     data = site_folder(tmp_path / "inbox", films("test", "NORMAL", 15) + films("test", "PNEUMONIA", 5), flat=True)
     assert site(run_copy, data, "inbox", "--unlabelled", "--models", REFERENCE) == 0
@@ -238,6 +244,7 @@ def test_unlabelled_films_estimate_the_prevalence_with_an_interval(run_copy, tmp
     assert read_site_predictions(m, "inbox")["label"].isna().all()
 
 
+@pytest.mark.integration
 def test_a_tampered_profile_is_an_artifact_error(run_copy, tmp_path):
     m = Run(run_copy).model(REFERENCE)
     bad = m.dir / "sites" / "broken" / "profile.json"
@@ -274,6 +281,7 @@ def profiled_root(run_copy, tmp_path) -> Path:
     return run_copy.parent
 
 
+@pytest.mark.integration
 def test_roc_page_switches_threshold_and_prevalence_to_the_site_profile(profiled_root, monkeypatch):
     import re
 
@@ -298,6 +306,7 @@ def test_roc_page_switches_threshold_and_prevalence_to_the_site_profile(profiled
     assert abs(shown["clinic_a"] - shown[None]) > 1e-3  # the two operating points differ on these films
 
 
+@pytest.mark.integration
 def test_errors_page_uses_the_site_threshold_and_names_the_profile(profiled_root, monkeypatch):
     m = Run(profiled_root / "kermany-robust").model(REFERENCE)
     prof = read_site_profile(m, "clinic_a")
@@ -324,6 +333,7 @@ def test_consensus_report_names_the_profile():
                                                       method="Grad-CAM", notice="n", citation="c", scale_note="s")
 
 
+@pytest.mark.integration
 def test_home_lists_the_site_figures_with_intervals(profiled_root, monkeypatch):
     prof = read_site_profile(Run(profiled_root / "kermany-robust").model(REFERENCE), "clinic_a")
     at = _page("Home.py", profiled_root, monkeypatch, "clinic_a")

@@ -122,6 +122,7 @@ def two_source_run(tmp_path_factory):
     return root / "a" / "two"
 
 
+@pytest.mark.train
 def test_two_source_run_records_sources_and_reports_each(two_source_run):
     run = Run(two_source_run)
     assert [s["name"] for s in run.info["sources"]] == ["kermany", "nih_adult"]
@@ -141,6 +142,7 @@ def test_two_source_run_records_sources_and_reports_each(two_source_run):
     assert report.returncode == 0 and "nih_adult" in report.stdout, report.stdout + report.stderr
 
 
+@pytest.mark.train
 def test_evaluate_reports_per_view_of_a_manifest(two_source_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "trainer", "evaluate", "--run", str(two_source_run), "--data",
                            str(NIH_ADULT / "manifest.tsv"), "--split-name", "adults", "--cache-dir",
@@ -152,6 +154,7 @@ def test_evaluate_reports_per_view_of_a_manifest(two_source_run, tmp_path):
     assert set(preds["view"]) == {"AP", "PA"}
 
 
+@pytest.mark.train
 def test_dashboard_shows_each_population(two_source_run, monkeypatch):
     """Home's leaderboard has a column per source, and the Populations page a row per source with the AUC of the
     metrics file, in a real Streamlit script run (AppTest)."""

