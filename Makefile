@@ -1,6 +1,6 @@
 # The README's commands. `make demo` sets up and opens the dashboard; `make test` sets up, lints (ruff) and runs
 # the tests. `make test-fast` is the inner loop: lint and the unit and AppTest tests (pytest.ini's
-# markers: no browser, train, ddp or integration test), without setup.
+# markers: no browser, train, ddp, subprocess or integration test), without setup.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -20,7 +20,7 @@ test: lint
 
 test-fast:
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not browser and not train and not ddp and not integration"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not browser and not train and not ddp and not subprocess and not integration"
 
 test-all: lint
 	$(PY) -m pytest -q --run-slow

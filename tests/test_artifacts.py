@@ -22,6 +22,7 @@ def test_metrics_docstring_examples_run():
     assert doctest.testmod(core.evaluate.metrics).failed == 0
 
 
+@pytest.mark.subprocess
 def test_killed_writer_leaves_the_old_file(tmp_path):
     target = tmp_path / "metrics_val.json"
     store.write_json(target, {"auc": 0.5})

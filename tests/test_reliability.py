@@ -114,6 +114,7 @@ def test_every_recipe_key_is_checked_even_without_an_explicit_rule(monkeypatch):
 
 @pytest.mark.parametrize("head, error", [(b"just text, nothing else", "UnsupportedImageError"),
                                          (b"\x89PNG\r\n\x1a\n", "ImageTooLargeError")])
+@pytest.mark.subprocess
 def test_huge_file_is_refused_without_being_read(tmp_path, head, error):
     path = _sparse(tmp_path / "huge.png", 3 * GiB, head)
     out = run_capped(f"""
@@ -157,6 +158,7 @@ def _png_bomb(path: Path, width: int, height: int) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 def test_144_megapixel_png_is_refused_before_decoding(tmp_path):
     path = _png_bomb(tmp_path / "bomb.png", 12000, 12000)
     assert path.stat().st_size < 1_000_000
@@ -207,6 +209,7 @@ def _samples(folder: Path, n: int = 12, size=(40, 40)) -> list[Sample]:
     return [Sample(str(_png(folder / f"im{i}.png", 10 * i, size)), i % 2, f"p{i}", "train") for i in range(n)]
 
 
+@pytest.mark.subprocess
 def test_disk_full_during_cache_build_is_a_clear_error_and_leaves_nothing(tmp_path):
     samples = _samples(tmp_path / "imgs")
     root = tmp_path / "cache"
@@ -310,6 +313,7 @@ def test_non_utf8_file_name_is_skipped_with_a_printable_reason(tmp_path):
     assert all("caf" not in s.path for s in scan.samples)
 
 
+@pytest.mark.subprocess
 def test_unreadable_class_folder_is_a_data_error(tmp_path):
     prefix = ()
     if os.geteuid() == 0:  # root reads anything: scan without the capabilities that let it
@@ -407,6 +411,7 @@ def test_bad_prediction_row_is_an_artifact_error(run_copy, row):
         Run(run_copy).model("small_cnn").predictions("val")
 
 
+@pytest.mark.subprocess
 def test_huge_or_deeply_nested_json_is_refused_without_reading_it(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
