@@ -99,21 +99,9 @@ def table(run: Run, splits: list[str]) -> str:
     return "\n".join(lines)
 
 
-def split_predictions(m, split: str):
-    """A model's predictions on ``split``, or on one population of it (``test:nih_adult`` is the ``source``
-    column's value, ``test:view=AP`` a named column's)."""
-    base, _, population = split.partition(":")
-    df = m.predictions(base)
-    if not population:
-        return df
-    column, _, value = population.rpartition("=")
-    column = column or "source"
-    return df[df[column].astype(str) == value] if column in df else df.iloc[0:0]
-
-
 def compare(run: Run, split: str, names: list[str]) -> str:
     """Which models differ from the best by more than chance on ``split`` (``core.report.comparison``)."""
-    preds = {m.name: split_predictions(m, split) for m in run.models if m.name in names}
+    preds = {m.name: m.population_predictions(split) for m in run.models if m.name in names}
     rows = comparison.versus_best(preds)
     if not rows:
         return ""

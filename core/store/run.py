@@ -83,15 +83,21 @@ def population_specs(whole: dict, split: str, column: str = "source") -> list[st
     return [f"{split}:{prefix}{v}" for v in sorted(groups) if ":" not in str(v) and "=" not in str(v)]
 
 
+def parse_population(spec: str) -> tuple[str, str, str]:
+    """``test:nih_adult`` -> (``test``, ``source``, ``nih_adult``); ``test:view=AP`` -> (``test``, ``view``, ``AP``)."""
+    split, _, stratum = spec.partition(":")
+    column, _, value = stratum.rpartition("=")
+    return split, column or "source", value
+
+
 def population_metrics(whole: dict, spec: str, path="metrics") -> dict:
     """One stratum of a split's metrics (``whole``), shaped like a split's own (``auc``, ``auc_ci``, ``at``,
     ``thresholds``, ``split`` = the spec), checked like one; ArtifactError when it is not there."""
-    stratum = spec.partition(":")[2]
-    column, _, value = stratum.rpartition("=")
+    _, column, value = parse_population(spec)
     by = whole.get("by")
-    group = (by or {}).get(column or "source", {}).get(value) if isinstance(by, dict) else None
+    group = (by or {}).get(column, {}).get(value) if isinstance(by, dict) else None
     if not isinstance(group, dict):
-        raise ArtifactError(f"{path}: no figures for {column or 'source'} {value!r}")
+        raise ArtifactError(f"{path}: no figures for {column} {value!r}")
     group = check_fields(dict(group), {k: METRICS_FIELDS[k] for k in ("n", "n_pos", "n_neg", "auc", "auc_ci", "at")},
                          path)
     if "at" not in group or "auc" not in group:
@@ -201,6 +207,15 @@ class ModelArtifacts:
         nih_adult of test, ``test:view=AP`` its AP films."""
         split = spec.partition(":")[0]
         return population_metrics(self.metrics(split), spec, self.metrics_path(split))
+
+    def population_predictions(self, spec: str) -> pd.DataFrame:
+        """The predictions of ``spec``: a whole split, or one stratum of it (``test:nih_adult``, ``test:view=AP``;
+        none when the predictions lack that column)."""
+        split, column, value = parse_population(spec)
+        df = self.predictions(split)
+        if ":" not in spec:
+            return df
+        return df[df[column].astype(str) == value] if column in df else df.iloc[0:0]
 
     def populations(self, split: str, column: str = "source") -> list[str]:
         """The ``split:value`` specs that ``split`` has figures for in ``column`` (sources, views...)."""
